@@ -1,0 +1,154 @@
+"""The one place that imports ONNX Runtime and its training modules.
+
+Two upstream quirks are handled here and nowhere else:
+
+* ``import onnxruntime.training.<x>`` runs ``onnxruntime/training/__init__.py``, which imports
+  ``optim`` and ``amp``, which import torch (microsoft/onnxruntime#22070). On-device training
+  needs none of that, so ``onnxruntime.training`` is registered as a bare namespace module whose
+  ``__path__`` is the installed folder before any of its submodules is imported.
+* ONNX Runtime logs from C++ straight to stderr (``generate_artifacts`` even turns it up to INFO).
+  The default logger is held at ERROR-and-worse severity so users never see those lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import types
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+ORT_VERSION: str = ort.__version__
+_QUIET = 4  # ORT severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal; errors reach us as exceptions
+
+
+def _quiet_logs() -> None:
+    ort.set_default_logger_severity(_QUIET)
+    ort.set_default_logger_verbosity(0)
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """Session options with logging silenced (and an optional thread count)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = _QUIET
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
+    """A CPU inference session over a model file or serialized model bytes."""
+    _quiet_logs()
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+@cache
+def _training_package() -> types.ModuleType:
+    name = "onnxruntime.training"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.find_spec("onnxruntime")
+        assert spec is not None and spec.submodule_search_locations is not None
+        folder = Path(next(iter(spec.submodule_search_locations))) / "training"
+        if not folder.is_dir():
+            raise ImportError(
+                "onnxruntime has no training support: install onnxruntime-training-cpu, "
+                "not onnxruntime"
+            )
+        module = types.ModuleType(name)
+        module.__path__ = [str(folder)]  # a bare package: its __init__ (and torch) never runs
+        sys.modules[name] = module
+    _quiet_logs()
+    return module
+
+
+def training_api() -> Any:
+    """``onnxruntime.training.api`` (CheckpointState, Module, Optimizer), without torch."""
+    _training_package()
+    import onnxruntime.training.api as api
+
+    _quiet_logs()
+    return api
+
+
+def artifacts_api() -> Any:
+    """``onnxruntime.training.artifacts`` and ``onnxblock``, without torch."""
+    _training_package()
+    import onnxruntime.training.artifacts as artifacts
+
+    return artifacts
+
+
+def onnxblock_api() -> Any:
+    _training_package()
+    import onnxruntime.training.onnxblock as onnxblock
+
+    return onnxblock
+
+
+MAX_IR_VERSION = 10  # the newest ONNX IR version ONNX Runtime 1.19 loads
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 to a temporary file for the block; yield a reader of what came."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+
+        def read() -> str:
+            sink.seek(0)
+            return sink.read().decode("utf-8", "replace")
+
+        try:
+            yield read
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def generate_head_artifacts(
+    model: Any,
+    requires_grad: list[str],
+    directory: Path,
+    optimizer: str = "adamw",
+) -> None:
+    """Training, eval and optimizer models plus checkpoint for ``model`` into ``directory``.
+
+    ``generate_artifacts`` logs hundreds of C++ INFO lines to fd 2, so fd 2 is captured for the
+    call (and shown only in the error if it fails). Its optimizer model gets onnx's newest IR
+    version, which ONNX Runtime 1.19 refuses; its ops all exist at IR 10, so it is stamped 10.
+    """
+    import onnx
+
+    artifacts = artifacts_api()
+    optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
+    directory.mkdir(parents=True, exist_ok=True)
+    with _stderr_captured() as captured:
+        try:
+            artifacts.generate_artifacts(
+                model,
+                requires_grad=requires_grad,
+                frozen_params=[],
+                loss=artifacts.LossType.CrossEntropyLoss,
+                optimizer=optim,
+                artifact_directory=str(directory),
+            )
+        except Exception as exc:
+            tail = "\n".join(captured().splitlines()[-5:])
+            raise RuntimeError(f"could not generate training artifacts: {exc}\n{tail}") from exc
+    _quiet_logs()
+    path = directory / "optimizer_model.onnx"
+    opt_model = onnx.load(str(path))
+    if opt_model.ir_version > MAX_IR_VERSION:
+        opt_model.ir_version = MAX_IR_VERSION
+        onnx.save(opt_model, str(path))

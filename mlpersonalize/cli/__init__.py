@@ -1,0 +1,1 @@
+"""The command-line layer: parse, call one core function, render. No work happens here."""

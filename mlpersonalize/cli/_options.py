@@ -1,0 +1,19 @@
+"""Option aliases shared by every command, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model package folder. Default: $MLPERSONALIZE_MODEL, else your personalized copy, else the bundled original.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]

@@ -1,0 +1,69 @@
+"""`mlpersonalize predict`: classify image files and folders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._options import JsonOpt, ModelOpt
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+
+
+def predict_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
+    model: ModelOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to list per image.")] = 3,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(min=0.0, max=1.0, help="Confidence under which the label is 'unknown'. Default: the model's."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Classify images; a table on a terminal, tab-separated lines in a pipe, JSON Lines with --json.
+
+    Example: mlpersonalize predict drawings/ --json
+    """
+    from ..errors import ExitCode, InputError
+    from ..inference import Classifier, collect_images
+    from ..package import load_package
+    from ..store import resolve_model
+    from ._output import emit_json, safe_name, stdout_console
+
+    package = load_package(resolve_model(model).path)
+    classifier = Classifier(package)
+    results = classifier.classify(collect_images(inputs), top_k=top_k, threshold=threshold)
+    table = None
+    if not json_out and sys.stdout.isatty():
+        from rich.table import Table
+
+        table = Table("file", "label", "confidence", f"top {top_k}")
+    total = failed = 0
+    for result in results:
+        total += 1
+        failed += bool(result.error)
+        if json_out:
+            emit_json(result.to_dict())
+        elif table is not None:
+            top = ", ".join(f"{safe_name(label)} {p:.2f}" for label, p in result.top)
+            if result.error:
+                table.add_row(safe_name(result.file), "[red]error[/red]", "", safe_name(result.error))
+            else:
+                table.add_row(safe_name(result.file), safe_name(result.label), f"{result.confidence:.3f}", top)
+        elif result.error:
+            print(f"{safe_name(result.file)}\terror\t\t{safe_name(result.error)}", flush=True)
+        else:
+            print(f"{safe_name(result.file)}\t{safe_name(result.label)}\t{result.confidence:.4f}", flush=True)
+    if table is not None:
+        stdout_console().print(table)
+    if total == 0:
+        raise InputError("no images found in " + ", ".join(str(p) for p in inputs))
+    if failed:
+        code = ExitCode.INPUT if failed == total else ExitCode.PARTIAL
+        sys.stderr.write(f"Error: {failed} of {total} images could not be read (see the output)\n")
+        raise typer.Exit(int(code))

@@ -1,0 +1,96 @@
+"""Durable file writes: write beside, fsync, rename, fsync the directory.
+
+Every write of a live artefact (batch file, model package, pointer) goes through here, so the
+order that makes a crash harmless lives in one place. OS errors become StorageError with the
+reason in words; a failed fsync is never retried as if it had succeeded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import StorageError
+
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "an I/O error occurred",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def storage_error(action: str, path: Path | str, exc: OSError) -> StorageError:
+    return StorageError(f"cannot {action} {path}: {describe_os_error(exc)}")
+
+
+def fsync_file(handle_fd: int) -> None:
+    if sys.platform == "darwin":  # plain fsync on macOS does not reach the platter
+        import fcntl
+
+        fcntl.fcntl(handle_fd, fcntl.F_FULLFSYNC)
+    else:
+        os.fsync(handle_fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (new names, renames) — fsync of a file does not."""
+    if os.name == "nt":  # Windows cannot open directories; NTFS journals metadata
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_synced(path: Path, data: bytes) -> None:
+    """Create ``path`` (must not exist) with ``data``, flushed to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        fsync_file(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def temp_path_beside(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A fresh temporary file name in target's folder; removed on failure."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    os.unlink(name)
+    temp = Path(name)
+    try:
+        yield temp
+    except BaseException:
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` so a reader or a crash sees the old or the new bytes."""
+    try:
+        with temp_path_beside(target) as temp:
+            write_bytes_synced(temp, data)
+            os.replace(temp, target)
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise storage_error("write", target, exc) from exc

@@ -1,0 +1,126 @@
+"""The updatable classification head and the inference model built around it, as ONNX graphs.
+
+The head is a scaled-cosine classifier: ``logits = s * normalize(e) @ normalize(W).T``, with one
+row of ``W`` per label. Cosine rows make weight imprinting exact (a new row is the normalised mean
+embedding of its examples) and keep old and new labels on the same scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+ML_OPSET = 2
+IR_VERSION = 9  # ONNX Runtime 1.19 reads up to 10; 9 keeps older runtimes happy too
+WEIGHT = "head.weight"
+EPS = 1e-12
+
+
+def _normalize_nodes(source: str, target: str, prefix: str) -> list[onnx.NodeProto]:
+    """Row-wise L2 normalisation from basic ops (each has a gradient in ORT training)."""
+    return [
+        helper.make_node("Mul", [source, source], [f"{prefix}_sq"]),
+        helper.make_node("ReduceSum", [f"{prefix}_sq", "head.axes"], [f"{prefix}_ss"], keepdims=1),
+        helper.make_node("Add", [f"{prefix}_ss", "head.eps"], [f"{prefix}_sse"]),
+        helper.make_node("Sqrt", [f"{prefix}_sse"], [f"{prefix}_norm"]),
+        helper.make_node("Div", [source, f"{prefix}_norm"], [target]),
+    ]
+
+
+def _head_parts(
+    weight: np.ndarray, logit_scale: float, embedding: str, logits: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    nodes = _normalize_nodes(WEIGHT, "head.wn", "head_w")
+    nodes += _normalize_nodes(embedding, "head.en", "head_e")
+    nodes += [
+        helper.make_node("Gemm", ["head.en", "head.wn"], ["head.cos"], transB=1),
+        helper.make_node("Mul", ["head.cos", "head.scale"], [logits]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.ascontiguousarray(weight, dtype=np.float32), WEIGHT),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "head.axes"),
+        numpy_helper.from_array(np.array(EPS, dtype=np.float32), "head.eps"),
+        numpy_helper.from_array(np.array(logit_scale, dtype=np.float32), "head.scale"),
+    ]
+    return nodes, inits
+
+
+def build_head(weight: np.ndarray, logit_scale: float) -> onnx.ModelProto:
+    """The forward-only head: "embedding" [N, D] -> "logits" [N, C]; the trainable part."""
+    classes, dim = weight.shape
+    nodes, inits = _head_parts(weight, logit_scale, "embedding", "logits")
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+def build_inference_model(
+    backbone: onnx.ModelProto,
+    weight: np.ndarray,
+    logit_scale: float,
+    labels: list[str],
+    embedding_output: str = "embedding",
+) -> onnx.ModelProto:
+    """Backbone + head + softmax + label lookup: a plain ONNX classifier any runtime can run.
+
+    Outputs: "label" (string per example), "probabilities" [N, C] and the backbone's embedding.
+    """
+    classes, dim = weight.shape
+    if classes != len(labels):
+        raise ValueError(f"head has {classes} rows but there are {len(labels)} labels")
+    graph = backbone.graph
+    nodes, inits = _head_parts(weight, logit_scale, embedding_output, "head.logits")
+    nodes += [
+        helper.make_node("Softmax", ["head.logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["probabilities"], ["head.index"], axis=1, keepdims=0),
+        helper.make_node(
+            "LabelEncoder",
+            ["head.index"],
+            ["label"],
+            domain="ai.onnx.ml",
+            keys_int64s=list(range(classes)),
+            values_strings=list(labels),
+            default_string="unknown",
+        ),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+        helper.make_tensor_value_info(embedding_output, TensorProto.FLOAT, ["N", dim]),
+    ]
+    merged = helper.make_graph(
+        list(graph.node) + nodes,
+        "classifier",
+        list(graph.input),
+        outputs,
+        list(graph.initializer) + inits,
+    )
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
+    model = helper.make_model(merged, opset_imports=opsets, producer_name="mlpersonalize")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def head_weight(head: onnx.ModelProto) -> np.ndarray:
+    """The weight rows stored in a head model."""
+    for init in head.graph.initializer:
+        if init.name == WEIGHT:
+            return numpy_helper.to_array(init).astype(np.float32)
+    raise ValueError(f"head model has no initializer named {WEIGHT}")
+
+
+def head_scale(head: onnx.ModelProto) -> float:
+    for init in head.graph.initializer:
+        if init.name == "head.scale":
+            return float(numpy_helper.to_array(init))
+    raise ValueError("head model has no initializer named head.scale")

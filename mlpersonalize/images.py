@@ -1,0 +1,246 @@
+"""Decode an image file and bring it to a model's image constraint.
+
+This is the one preprocessing path: `prepare` (training data), `predict` and the sample model's
+pretraining all call :func:`preprocess`, so training and prediction never see different pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+
+# Decoders we trust and users need; anything else is refused before a plugin parses it.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"}
+)
+MAX_PIXELS = 40_000_000  # refuse larger images before decoding (decompression bombs)
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+Color = Literal["gray", "rgb"]
+Ink = Literal["light", "dark", "none"]
+Layout = Literal["nchw", "nhwc"]
+
+
+@dataclass(frozen=True)
+class ImageConstraint:
+    """What the model's image input must look like (like Core ML's MLImageConstraint).
+
+    ``ink`` is the stroke polarity a drawing model was trained on: "light" strokes on a dark
+    ground (MNIST, Quick, Draw!), "dark" on light, or "none" for photos. For drawings the
+    preprocessing crops to the strokes and normalises polarity to match.
+    Pixel values fed to the model are ``uint8 * scale + bias[channel]``.
+    """
+
+    width: int
+    height: int
+    color: Color = "gray"
+    scale: float = 1.0 / 255.0
+    bias: tuple[float, ...] = (0.0,)
+    ink: Ink = "light"
+    layout: Layout = "nchw"
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.width <= 4096 and 1 <= self.height <= 4096):
+            raise ValueError(f"image size {self.width}x{self.height} is out of range 1..4096")
+        if self.color not in ("gray", "rgb"):
+            raise ValueError(f"colour space must be gray or rgb, not {self.color!r}")
+        if self.ink not in ("light", "dark", "none"):
+            raise ValueError(f"ink must be light, dark or none, not {self.ink!r}")
+        if self.layout not in ("nchw", "nhwc"):
+            raise ValueError(f"layout must be nchw or nhwc, not {self.layout!r}")
+        if len(self.bias) not in (1, self.channels):
+            raise ValueError(f"bias needs 1 or {self.channels} values, got {len(self.bias)}")
+        if not np.isfinite(self.scale) or self.scale == 0:
+            raise ValueError("scale must be a finite non-zero number")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape of one preprocessed example as stored in a batch: (height, width, channels)."""
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "color": self.color,
+            "scale": self.scale,
+            "bias": list(self.bias),
+            "ink": self.ink,
+            "layout": self.layout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ImageConstraint:
+        bias = data.get("bias", [0.0])
+        if not isinstance(bias, list):
+            raise ValueError("bias must be a list of numbers")
+        return cls(
+            width=int(data["width"]),  # type: ignore[call-overload]
+            height=int(data["height"]),  # type: ignore[call-overload]
+            color=data.get("color", "gray"),  # type: ignore[arg-type]
+            scale=float(data.get("scale", 1.0 / 255.0)),  # type: ignore[arg-type]
+            bias=tuple(float(b) for b in bias),
+            ink=data.get("ink", "light"),  # type: ignore[arg-type]
+            layout=data.get("layout", "nchw"),  # type: ignore[arg-type]
+        )
+
+
+def is_image_name(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def open_image(source: Path | str | bytes) -> Image.Image:
+    """Decode ``source`` fully, refusing bombs, unknown formats and corrupt data with ImageError.
+
+    The result has EXIF orientation applied and the first frame of an animation.
+    """
+    import io
+
+    name = "image" if isinstance(source, bytes) else str(source)
+    try:
+        if isinstance(source, bytes):
+            data = source
+        else:
+            with open(source, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{name} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name} is {width}x{height} pixels, more than the limit of "
+                    f"{MAX_PIXELS:,}; refused before decoding"
+                )
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"{name} declares more than {MAX_PIXELS:,} pixels (a decompression bomb?); refused before decoding"
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageError(f"{name} is not an image in a supported format ({', '.join(FORMATS)})") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError) as exc:
+        raise ImageError(f"{name} is corrupt or truncated: {exc}") from exc
+    except (MemoryError, RecursionError, ZeroDivisionError, OverflowError, AttributeError) as exc:
+        raise ImageError(f"{name} could not be decoded: {type(exc).__name__}") from exc
+    return image
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB or L with transparency composited on white, 16-bit scaled to 8-bit, CMYK to RGB."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode == "1":
+        return image.convert("L")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _gray(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def _fit(image: Image.Image, width: int, height: int, fill: int | tuple[int, ...]) -> Image.Image:
+    """Scale to fit inside width x height keeping the aspect ratio, centred, padded with fill."""
+    scale = min(width / image.width, height / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resized = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    canvas = Image.new(image.mode, (width, height), fill)
+    canvas.paste(resized, ((width - size[0]) // 2, (height - size[1]) // 2))
+    return canvas
+
+
+def _drawing(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
+    """A drawing: strokes made light on dark, cropped to the strokes, fitted with a margin."""
+    gray = _gray(image).astype(np.int16)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = int(np.median(border))
+    ink = np.abs(gray - background)  # stroke strength whatever the polarity
+    ink = np.clip(ink * 255.0 / max(1, max(background, 255 - background)), 0, 255)
+    mask = ink > 48
+    if mask.any():
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    side = max(ink.shape)
+    margin = max(1, round(side * 0.12))
+    square = np.zeros((side + 2 * margin, side + 2 * margin), dtype=np.uint8)
+    top = margin + (side - ink.shape[0]) // 2
+    left = margin + (side - ink.shape[1]) // 2
+    square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink.astype(np.uint8)
+    fitted = _fit(Image.fromarray(square, "L"), constraint.width, constraint.height, 0)
+    out = np.asarray(fitted, dtype=np.uint8)
+    if constraint.ink == "dark":
+        out = 255 - out
+    if constraint.color == "rgb":
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    return out.reshape(constraint.shape)
+
+
+def preprocess(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
+    """Pixels of ``image`` as the model expects them: uint8 of shape (height, width, channels)."""
+    flat = _flatten(image)
+    if constraint.ink != "none":
+        return _drawing(flat, constraint)
+    if constraint.color == "gray":
+        fitted = _fit(flat.convert("L"), constraint.width, constraint.height, 0)
+    else:
+        fitted = _fit(flat.convert("RGB"), constraint.width, constraint.height, (0, 0, 0))
+    return np.asarray(fitted, dtype=np.uint8).reshape(constraint.shape)
+
+
+def load(source: Path | str | bytes, constraint: ImageConstraint) -> np.ndarray:
+    """Decode a file (or its bytes) and preprocess it: the path every image takes."""
+    image = open_image(source)
+    try:
+        return preprocess(image, constraint)
+    except (OSError, ValueError, MemoryError) as exc:
+        raise ImageError(f"{source if not isinstance(source, bytes) else 'image'}: {exc}") from exc
+
+
+def to_model_input(pixels: np.ndarray, constraint: ImageConstraint) -> np.ndarray:
+    """uint8 examples (N, H, W, C) to the float32 tensor the model takes (NCHW or NHWC)."""
+    x = pixels.astype(np.float32) * np.float32(constraint.scale)
+    x += np.asarray(constraint.bias, dtype=np.float32)
+    if constraint.layout == "nchw":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x

@@ -1,0 +1,129 @@
+"""Classify images with a model package: one ONNX Runtime session, batched runs, top-k, "unknown"."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import _ort, images
+from .errors import InputError, ModelError
+from .package import MODEL_FILE, UNKNOWN, ModelPackage
+
+RUN_BATCH = 64  # examples per session run: big enough to amortise the call, small for latency
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result; ``error`` is set (and the rest empty) when the image could not be read."""
+
+    file: str
+    label: str = ""
+    confidence: float = 0.0
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        if self.error:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "top": [{"label": label, "probability": round(p, 6)} for label, p in self.top],
+        }
+
+
+def collect_images(inputs: Iterable[Path]) -> Iterator[Path]:
+    """Files named directly, and image files found recursively (sorted, hidden skipped) in folders."""
+    for item in inputs:
+        if item.is_dir():
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith(".") and images.is_image_name(name):
+                        yield Path(root) / name
+        elif item.exists() or item.is_symlink():
+            yield item
+        else:
+            raise InputError(f"{item}: no such file or folder")
+
+
+class Classifier:
+    """An inference session over a package's model.onnx."""
+
+    def __init__(self, package: ModelPackage, threads: int = 0) -> None:
+        self.package = package
+        self.manifest = package.manifest
+        self.constraint = package.manifest.constraint
+        self.labels = list(package.manifest.labels)
+        try:
+            self.session = _ort.inference_session(package.file(MODEL_FILE), threads)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise ModelError(f"{package.file(MODEL_FILE)}: ONNX Runtime cannot load it ({exc})") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or inputs[0].name != self.manifest.input_name:
+            raise ModelError(
+                f"{package.file(MODEL_FILE)}: input is not {self.manifest.input_name!r} as the manifest says"
+            )
+        self.input_name = inputs[0].name
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Per-label probabilities [N, C] for preprocessed uint8 examples (N, H, W, C)."""
+        out = []
+        for start in range(0, len(pixels), RUN_BATCH):
+            x = images.to_model_input(pixels[start : start + RUN_BATCH], self.constraint)
+            (probs,) = self.session.run(["probabilities"], {self.input_name: x})
+            out.append(probs)
+        if not out:
+            return np.zeros((0, len(self.labels)), np.float32)
+        probs = np.concatenate(out)
+        if probs.shape[1] != len(self.labels):
+            raise ModelError(f"model gives {probs.shape[1]} probabilities for {len(self.labels)} labels")
+        return probs
+
+    def decide(self, probs: np.ndarray, top_k: int, threshold: float) -> list[tuple[str, float, list]]:
+        """(label, confidence, top-k) per row; below ``threshold`` the label is "unknown"."""
+        k = max(1, min(top_k, probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        results = []
+        for row, idx in zip(probs, order):
+            top = [(self.labels[i], float(row[i])) for i in idx]
+            label, confidence = top[0]
+            if confidence < threshold:
+                label = UNKNOWN
+            results.append((label, confidence, top))
+        return results
+
+    def classify(
+        self, paths: Iterable[Path], top_k: int = 3, threshold: float | None = None
+    ) -> Iterator[Prediction]:
+        """Predictions in input order, decoded and run in chunks of RUN_BATCH."""
+        limit = self.manifest.unknown_threshold if threshold is None else threshold
+        chunk: list[tuple[str, np.ndarray | None, str]] = []
+        for path in paths:
+            name = os.fsdecode(path)
+            try:
+                chunk.append((name, images.load(path, self.constraint), ""))
+            except InputError as exc:
+                chunk.append((name, None, str(exc)))
+            if len(chunk) >= RUN_BATCH:
+                yield from self._run(chunk, top_k, limit)
+                chunk = []
+        if chunk:
+            yield from self._run(chunk, top_k, limit)
+
+    def _run(
+        self, chunk: list[tuple[str, np.ndarray | None, str]], top_k: int, threshold: float
+    ) -> Iterator[Prediction]:
+        good = [pixels for _, pixels, _ in chunk if pixels is not None]
+        decided = iter(self.decide(self.probabilities(np.stack(good)), top_k, threshold) if good else [])
+        for name, pixels, error in chunk:
+            if pixels is None:
+                yield Prediction(file=name, error=error)
+            else:
+                label, confidence, top = next(decided)
+                yield Prediction(file=name, label=label, confidence=confidence, top=top)

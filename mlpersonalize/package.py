@@ -1,0 +1,431 @@
+"""The model package: one folder with the models, training artifacts, exemplars and a manifest.
+
+Layout (format version 1)::
+
+    manifest.json              everything below, plus the SHA-256 and size of every other file
+    model.onnx                 inference model: image -> label, probabilities, embedding
+    backbone.onnx              the frozen part: image -> embedding (runs once per example)
+    head.onnx                  the updatable part: embedding -> logits (forward only)
+    training/                  ONNX Runtime training artifacts of the head
+      training_model.onnx  eval_model.onnx  optimizer_model.onnx  checkpoint
+    exemplars.npz              bounded memory of known labels' embeddings (for rehearsal)
+
+Loading checks the schema, that every listed file exists inside the folder and matches its hash,
+and that labels, head shape and exemplars agree. Any mismatch is a ModelError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import ModelError
+from .images import ImageConstraint
+from .params import DEFAULT_RANGES, UpdateParams, ranges_from_dict
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+BACKBONE_FILE = "backbone.onnx"
+HEAD_FILE = "head.onnx"
+EXEMPLARS_FILE = "exemplars.npz"
+TRAINING_FILES = (
+    "training/training_model.onnx",
+    "training/eval_model.onnx",
+    "training/optimizer_model.onnx",
+    "training/checkpoint",
+)
+REQUIRED_FILES = (MODEL_FILE, BACKBONE_FILE, HEAD_FILE, EXEMPLARS_FILE, *TRAINING_FILES)
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+UNKNOWN = "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def normalize_label(label: str) -> str:
+    """Labels are compared and stored NFC-normalised."""
+    return unicodedata.normalize("NFC", label)
+
+
+def check_labels(labels: Any, where: str) -> list[str]:
+    if not isinstance(labels, list) or not labels:
+        raise ModelError(f"{where}: labels must be a non-empty list of strings")
+    out: list[str] = []
+    for label in labels:
+        if not isinstance(label, str) or not label.strip() or "\x00" in label:
+            raise ModelError(f"{where}: label {label!r} is not a non-empty string")
+        out.append(normalize_label(label))
+    duplicates = sorted({label for label in out if out.count(label) > 1})
+    if duplicates:
+        raise ModelError(f"{where}: duplicate labels: {', '.join(duplicates)}")
+    return out
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The validated contents of manifest.json (see module docstring and docs/package-format.md)."""
+
+    name: str
+    description: str
+    author: str
+    license: str
+    input_name: str
+    constraint: ImageConstraint
+    labels: tuple[str, ...]
+    embedding_dim: int
+    logit_scale: float
+    update_defaults: UpdateParams
+    update_ranges: dict[str, tuple[float, float]]
+    files: dict[str, FileEntry]
+    unknown_threshold: float = 0.0
+    exemplars_per_label: int = 20
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()
+    producer: dict[str, str] = field(default_factory=dict)
+    model_id: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def updatable(self) -> list[dict[str, Any]]:
+        return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model_id": self.model_id,
+            "name": self.name,
+            "description": self.description,
+            "author": self.author,
+            "license": self.license,
+            "producer": self.producer,
+            "input": {"name": self.input_name, "image": self.constraint.to_dict()},
+            "outputs": {
+                "label": "label",
+                "probabilities": "probabilities",
+                "embedding": "embedding",
+            },
+            "labels": list(self.labels),
+            "unknown_label": UNKNOWN,
+            "unknown_threshold": self.unknown_threshold,
+            "head": {"kind": "cosine", "embedding_dim": self.embedding_dim, "logit_scale": self.logit_scale},
+            "updatable": self.updatable,
+            "update_defaults": self.update_defaults.to_dict(),
+            "update_ranges": {k: [v[0], v[1]] for k, v in self.update_ranges.items()},
+            "exemplars_per_label": self.exemplars_per_label,
+            "metrics": self.metrics,
+            "training": self.training,
+            "history": list(self.history),
+            "files": {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}: not a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(f"{where}: format_version {version!r} is not supported (this tool reads {FORMAT_VERSION})")
+        try:
+            inp = data["input"]
+            head = data["head"]
+            constraint = ImageConstraint.from_dict(inp["image"])
+            files = {
+                str(name): FileEntry(str(entry["sha256"]), int(entry["bytes"]))
+                for name, entry in data["files"].items()
+            }
+            manifest = cls(
+                name=str(data["name"]),
+                description=str(data.get("description", "")),
+                author=str(data.get("author", "")),
+                license=str(data.get("license", "")),
+                input_name=str(inp["name"]),
+                constraint=constraint,
+                labels=tuple(check_labels(data["labels"], where)),
+                embedding_dim=int(head["embedding_dim"]),
+                logit_scale=float(head["logit_scale"]),
+                update_defaults=UpdateParams.from_dict(data.get("update_defaults", {})),
+                update_ranges=ranges_from_dict(data.get("update_ranges", {})),
+                files=files,
+                unknown_threshold=float(data.get("unknown_threshold", 0.0)),
+                exemplars_per_label=int(data.get("exemplars_per_label", 20)),
+                metrics=dict(data.get("metrics", {})),
+                training=dict(data.get("training", {})),
+                history=tuple(dict(h) for h in data.get("history", [])),
+                producer={str(k): str(v) for k, v in dict(data.get("producer", {})).items()},
+                model_id=str(data.get("model_id", "")),
+            )
+        except ModelError as exc:
+            if str(exc).startswith(where):
+                raise
+            raise ModelError(f"{where}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+        if not 0.0 <= manifest.unknown_threshold < 1.0:
+            raise ModelError(f"{where}: unknown_threshold must be in [0, 1)")
+        if manifest.embedding_dim < 1 or not np.isfinite(manifest.logit_scale):
+            raise ModelError(f"{where}: head.embedding_dim and head.logit_scale are invalid")
+        missing = [name for name in REQUIRED_FILES if name not in files]
+        if missing:
+            raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")
+        for name in files:
+            _check_relative(name, where)
+        return manifest
+
+
+def _check_relative(name: str, where: str) -> None:
+    parts = Path(name).parts
+    if Path(name).is_absolute() or not parts or ".." in parts or "\\" in name or name.startswith("/"):
+        raise ModelError(f"{where}: file entry {name!r} points outside the package")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A loaded, verified package: its folder and manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exemplars(self) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 [M, D], label index int64 [M]) of the exemplar memory."""
+        return read_exemplars(self.file(EXEMPLARS_FILE), len(self.manifest.labels), self.manifest.embedding_dim)
+
+
+def read_manifest(path: Path) -> Manifest:
+    where = str(path / MANIFEST)
+    try:
+        if not path.is_dir():
+            raise ModelError(f"{path} is not a model package (no such folder)")
+        raw = (path / MANIFEST).read_bytes()[: MAX_MANIFEST_BYTES + 1]
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path} is not a model package: {MANIFEST} is missing") from exc
+    except OSError as exc:
+        raise ModelError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelError(f"{where}: not valid UTF-8 JSON ({exc})") from exc
+    return Manifest.from_dict(data, where)
+
+
+def verify_files(path: Path, manifest: Manifest) -> dict[str, bool]:
+    """Check each listed file: inside the package, a regular file, right size and hash."""
+    results: dict[str, bool] = {}
+    root = path.resolve()
+    for name, entry in manifest.files.items():
+        file = path / name
+        try:
+            if file.is_symlink() or not file.resolve().is_relative_to(root):
+                raise ModelError(f"{file}: is a link or lies outside the package")
+            size = file.stat().st_size
+        except FileNotFoundError as exc:
+            raise ModelError(f"{file}: listed in {MANIFEST} but missing") from exc
+        except OSError as exc:
+            raise ModelError(f"{file}: cannot be read ({exc.strerror or exc})") from exc
+        ok = size == entry.bytes and sha256_file(file) == entry.sha256
+        results[name] = ok
+    return results
+
+
+def load_package(path: Path, verify: bool = True) -> ModelPackage:
+    """Read and check a package; with ``verify`` every file's hash must match its manifest entry."""
+    manifest = read_manifest(path)
+    if verify:
+        for name, ok in verify_files(path, manifest).items():
+            if not ok:
+                raise ModelError(f"{path / name}: contents do not match the SHA-256 in {MANIFEST} (file changed or corrupt)")
+    return ModelPackage(path, manifest)
+
+
+def read_exemplars(path: Path, n_labels: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            emb = np.asarray(data["embeddings"])
+            idx = np.asarray(data["labels"])
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ModelError(f"{path}: unreadable exemplar memory ({exc})") from exc
+    if emb.ndim != 2 or emb.shape[1] != dim or idx.shape != (emb.shape[0],):
+        raise ModelError(f"{path}: exemplar shapes {emb.shape} / {idx.shape} do not fit embedding size {dim}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n_labels):
+        raise ModelError(f"{path}: exemplar label index out of range")
+    return emb.astype(np.float32), idx.astype(np.int64)
+
+
+def exemplars_bytes(embeddings: np.ndarray, label_index: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, embeddings=embeddings.astype(np.float16), labels=label_index.astype(np.int32))
+    return buffer.getvalue()
+
+
+def producer() -> dict[str, str]:
+    import onnx
+
+    from . import _ort
+
+    return {"name": "mlpersonalize", "version": __version__, "onnxruntime": _ort.ORT_VERSION, "onnx": onnx.__version__}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes]) -> Manifest:
+    """Write ``contents`` (relative name -> bytes) and the manifest into the empty ``directory``.
+
+    Every file and folder is fsynced; the manifest (with the hashes of what was written) is last,
+    so a folder without a valid manifest is never mistaken for a package.
+    """
+    from .fsio import fsync_dir, write_bytes_synced
+
+    entries: dict[str, FileEntry] = {}
+    folders = {directory}
+    for name, data in sorted(contents.items()):
+        _check_relative(name, "package")
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folders.add(target.parent)
+        write_bytes_synced(target, data)
+        entries[name] = FileEntry(hashlib.sha256(data).hexdigest(), len(data))
+    final = _replace(manifest, files=entries)
+    text = json.dumps(final.to_dict(), indent=2, ensure_ascii=False) + "\n"
+    write_bytes_synced(directory / MANIFEST, text.encode("utf-8"))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+    return final
+
+
+def _replace(manifest: Manifest, **changes: Any) -> Manifest:
+    import dataclasses
+
+    return dataclasses.replace(manifest, **changes)
+
+
+def build_contents(
+    backbone_bytes: bytes,
+    weight: np.ndarray,
+    logit_scale: float,
+    labels: list[str],
+    exemplar_embeddings: np.ndarray,
+    exemplar_labels: np.ndarray,
+    params: UpdateParams,
+) -> dict[str, bytes]:
+    """All package files except the manifest, from a backbone and head weights."""
+    import onnx
+
+    from . import _ort
+    from .head import build_head, build_inference_model
+
+    backbone = onnx.load_from_string(backbone_bytes)
+    head = build_head(weight, logit_scale)
+    contents = {
+        BACKBONE_FILE: backbone_bytes,
+        HEAD_FILE: head.SerializeToString(),
+        MODEL_FILE: build_inference_model(backbone, weight, logit_scale, labels).SerializeToString(),
+        EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
+    }
+    with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
+        _ort.generate_head_artifacts(head, ["head.weight"], Path(tmp), optimizer=params.optimizer)
+        for name in TRAINING_FILES:
+            contents[name] = (Path(tmp) / os.path.basename(name)).read_bytes()
+    return contents
+
+
+def create_package(
+    directory: Path,
+    *,
+    backbone: Any,
+    head_weight: np.ndarray,
+    labels: list[str],
+    constraint: ImageConstraint,
+    logit_scale: float,
+    exemplars: dict[str, np.ndarray],
+    name: str,
+    description: str,
+    author: str,
+    license: str,
+    metrics: dict[str, float],
+    training: dict[str, object],
+    params: UpdateParams | None = None,
+    unknown_threshold: float = 0.0,
+) -> Manifest:
+    """Build a new package in ``directory`` (created; must not exist or be empty)."""
+    labels = check_labels(list(labels), "create_package")
+    params = (params or UpdateParams()).validate()
+    if head_weight.shape[0] != len(labels):
+        raise ValueError(f"head_weight has {head_weight.shape[0]} rows for {len(labels)} labels")
+    per_label = max((len(v) for v in exemplars.values()), default=0)
+    emb = [np.asarray(exemplars[label], np.float32) for label in labels if label in exemplars]
+    idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
+    exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, head_weight.shape[1]), np.float32)
+    exemplar_labels = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+    contents = build_contents(
+        backbone.SerializeToString(), head_weight, logit_scale, labels, exemplar_embeddings, exemplar_labels, params
+    )
+    manifest = Manifest(
+        name=name,
+        description=description,
+        author=author,
+        license=license,
+        input_name=backbone.graph.input[0].name,
+        constraint=constraint,
+        labels=tuple(labels),
+        embedding_dim=int(head_weight.shape[1]),
+        logit_scale=float(logit_scale),
+        update_defaults=params,
+        update_ranges={k: v for k, v in DEFAULT_RANGES.items()},
+        files={},
+        unknown_threshold=unknown_threshold,
+        exemplars_per_label=per_label or 20,
+        metrics=dict(metrics),
+        training=dict(training),
+        producer=producer(),
+        model_id=hashlib.sha256(contents[BACKBONE_FILE]).hexdigest()[:16],  # stays across updates
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise ValueError(f"{directory} is not empty")
+    return write_package(directory, manifest, contents)
+
+
+def describe(package: ModelPackage) -> dict[str, Any]:
+    """What `inspect` shows: the manifest plus file sizes and whether each hash verifies."""
+    manifest = package.manifest
+    try:
+        verified = verify_files(package.path, manifest)
+    except ModelError:
+        verified = {name: False for name in manifest.files}
+    data = manifest.to_dict()
+    data["path"] = str(package.path)
+    data["files"] = [
+        {"name": name, "bytes": entry.bytes, "sha256": entry.sha256, "verified": verified.get(name, False)}
+        for name, entry in sorted(manifest.files.items())
+    ]
+    return data

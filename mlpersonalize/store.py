@@ -1,0 +1,287 @@
+"""Where models live: the bundled original, personalized copies in the user data dir, overrides.
+
+Resolution, the one place it happens (like the Core ML sample: the updated model if it exists,
+else the bundled original): ``--model`` flag, then ``MLPERSONALIZE_MODEL``, then the personalized
+copy of the bundled model in ``MLPERSONALIZE_HOME`` (default: the platform's user data dir), then
+the bundled original, which is never modified.
+
+A personalized model lives at ``<home>/models/<name>/`` as ``versions/<id>/`` folders (each a
+complete package) and a ``current`` symlink naming one of them; see ``swap``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+BUNDLED_NAME = "doodles"
+Source = Literal["flag", "environment", "personalized", "bundled"]
+
+
+def bundled_model_path() -> Path:
+    """The shipped original: inside the installed package, or sample_models/ in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled" / BUNDLED_NAME, here.parent / "sample_models" / BUNDLED_NAME):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    return here.parent / "sample_models" / BUNDLED_NAME
+
+
+def home() -> Path:
+    """The user data dir (MLPERSONALIZE_HOME, else the platform's)."""
+    env = os.environ.get("MLPERSONALIZE_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("mlpersonalize", appauthor=False))
+
+
+def model_home(name: str = BUNDLED_NAME) -> Path:
+    """The folder that holds a personalized model's versions, pointer and lock."""
+    return home() / "models" / name
+
+
+def current_link(name: str = BUNDLED_NAME) -> Path:
+    return model_home(name) / "current"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    source: Source
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.source == "bundled"
+
+
+def resolve_model(flag: Path | None = None) -> ResolvedModel:
+    """The package a command uses (flag, environment, personalized copy, bundled original)."""
+    if flag is not None:
+        return ResolvedModel(_follow(flag.expanduser()), "flag")
+    env = os.environ.get("MLPERSONALIZE_MODEL")
+    if env:
+        return ResolvedModel(_follow(Path(env).expanduser()), "environment")
+    link = current_link()
+    if link.is_symlink() and (link / "manifest.json").is_file():
+        return ResolvedModel(Path(os.path.realpath(link)), "personalized")
+    return ResolvedModel(bundled_model_path(), "bundled")
+
+
+def _follow(path: Path) -> Path:
+    """A personalized model's folder given as the model home resolves to its current version.
+
+    Resolving the link once, here, means a command keeps reading one version even if an
+    update swaps ``current`` while it runs.
+    """
+    link = path / "current"
+    if not (path / "manifest.json").exists() and link.is_symlink():
+        return Path(os.path.realpath(link))
+    return path
+
+
+# --- versions, pointer swap, lock, rollback, reset -------------------------------------------
+
+VERSIONS = "versions"
+LOCK = "lock"
+TEMP_PREFIX = ".tmp-"
+DEFAULT_KEEP = 3
+
+
+def versions_dir(root: Path) -> Path:
+    return root / VERSIONS
+
+
+def list_versions(root: Path) -> list[str]:
+    """Committed version ids of a model home, oldest first (temp folders excluded)."""
+    folder = versions_dir(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def current_version(root: Path) -> str | None:
+    """The version id ``current`` names, or None when there is no personalized copy."""
+    link = root / "current"
+    if not link.is_symlink():
+        return None
+    name = Path(os.readlink(link)).name
+    return name if (versions_dir(root) / name / "manifest.json").is_file() else None
+
+
+def current_path(root: Path) -> Path | None:
+    version = current_version(root)
+    return versions_dir(root) / version if version else None
+
+
+def is_in_store(path: Path) -> Path | None:
+    """The model home that holds ``path`` as one of its versions, else None."""
+    try:
+        real = path.resolve()
+        models = (home() / "models").resolve()
+    except OSError:
+        return None
+    if real.parent.name == VERSIONS and real.parent.parent.parent == models:
+        return real.parent.parent
+    return None
+
+
+class ModelLock:
+    """An exclusive ``fcntl.flock`` on ``<model home>/lock``; the kernel frees it if we die."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True, on_wait: Callable[[], None] | None = None) -> ModelLock:
+        import fcntl
+
+        from .errors import BusyError
+        from .fsio import storage_error
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error("create the lock file in", self.root, exc) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise BusyError(
+                        f"another update of {self.root} is running; retry later or drop --no-wait"
+                    ) from None
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> ModelLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def clean_stale(root: Path) -> list[str]:
+    """Remove temp folders and half-made links left by killed runs (call with the lock held)."""
+    import shutil
+
+    removed: list[str] = []
+    folder = versions_dir(root)
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name.startswith(TEMP_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    for entry in root.glob(f"{TEMP_PREFIX}current*") if root.is_dir() else []:
+        entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def new_temp_dir(root: Path) -> Path:
+    """A fresh, empty ``versions/.tmp-…`` folder beside the versions (same filesystem: rename works)."""
+    import tempfile
+
+    folder = versions_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
+
+
+def next_version(root: Path) -> str:
+    existing = [int(v) for v in list_versions(root)]
+    return f"{(max(existing) + 1 if existing else 1):06d}"
+
+
+def point_current(root: Path, version: str, fault: Callable[[str], None] | None = None) -> None:
+    """Atomically make ``current`` name ``versions/<version>``: new link beside, rename over, fsync.
+
+    A reader resolves ``current`` once and sees the old or the new target, never neither;
+    ``os.replace`` of a symlink is atomic where ``ln -sfn`` is not.
+    """
+    from .fsio import fsync_dir
+
+    temp = root / f"{TEMP_PREFIX}current-{os.getpid()}"
+    temp.unlink(missing_ok=True)
+    os.symlink(f"{VERSIONS}/{version}", temp)
+    if fault:
+        fault("update:before-swap")
+    os.replace(temp, root / "current")
+    if fault:
+        fault("update:after-swap")
+    fsync_dir(root)
+
+
+def commit(root: Path, temp: Path, fault: Callable[[str], None] | None = None) -> str:
+    """Rename a complete, fsynced package folder to the next version id and point ``current`` at it."""
+    from .fsio import fsync_dir
+
+    version = next_version(root)
+    os.rename(temp, versions_dir(root) / version)
+    fsync_dir(versions_dir(root))
+    point_current(root, version, fault)
+    return version
+
+
+def prune(root: Path, keep: int = DEFAULT_KEEP, fault: Callable[[str], None] | None = None) -> list[str]:
+    """Delete versions beyond the newest ``keep`` (never the current one); only after the swap is durable."""
+    import shutil
+
+    if fault:
+        fault("update:during-cleanup")
+    current = current_version(root)
+    versions = list_versions(root)
+    doomed = [v for v in versions[: max(0, len(versions) - max(1, keep))] if v != current]
+    for version in doomed:
+        # Rename first so a crash mid-delete never leaves a half-deleted folder that looks committed.
+        trash = versions_dir(root) / f"{TEMP_PREFIX}old-{version}"
+        os.rename(versions_dir(root) / version, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def rollback(root: Path) -> str:
+    """Point ``current`` at the version before it; returns that version id."""
+    from .errors import ModelError
+
+    current = current_version(root)
+    if current is None:
+        raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
+    older = [v for v in list_versions(root) if v < current]
+    if not older:
+        raise ModelError(f"version {current} is the oldest one kept at {root}; nothing to roll back to")
+    point_current(root, older[-1])
+    return older[-1]
+
+
+def reset(root: Path) -> list[str]:
+    """Drop the personalized copy: unlink ``current`` (durably) first, then delete every version."""
+    import shutil
+
+    from .fsio import fsync_dir
+
+    link = root / "current"
+    if link.is_symlink():
+        link.unlink()
+        fsync_dir(root)
+    versions = list_versions(root)
+    for version in versions:
+        trash = versions_dir(root) / f"{TEMP_PREFIX}old-{version}"
+        os.rename(versions_dir(root) / version, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    clean_stale(root)
+    return versions

@@ -60,8 +60,7 @@ def _training_package() -> types.ModuleType:
         folder = Path(next(iter(spec.submodule_search_locations))) / "training"
         if not folder.is_dir():
             raise ImportError(
-                "onnxruntime has no training support: install onnxruntime-training-cpu, "
-                "not onnxruntime"
+                "onnxruntime has no training support: install onnxruntime-training-cpu, not onnxruntime"
             )
         module = types.ModuleType(name)
         module.__path__ = [str(folder)]  # a bare package: its __init__ (and torch) never runs
@@ -120,18 +119,21 @@ def generate_head_artifacts(
     model: Any,
     requires_grad: list[str],
     directory: Path,
-    optimizer: str = "adamw",
+    optimizer: Any = "adamw",
+    extra_outputs: tuple[str, ...] = (),
 ) -> None:
     """Training, eval and optimizer models plus checkpoint for ``model`` into ``directory``.
 
-    ``generate_artifacts`` logs hundreds of C++ INFO lines to fd 2, so fd 2 is captured for the
-    call (and shown only in the error if it fails). Its optimizer model gets onnx's newest IR
+    ``optimizer`` is "adamw", "sgd" or an onnxblock optimizer block (whose hyperparameters, unlike
+    the enum's, can be set). ``generate_artifacts`` logs hundreds of C++ INFO lines to fd 2, so
+    fd 2 is captured for the call (and shown only in the error if it fails). Its optimizer model gets onnx's newest IR
     version, which ONNX Runtime 1.19 refuses; its ops all exist at IR 10, so it is stamped 10.
     """
     import onnx
 
     artifacts = artifacts_api()
-    optim = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
+    if isinstance(optimizer, str):  # an enum name, else an onnxblock optimizer block
+        optimizer = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
     directory.mkdir(parents=True, exist_ok=True)
     with _stderr_captured() as captured:
         try:
@@ -140,8 +142,9 @@ def generate_head_artifacts(
                 requires_grad=requires_grad,
                 frozen_params=[],
                 loss=artifacts.LossType.CrossEntropyLoss,
-                optimizer=optim,
+                optimizer=optimizer,
                 artifact_directory=str(directory),
+                additional_output_names=list(extra_outputs) or None,
             )
         except Exception as exc:
             tail = "\n".join(captured().splitlines()[-5:])

@@ -7,9 +7,15 @@ embedding of its examples) and keep old and new labels on the same scale.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from .params import UpdateParams
 
 OPSET = 17
 ML_OPSET = 2
@@ -124,3 +130,22 @@ def head_scale(head: onnx.ModelProto) -> float:
         if init.name == "head.scale":
             return float(numpy_helper.to_array(init))
     raise ValueError("head model has no initializer named head.scale")
+
+
+def optimizer_block(params: UpdateParams) -> Any:
+    """The optimizer graph for ``params`` (ORT's enum optimizers fix betas/eps/decay; this does not)."""
+    from . import _ort
+
+    optim = _ort.onnxblock_api().optim
+    if params.optimizer == "sgd":
+        return optim.SGD()  # ORT's SGD has no momentum: params.momentum is not used
+    return optim.AdamW(betas=(params.beta1, params.beta2), eps=params.eps, weight_decay=params.weight_decay)
+
+
+def generate_artifacts(weight: np.ndarray, scale: float, params: UpdateParams, directory: Path) -> None:
+    """Head training artifacts into ``directory``; the eval model also outputs the logits."""
+    from . import _ort
+
+    _ort.generate_head_artifacts(
+        build_head(weight, scale), [WEIGHT], directory, optimizer_block(params), extra_outputs=("logits",)
+    )

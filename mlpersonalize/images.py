@@ -18,9 +18,7 @@ from .errors import ImageError
 
 # Decoders we trust and users need; anything else is refused before a plugin parses it.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"}
-)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"})
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding (decompression bombs)
 MAX_FILE_BYTES = 100 * 1024 * 1024
 
@@ -139,7 +137,8 @@ def open_image(source: Path | str | bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
-            f"{name} declares more than {MAX_PIXELS:,} pixels (a decompression bomb?); refused before decoding"
+            f"{name} declares more than {MAX_PIXELS:,} pixels (a decompression bomb?); "
+            "refused before decoding"
         ) from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image in a supported format ({', '.join(FORMATS)})") from exc

@@ -90,7 +90,7 @@ class Classifier:
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         results = []
-        for row, idx in zip(probs, order):
+        for row, idx in zip(probs, order, strict=True):
             top = [(self.labels[i], float(row[i])) for i in idx]
             label, confidence = top[0]
             if confidence < threshold:

@@ -148,7 +148,9 @@ class Manifest:
             raise ModelError(f"{where}: not a JSON object")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ModelError(f"{where}: format_version {version!r} is not supported (this tool reads {FORMAT_VERSION})")
+            raise ModelError(
+                f"{where}: format_version {version!r} is not supported (this tool reads {FORMAT_VERSION})"
+            )
         try:
             inp = data["input"]
             head = data["head"]
@@ -214,7 +216,9 @@ class ModelPackage:
 
     def exemplars(self) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings float32 [M, D], label index int64 [M]) of the exemplar memory."""
-        return read_exemplars(self.file(EXEMPLARS_FILE), len(self.manifest.labels), self.manifest.embedding_dim)
+        return read_exemplars(
+            self.file(EXEMPLARS_FILE), len(self.manifest.labels), self.manifest.embedding_dim
+        )
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -261,7 +265,10 @@ def load_package(path: Path, verify: bool = True) -> ModelPackage:
     if verify:
         for name, ok in verify_files(path, manifest).items():
             if not ok:
-                raise ModelError(f"{path / name}: contents do not match the SHA-256 in {MANIFEST} (file changed or corrupt)")
+                raise ModelError(
+                    f"{path / name}: contents do not match the SHA-256 in {MANIFEST} "
+                    "(file changed or corrupt)"
+                )
     return ModelPackage(path, manifest)
 
 
@@ -290,7 +297,12 @@ def producer() -> dict[str, str]:
 
     from . import _ort
 
-    return {"name": "mlpersonalize", "version": __version__, "onnxruntime": _ort.ORT_VERSION, "onnx": onnx.__version__}
+    return {
+        "name": "mlpersonalize",
+        "version": __version__,
+        "onnxruntime": _ort.ORT_VERSION,
+        "onnx": onnx.__version__,
+    }
 
 
 def now_iso() -> str:
@@ -340,8 +352,7 @@ def build_contents(
     """All package files except the manifest, from a backbone and head weights."""
     import onnx
 
-    from . import _ort
-    from .head import build_head, build_inference_model
+    from .head import build_head, build_inference_model, generate_artifacts
 
     backbone = onnx.load_from_string(backbone_bytes)
     head = build_head(weight, logit_scale)
@@ -352,7 +363,7 @@ def build_contents(
         EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
     }
     with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
-        _ort.generate_head_artifacts(head, ["head.weight"], Path(tmp), optimizer=params.optimizer)
+        generate_artifacts(weight, logit_scale, params, Path(tmp))
         for name in TRAINING_FILES:
             contents[name] = (Path(tmp) / os.path.basename(name)).read_bytes()
     return contents
@@ -387,7 +398,13 @@ def create_package(
     exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, head_weight.shape[1]), np.float32)
     exemplar_labels = np.concatenate(idx) if idx else np.zeros(0, np.int64)
     contents = build_contents(
-        backbone.SerializeToString(), head_weight, logit_scale, labels, exemplar_embeddings, exemplar_labels, params
+        backbone.SerializeToString(),
+        head_weight,
+        logit_scale,
+        labels,
+        exemplar_embeddings,
+        exemplar_labels,
+        params,
     )
     manifest = Manifest(
         name=name,

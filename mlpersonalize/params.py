@@ -49,7 +49,9 @@ class UpdateParams:
             if value is None:
                 continue
             if isinstance(value, bool) or not (low <= value <= high):
-                raise UsageError(f"{name.replace('_', '-')} must be within [{low:g}, {high:g}], got {value!r}")
+                raise UsageError(
+                    f"{name.replace('_', '-')} must be within [{low:g}, {high:g}], got {value!r}"
+                )
         return self
 
     def replace(self, **changes: Any) -> UpdateParams:
@@ -99,6 +101,8 @@ def ranges_from_dict(data: Any) -> dict[str, tuple[float, float]]:
         low, high = float(pair[0]), float(pair[1])
         tool_low, tool_high = DEFAULT_RANGES[name]
         if not (tool_low <= low <= high <= tool_high):
-            raise ModelError(f"update_ranges.{name} [{low:g}, {high:g}] is outside [{tool_low:g}, {tool_high:g}]")
+            raise ModelError(
+                f"update_ranges.{name} [{low:g}, {high:g}] is outside [{tool_low:g}, {tool_high:g}]"
+            )
         out[name] = (low, high)
     return out

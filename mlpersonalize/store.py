@@ -199,7 +199,9 @@ def new_temp_dir(root: Path) -> Path:
 
     folder = versions_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
+    temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
+    temp.chmod(0o755)  # mkdtemp makes it 0700; a committed version is as readable as the original
+    return temp
 
 
 def next_version(root: Path) -> str:
@@ -254,8 +256,37 @@ def prune(root: Path, keep: int = DEFAULT_KEEP, fault: Callable[[str], None] | N
     return doomed
 
 
-def rollback(root: Path) -> str:
-    """Point ``current`` at the version before it; returns that version id."""
+def model_root(flag: Path | None = None) -> Path:
+    """The model home rollback/reset act on: the flag's (or $MLPERSONALIZE_MODEL's), else the bundled."""
+    from .errors import ModelError
+
+    given = (
+        flag
+        if flag is not None
+        else (Path(os.environ["MLPERSONALIZE_MODEL"]) if os.environ.get("MLPERSONALIZE_MODEL") else None)
+    )
+    if given is None:
+        return model_home(BUNDLED_NAME)
+    given = given.expanduser()
+    if (given / VERSIONS).is_dir() or (given / "current").is_symlink():
+        return given
+    root = is_in_store(given)
+    if root is None:
+        raise ModelError(f"{given} is not a personalized model (no versions/ or current inside)")
+    return root
+
+
+def rollback(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> str:
+    """Point ``current`` at the version before it (under the lock); returns that version id."""
+    from .errors import ModelError
+
+    if current_version(root) is None:
+        raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
+    with ModelLock(root).acquire(wait, on_wait):
+        return _rollback_locked(root)
+
+
+def _rollback_locked(root: Path) -> str:
     from .errors import ModelError
 
     current = current_version(root)
@@ -268,8 +299,16 @@ def rollback(root: Path) -> str:
     return older[-1]
 
 
-def reset(root: Path) -> list[str]:
-    """Drop the personalized copy: unlink ``current`` (durably) first, then delete every version."""
+def reset(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> list[str]:
+    """Drop the personalized copy (under the lock); returns the versions deleted (none: nothing to do)."""
+    if not root.is_dir():
+        return []
+    with ModelLock(root).acquire(wait, on_wait):
+        return _reset_locked(root)
+
+
+def _reset_locked(root: Path) -> list[str]:
+    """Unlink ``current`` (durably) first, so readers fall back to the original, then delete versions."""
     import shutil
 
     from .fsio import fsync_dir

@@ -93,7 +93,10 @@ def test_errors_are_one_line_with_a_documented_code(
 ) -> None:
     draw(tmp_path / "x.png", "circle")
     result = subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args], capture_output=True, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "mlpersonalize", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         env={**os.environ, "MLPERSONALIZE_MODEL": str(tiny_model)},
     )
     assert result.returncode == code, result.stderr

@@ -26,11 +26,33 @@ def test_manifest_round_trip_keeps_everything(tiny_model: Path) -> None:
     package = load_package(tiny_model)
     manifest = package.manifest
     data = manifest.to_dict()
-    for key in ("format_version", "name", "description", "author", "license", "input", "outputs", "labels",
-                "updatable", "update_defaults", "update_ranges", "history", "files", "model_id", "producer"):
+    for key in (
+        "format_version",
+        "name",
+        "description",
+        "author",
+        "license",
+        "input",
+        "outputs",
+        "labels",
+        "updatable",
+        "update_defaults",
+        "update_ranges",
+        "history",
+        "files",
+        "model_id",
+        "producer",
+    ):
         assert key in data, key
-    assert data["input"]["image"] == {"width": 28, "height": 28, "color": "gray", "scale": 1 / 255,
-                                      "bias": [0.0], "ink": "light", "layout": "nchw"}
+    assert data["input"]["image"] == {
+        "width": 28,
+        "height": 28,
+        "color": "gray",
+        "scale": 1 / 255,
+        "bias": [0.0],
+        "ink": "light",
+        "layout": "nchw",
+    }
     assert data["updatable"] == [{"name": "head.weight", "shape": [3, 64]}]
     assert set(data["files"]) == set(REQUIRED_FILES)
     again = type(manifest).from_dict(json.loads(json.dumps(data)))
@@ -60,7 +82,9 @@ def test_a_missing_file_is_named(tiny_model: Path) -> None:
 
 
 def test_a_file_entry_pointing_outside_is_refused(tiny_model: Path) -> None:
-    edit_manifest(tiny_model, lambda d: d["files"].update({"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}}))
+    edit_manifest(
+        tiny_model, lambda d: d["files"].update({"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}})
+    )
     with pytest.raises(ModelError, match="points outside the package"):
         load_package(tiny_model)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--model",
         "-m",
-        help="Model package folder. Default: $MLPERSONALIZE_MODEL, else your personalized copy, else the bundled original.",
+        help="Model package folder. Default: $MLPERSONALIZE_MODEL, else your personalized copy, "
+        "else the bundled original.",
         show_default=False,
     ),
 ]

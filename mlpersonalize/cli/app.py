@@ -6,7 +6,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 
 # Each module defines `register(app)`; its heavy imports happen inside the command bodies so
 # that `--help` stays fast.
-_COMMAND_MODULES = ("inspect", "predict")
+_COMMAND_MODULES = ("prepare", "inspect", "predict", "update")
 
 
 def _version(value: bool) -> None:
@@ -36,7 +36,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
     ] = None,
 ) -> None:
@@ -81,7 +81,14 @@ def _other_error(exc: Exception, debug: bool) -> int:
     return ExitCode.ERROR
 
 
-_USAGE_ERRORS = {"UsageError", "BadParameter", "MissingParameter", "NoSuchOption", "BadOptionUsage", "BadArgumentUsage"}
+_USAGE_ERRORS = {
+    "UsageError",
+    "BadParameter",
+    "MissingParameter",
+    "NoSuchOption",
+    "BadOptionUsage",
+    "BadArgumentUsage",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
         returned = app(args=argv, standalone_mode=False)
         code = returned if isinstance(returned, int) else ExitCode.OK
+        if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) itself
+            error_line(str(Interrupted("interrupted; nothing was changed")))
     except MLPersonalizeError as exc:
         if debug:
             raise
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         code = ExitCode.INTERRUPTED
     except typer.Exit as exc:
         code = ExitCode(exc.exit_code) if exc.exit_code in ExitCode._value2member_map_ else exc.exit_code
-    except (typer.Abort,):
+    except typer.Abort:
         error_line("aborted")
         code = ExitCode.INTERRUPTED
     except Exception as exc:  # click's (vendored by newer typer) usage errors, and the unexpected

@@ -71,7 +71,9 @@ def _render(data: dict[str, Any]) -> None:
     console.print("update defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
     for key, value in sorted(data.get("metrics", {}).items()):
         console.print(f"metric {key}: {value}")
-    history = Table("when", "examples", "labels added", "epochs", "loss", "acc before→after", title="update history")
+    history = Table(
+        "when", "examples", "labels added", "epochs", "loss", "acc before→after", title="update history"
+    )
     for entry in data.get("history", []):
         history.add_row(
             str(entry.get("time", "")),
@@ -87,5 +89,10 @@ def _render(data: dict[str, Any]) -> None:
         console.print("update history: none (this is an original)")
     files = Table("file", "bytes", "sha256", "verified", title="files")
     for entry in data["files"]:
-        files.add_row(entry["name"], f"{entry['bytes']:,}", entry["sha256"][:16] + "…", "yes" if entry["verified"] else "NO")
+        files.add_row(
+            entry["name"],
+            f"{entry['bytes']:,}",
+            entry["sha256"][:16] + "…",
+            "yes" if entry["verified"] else "NO",
+        )
     console.print(files)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,12 +16,18 @@ def register(app: typer.Typer) -> None:
 
 
 def predict_command(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).", show_default=False)
+    ],
     model: ModelOpt = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many labels to list per image.")] = 3,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="How many labels to list per image.")
+    ] = 3,
     threshold: Annotated[
-        Optional[float],
-        typer.Option(min=0.0, max=1.0, help="Confidence under which the label is 'unknown'. Default: the model's."),
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Confidence under which the label is 'unknown'. Default: the model's."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -54,7 +60,9 @@ def predict_command(
             if result.error:
                 table.add_row(safe_name(result.file), "[red]error[/red]", "", safe_name(result.error))
             else:
-                table.add_row(safe_name(result.file), safe_name(result.label), f"{result.confidence:.3f}", top)
+                table.add_row(
+                    safe_name(result.file), safe_name(result.label), f"{result.confidence:.3f}", top
+                )
         elif result.error:
             print(f"{safe_name(result.file)}\terror\t\t{safe_name(result.error)}", flush=True)
         else:

@@ -1,0 +1,401 @@
+"""Train the updatable head on cached embeddings with ONNX Runtime's on-device training API.
+
+The backbone is frozen, so it runs once per example as plain inference (:func:`embed`); every
+epoch then trains only the cosine head (``head.weight``) on those cached embeddings through the
+head's training artifacts (CheckpointState / Module / Optimizer). New labels get a row each,
+initialised by weight imprinting (the normalised mean embedding of their examples), and the
+exemplar memory of known labels is rehearsed with the new data so old labels are not forgotten.
+No printing here: progress goes to a callback.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _ort
+from .head import generate_artifacts
+from .images import ImageConstraint, to_model_input
+from .params import UpdateParams
+
+EMBED_BATCH = 256  # examples per backbone run: big enough to amortise call overhead, small in memory
+# Defaults tuned for "3 drawings of each new label" (see docs/update.md): imprinting does most of
+# the work, a few epochs at a small rate separate new rows from old examples without moving old rows far.
+RECOMMENDED = UpdateParams(epochs=10, learning_rate=0.003, batch_size=16)
+# After each epoch, known labels' rows are pulled this far back towards their values before the
+# update (an L2-SP-like anchor): rehearsal keeps them right, the anchor keeps them from drifting.
+ANCHOR = 0.5
+
+EpochCallback = Callable[[int, float], None]
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed(
+    backbone: bytes | Path, pixels: np.ndarray, constraint: ImageConstraint, batch: int = EMBED_BATCH
+) -> np.ndarray:
+    """Embeddings (float32 [N, D]) of uint8 examples through the frozen backbone, one session."""
+    session = _ort.inference_session(backbone)
+    input_name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    output = "embedding" if "embedding" in outputs else outputs[0]
+    parts = [
+        session.run([output], {input_name: to_model_input(pixels[i : i + batch], constraint)})[0]
+        for i in range(0, len(pixels), batch)
+    ]
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+def cosine_logits(emb: np.ndarray, weight: np.ndarray, scale: float) -> np.ndarray:
+    """The head's logits in numpy (same formula as head.onnx) for quick evaluation."""
+    return float(scale) * normalize(emb) @ normalize(weight).T
+
+
+def imprint(emb: np.ndarray, idx: np.ndarray, rows: list[int]) -> np.ndarray:
+    """One row per label index in ``rows``: the normalised mean of its examples' embeddings."""
+    out = np.zeros((len(rows), emb.shape[1]), np.float32)
+    unit = normalize(emb)
+    for i, row in enumerate(rows):
+        members = unit[idx == row]
+        if len(members):
+            out[i] = normalize(members.mean(axis=0, keepdims=True))[0]
+    return out
+
+
+def accuracy_by_label(pred: np.ndarray, idx: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """Top-1 accuracy per label that has examples."""
+    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in np.unique(idx)}
+
+
+def overall(pred: np.ndarray, idx: np.ndarray) -> float | None:
+    return float(np.mean(pred == idx)) if len(idx) else None
+
+
+def split_holdout(idx: np.ndarray, rng: np.random.Generator, every: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) positions: about 1 in ``every`` of each label with ≥ 2 examples is held out."""
+    train: list[int] = []
+    held: list[int] = []
+    for label in np.unique(idx):
+        members = rng.permutation(np.flatnonzero(idx == label))
+        n_held = min(max(1, len(members) // every), len(members) - 1) if len(members) >= 2 else 0
+        held += members[:n_held].tolist()
+        train += members[n_held:].tolist()
+    return np.array(sorted(train), np.int64), np.array(sorted(held), np.int64)
+
+
+def balanced_order(idx: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """One epoch of positions where every label appears as often as the most frequent one.
+
+    Three drawings of a new label against twenty exemplars of each old one would otherwise be
+    drowned out; cycling each label's examples to the same count balances them without a
+    weighted loss (the ORT cross-entropy block has none).
+    """
+    labels, counts = np.unique(idx, return_counts=True)
+    target = int(counts.max()) if len(counts) else 0
+    parts = []
+    for label in labels:
+        members = np.flatnonzero(idx == label)
+        if rng is not None:
+            members = rng.permutation(members)
+        parts.append(np.resize(members, target))
+    if not parts:
+        return np.zeros(0, np.int64)
+    order = np.stack(parts, axis=1).reshape(-1)  # interleaved: each mini-batch mixes labels
+    return rng.permutation(order) if rng is not None else order
+
+
+@dataclass
+class FitResult:
+    """What one training run produced."""
+
+    weight: np.ndarray
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+    @property
+    def finite(self) -> bool:
+        return bool(np.all(np.isfinite(self.weight))) and all(np.isfinite(v) for v in self.losses)
+
+
+class HeadTrainer:
+    """The head's training session: artifacts in a private temp folder, Module and Optimizer."""
+
+    def __init__(self, weight: np.ndarray, scale: float, params: UpdateParams) -> None:
+        self.scale = float(scale)
+        self.params = params
+        self._tmp = tempfile.TemporaryDirectory(prefix="mlp-train-")
+        folder = Path(self._tmp.name)
+        generate_artifacts(weight, scale, params, folder)
+        api = _ort.training_api()
+        self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+        self.module = api.Module(
+            str(folder / "training_model.onnx"), self.state, str(folder / "eval_model.onnx"), device="cpu"
+        )
+        self.optimizer = api.Optimizer(str(folder / "optimizer_model.onnx"), self.module)
+        self.optimizer.set_learning_rate(float(params.learning_rate))
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> HeadTrainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def weight(self) -> np.ndarray:
+        return np.array(self.state.parameters["head.weight"].data, dtype=np.float32)
+
+    def _set_weight(self, weight: np.ndarray) -> None:
+        self.state.parameters["head.weight"] = np.ascontiguousarray(weight, dtype=np.float32)
+
+    def logits(self, emb: np.ndarray) -> np.ndarray:
+        """Logits from the engine's eval model (what the portability test compares against)."""
+        if len(emb) == 0:
+            return np.zeros((0, self.weight.shape[0]), np.float32)
+        self.module.eval()
+        out = self.module(np.ascontiguousarray(emb, np.float32), np.zeros(len(emb), np.int64))
+        return np.asarray(out[1], np.float32)
+
+    def fit(
+        self,
+        emb: np.ndarray,
+        idx: np.ndarray,
+        anchor_rows: int = 0,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        """Train for ``params.epochs`` on label-balanced epochs; rows below ``anchor_rows`` are anchored."""
+        params = self.params
+        rng = np.random.default_rng(params.seed) if params.shuffle else None
+        emb = np.ascontiguousarray(emb, np.float32)
+        idx = np.asarray(idx, np.int64)
+        start = self.weight
+        result = FitResult(start)
+        for epoch in range(1, params.epochs + 1):
+            self.module.train()
+            order = balanced_order(idx, rng)
+            total = 0.0
+            for i in range(0, len(order), params.batch_size):
+                batch = order[i : i + params.batch_size]
+                out = self.module(emb[batch], idx[batch])
+                loss = float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
+                self.optimizer.step()
+                self.module.lazy_reset_grad()
+                total += loss * len(batch)
+            mean = total / max(1, len(order))
+            if anchor_rows and ANCHOR:
+                w = self.weight
+                w[:anchor_rows] = start[:anchor_rows] + (1 - ANCHOR) * (w[:anchor_rows] - start[:anchor_rows])
+                self._set_weight(w)
+            result.losses.append(mean)
+            if on_epoch is not None:
+                on_epoch(epoch, mean)
+            if not np.isfinite(mean):
+                break  # NaN/inf never recovers; the guard refuses the result
+        result.weight = self.weight
+        return result
+
+
+def train_head(
+    weight: np.ndarray,
+    scale: float,
+    emb: np.ndarray,
+    idx: np.ndarray,
+    params: UpdateParams,
+    anchor_rows: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """Fine-tune ``weight`` on (emb, idx) and return the trained rows and per-epoch losses."""
+    if params.epochs == 0 or len(idx) == 0:
+        return FitResult(np.asarray(weight, np.float32))
+    with HeadTrainer(weight, scale, params) as trainer:
+        return trainer.fit(emb, idx, anchor_rows, on_epoch)
+
+
+# --- one update: imprint, rehearse, train, guard ----------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """The trained head, its labels, the new exemplar memory and the history entry."""
+
+    labels: tuple[str, ...]
+    added: tuple[str, ...]
+    weight: np.ndarray
+    exemplar_embeddings: np.ndarray
+    exemplar_labels: np.ndarray
+    params: UpdateParams
+    history: dict[str, Any]
+
+
+def select_exemplars(emb: np.ndarray, idx: np.ndarray, per_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, per label, the ``per_label`` examples closest to the label's mean (its prototype)."""
+    keep: list[np.ndarray] = []
+    unit = normalize(emb)
+    for label in np.unique(idx):
+        members = np.flatnonzero(idx == label)
+        centre = normalize(unit[members].mean(axis=0, keepdims=True))[0]
+        closest = members[np.argsort(-(unit[members] @ centre), kind="stable")[:per_label]]
+        keep.append(np.sort(closest))
+    chosen = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)
+
+
+def _predict(emb: np.ndarray, weight: np.ndarray, scale: float) -> np.ndarray:
+    if len(emb) == 0:
+        return np.zeros(0, np.int64)
+    return np.argmax(cosine_logits(emb, weight, scale), axis=1)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def personalize(
+    package: Any,
+    batches: list[Any],
+    paths: Any,
+    params: UpdateParams,
+    max_drop: float,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> Outcome:
+    """Train ``package``'s head on the batches (new labels appended) and judge the result.
+
+    Two passes: the first trains on all but a held-out part of the new examples and is judged
+    by the guard (held-out accuracy; known labels' accuracy on exemplars and held-out examples,
+    before vs after). The second, from the same start, trains on every example, so three
+    drawings all count; it is the one written, and the guard checks its memory accuracy too.
+    """
+    import onnx
+
+    from .batch import file_sha256
+    from .head import head_weight
+    from .package import BACKBONE_FILE, HEAD_FILE, normalize_label, now_iso, producer
+
+    emit = on_event or (lambda event: None)
+    manifest = package.manifest
+    old_labels = tuple(manifest.labels)
+    batch_labels = [normalize_label(label) for batch in batches for label in batch.labels]
+    added = tuple(dict.fromkeys(label for label in batch_labels if label not in old_labels))
+    labels = old_labels + added
+    position = {label: i for i, label in enumerate(labels)}
+    idx = np.array([position[label] for label in batch_labels], np.int64)
+    pixels = np.concatenate([batch.pixels for batch in batches])
+    emit(
+        {
+            "event": "began",
+            "model": str(package.path),
+            "examples": len(idx),
+            "labels_added": list(added),
+            "epochs": params.epochs,
+            "passes": 2,
+            "params": params.to_dict(),
+        }
+    )
+
+    emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the only backbone run
+    old_weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
+    scale = manifest.logit_scale
+    ex_emb, ex_idx = package.exemplars()
+    rng = np.random.default_rng(params.seed)
+    train_pos, held_pos = split_holdout(idx, rng)
+    n_old = len(old_labels)
+    known_held = held_pos[idx[held_pos] < n_old]
+
+    def start(pos: np.ndarray) -> np.ndarray:
+        return np.concatenate([old_weight, imprint(emb[pos], idx[pos], list(range(n_old, len(labels))))])
+
+    def fit(pos: np.ndarray, pass_no: int) -> FitResult:
+        train_emb = np.concatenate([ex_emb, emb[pos]])
+        train_idx = np.concatenate([ex_idx, idx[pos]])
+        return train_head(
+            start(pos),
+            scale,
+            train_emb,
+            train_idx,
+            params,
+            n_old,
+            lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
+        )
+
+    def known_accuracy(weight: np.ndarray) -> float | None:
+        known_emb = np.concatenate([ex_emb, emb[known_held]])
+        known_idx = np.concatenate([ex_idx, idx[known_held]])
+        return overall(_predict(known_emb, weight, scale), known_idx)
+
+    first = fit(train_pos, 1)
+    before_known = known_accuracy(old_weight)
+    after_known = known_accuracy(first.weight)
+    held_pred = _predict(emb[held_pos], first.weight, scale)
+    held_before = overall(_predict(emb[held_pos], old_weight, scale), idx[held_pos])
+    final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
+    final_known = overall(_predict(ex_emb, final.weight, scale), ex_idx)
+    before_memory = overall(_predict(ex_emb, old_weight, scale), ex_idx)
+
+    reason = ""
+    if not (first.finite and final.finite):
+        reason = "training diverged (loss is NaN or infinite)"
+    elif before_known is not None and after_known is not None and before_known - after_known > max_drop:
+        reason = (
+            f"known labels' accuracy would fall from {before_known:.1%} to {after_known:.1%} "
+            f"(more than {max_drop * 100:g} points)"
+        )
+    elif before_memory is not None and final_known is not None and before_memory - final_known > max_drop:
+        reason = (
+            f"the exemplar memory's accuracy would fall from {before_memory:.1%} to "
+            f"{final_known:.1%} (more than {max_drop * 100:g} points)"
+        )
+
+    all_emb = np.concatenate([ex_emb, emb])
+    all_idx = np.concatenate([ex_idx, idx])
+    memory_emb, memory_idx = select_exemplars(all_emb, all_idx, manifest.exemplars_per_label)
+    accuracy = {
+        "held_out_examples": len(held_pos),
+        "held_out_before": _rounded(held_before),
+        "held_out_after": _rounded(overall(held_pred, idx[held_pos])),
+        "held_out_by_label": accuracy_by_label(held_pred, idx[held_pos], labels),
+        "known_before": _rounded(before_known),
+        "known_after": _rounded(after_known),
+        "exemplars_before": _rounded(before_memory),
+        "exemplars_after": _rounded(final_known),
+    }
+    counts = {
+        label: int(n)
+        for label, n in zip(*np.unique(np.array(batch_labels, dtype=object), return_counts=True), strict=True)
+    }
+    history = {
+        "time": now_iso(),
+        "kind": "update",
+        "batches": [
+            {
+                "file": Path(str(p)).name.encode("utf-8", "backslashreplace").decode("utf-8"),
+                "sha256": file_sha256(Path(str(p))),
+            }
+            for p in paths
+        ],
+        "examples_per_label": counts,
+        "labels_added": list(added),
+        "epochs": params.epochs,
+        "params": params.to_dict(),
+        "final_loss": _rounded(final.final_loss),
+        "losses": [_rounded(v) for v in final.losses],
+        "accuracy": accuracy,
+        "guard": {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False},
+        "producer": producer(),
+    }
+    return Outcome(labels, added, final.weight, memory_emb, memory_idx, params, history)

@@ -1,0 +1,277 @@
+"""One update, end to end: load → check → embed once → train → guard → write package → swap → history.
+
+Like Core ML's MLUpdateTask: batches of labelled drawings update the head of a model package;
+the result is written beside its destination and swapped in atomically (see store.py). The
+package it started from is only read. Progress goes to ``on_event(dict)``; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .errors import BatchError, ModelError, RejectedError, UsageError
+from .faults import fault_point
+from .fsio import fsync_dir, storage_error
+from .package import BACKBONE_FILE, UNKNOWN, ModelPackage, load_package, normalize_label
+from .params import UpdateParams
+from .training import Outcome, personalize
+
+Event = Callable[[dict[str, Any]], None]
+DEFAULT_MAX_DROP = 0.02  # known labels may lose at most 2 accuracy points before the guard refuses
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """What the caller chose; None means the manifest's default."""
+
+    model: Path | None = None
+    output: Path | None = None
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    shuffle: bool | None = None
+    keep: int = store.DEFAULT_KEEP
+    wait: bool = True
+    force: bool = False
+    max_drop: float = DEFAULT_MAX_DROP
+
+    def params(self, base: UpdateParams, ranges: dict[str, tuple[float, float]]) -> UpdateParams:
+        """The manifest's defaults with these overrides, checked against the manifest's ranges."""
+        changed = base.replace(
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shuffle=self.shuffle,
+        )
+        return changed.validate(ranges)
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """Where the updated model went and what the update measured."""
+
+    model: Path
+    version: str | None
+    labels_added: tuple[str, ...]
+    history: dict[str, Any]
+    pruned: tuple[str, ...] = ()
+
+
+def _load_batches(paths: Sequence[Path]) -> list[Any]:
+    from .batch import load_batch
+
+    if not paths:
+        raise UsageError("give at least one batch file (made by `mlpersonalize prepare`)")
+    return [load_batch(Path(p)) for p in paths]
+
+
+def _check_batches(batches: list[Any], paths: Sequence[Path], package: ModelPackage) -> None:
+    """Every batch must fit the model's image constraint and identity, before any training."""
+    from .batch import check_batch_fits
+
+    for batch, path in zip(batches, paths, strict=True):
+        check_batch_fits(batch, package.manifest, str(path))
+        for label in batch.labels:
+            if normalize_label(label) == UNKNOWN and UNKNOWN not in package.manifest.labels:
+                raise BatchError(f"{path}: the label {UNKNOWN!r} is reserved for rejected predictions")
+
+
+def _check_options(options: UpdateOptions) -> None:
+    if options.keep < 1:
+        raise UsageError(f"keep must be at least 1, got {options.keep}")
+    if not 0.0 <= options.max_drop <= 1.0:
+        raise UsageError(f"max-drop must be within [0, 100] points, got {options.max_drop * 100:g}")
+    out = options.output
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--output {out} exists and is not an empty folder")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM off while the swap commits: once begun, the update finishes.
+
+    An interrupt here would otherwise report "nothing was changed" after the pointer moved.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
+    """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
+    from .package import build_contents, write_package
+
+    manifest = package.manifest
+    contents = build_contents(
+        (package.path / BACKBONE_FILE).read_bytes(),
+        outcome.weight,
+        manifest.logit_scale,
+        list(outcome.labels),
+        outcome.exemplar_embeddings,
+        outcome.exemplar_labels,
+        outcome.params,
+    )
+    new_manifest = dataclasses.replace(
+        manifest,
+        labels=tuple(outcome.labels),
+        history=(*manifest.history, outcome.history),
+        metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
+        producer=outcome.history["producer"],
+    )
+    try:
+        write_package(temp, new_manifest, contents)
+        fault_point("update:after-temp-write")
+        fsync_dir(temp.parent)
+        fault_point("update:after-fsync")
+    except OSError as exc:
+        raise storage_error("write the updated model to", temp, exc) from exc
+
+
+def _emit(on_event: Event | None, event: dict[str, Any]) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _train(
+    package: ModelPackage,
+    batches: list[Any],
+    paths: Sequence[Path],
+    options: UpdateOptions,
+    on_event: Event | None,
+) -> Outcome:
+    params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
+    outcome = personalize(package, batches, paths, params, options.max_drop, on_event)
+    guard = outcome.history["guard"]
+    if not guard["passed"]:
+        if not options.force:
+            reason = guard["reason"]
+            raise RejectedError(f"update refused, the model was not changed: {reason} (--force to accept)")
+        guard["forced"] = True
+    return outcome
+
+
+def _to_output(package: ModelPackage, outcome: Outcome, output: Path) -> Path:
+    """Write a new package at ``output`` via a temp folder beside it and one rename."""
+    import tempfile
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        temp.chmod(0o755)
+    except OSError as exc:
+        raise storage_error("create a folder beside", output, exc) from exc
+    try:
+        _write_package(temp, package, outcome)
+        with _signals_deferred():
+            if output.exists():
+                output.rmdir()  # empty (checked); rename cannot replace it on every platform
+            temp.rename(output)
+            fsync_dir(output.parent)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise storage_error("write", output, exc) from exc
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return output
+
+
+def update(
+    batch_paths: Sequence[Path],
+    options: UpdateOptions | None = None,
+    on_event: Event | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> UpdateResult:
+    """Personalize a model with labelled batches; return where the new model is.
+
+    Raises UsageError, BatchError, ModelError, BusyError, RejectedError, StorageError; a
+    KeyboardInterrupt before the swap leaves everything as it was (temp folder removed).
+    """
+    options = options or UpdateOptions()
+    _check_options(options)
+    batches = _load_batches(batch_paths)
+    resolved = store.resolve_model(options.model)
+    source = load_package(resolved.path)
+    _check_batches(batches, batch_paths, source)
+    options.params(source.manifest.update_defaults, source.manifest.update_ranges)  # usage errors first
+
+    if options.output is not None:
+        outcome = _train(source, batches, batch_paths, options, on_event)
+        path = _to_output(source, outcome, options.output)
+        _emit(on_event, _completed(outcome, path, None))
+        return UpdateResult(path, None, outcome.added, outcome.history)
+
+    in_store = store.is_in_store(resolved.path)
+    if in_store is not None:
+        root = in_store
+    elif resolved.source == "bundled":
+        root = store.model_home(store.BUNDLED_NAME)
+    else:
+        root = store.model_home(source.manifest.name)
+    if "/" in source.manifest.name or source.manifest.name in ("", ".", ".."):
+        raise ModelError(f"model name {source.manifest.name!r} cannot name a folder in the store")
+
+    with store.ModelLock(root).acquire(options.wait, on_wait):
+        store.clean_stale(root)
+        # Read the base only now, under the lock: a concurrent update's result is built upon.
+        base = source
+        current = store.current_path(root)
+        if current is not None and (in_store is not None or resolved.source == "bundled"):
+            base = load_package(current)
+            if base.path.resolve() != source.path.resolve():
+                _check_batches(batches, batch_paths, base)
+        outcome = _train(base, batches, batch_paths, options, on_event)
+        outcome.history["base_version"] = store.current_version(root) if base.path == current else None
+        try:
+            temp = store.new_temp_dir(root)
+        except OSError as exc:
+            raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
+        try:
+            _write_package(temp, base, outcome)
+            with _signals_deferred():
+                version = store.commit(root, temp, fault_point)
+        except OSError as exc:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise storage_error("swap in the updated model at", root, exc) from exc
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        with _signals_deferred():
+            try:
+                pruned = store.prune(root, options.keep, fault_point)
+            except OSError:
+                pruned = []  # the update is committed; the next run removes what is left
+    path = store.versions_dir(root) / version
+    _emit(on_event, _completed(outcome, path, version))
+    return UpdateResult(path, version, outcome.added, outcome.history, tuple(pruned))
+
+
+def _completed(outcome: Outcome, path: Path, version: str | None) -> dict[str, Any]:
+    acc = outcome.history["accuracy"]
+    return {
+        "event": "completed",
+        "model": str(path),
+        "version": version,
+        "labels_added": list(outcome.added),
+        "final_loss": outcome.history["final_loss"],
+        "metrics": acc,
+        "guard": outcome.history["guard"],
+    }

@@ -1,0 +1,66 @@
+"""Head training on cached embeddings: imprinting, balancing, hold-out, engine vs numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlpersonalize.params import UpdateParams
+from mlpersonalize.training import (
+    HeadTrainer,
+    balanced_order,
+    cosine_logits,
+    imprint,
+    normalize,
+    select_exemplars,
+    split_holdout,
+    train_head,
+)
+
+
+def test_imprint_is_the_normalised_mean() -> None:
+    emb = np.array([[1, 0], [0, 1], [3, 0]], np.float32)
+    rows = imprint(emb, np.array([0, 0, 1]), [0, 1])
+    np.testing.assert_allclose(rows, [[np.sqrt(0.5), np.sqrt(0.5)], [1, 0]], atol=1e-6)
+
+
+def test_holdout_keeps_at_least_one_for_training() -> None:
+    idx = np.array([0] * 1 + [1] * 2 + [2] * 3 + [3] * 8)
+    train, held = split_holdout(idx, np.random.default_rng(0))
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(idx)))
+    assert np.bincount(idx[held], minlength=4).tolist() == [0, 1, 1, 2]
+
+
+def test_balanced_order_gives_every_label_equal_weight() -> None:
+    idx = np.array([0] * 20 + [1] * 3)
+    order = balanced_order(idx, np.random.default_rng(0))
+    assert np.bincount(idx[order]).tolist() == [20, 20]
+    assert set(order[idx[order] == 1].tolist()) == {20, 21, 22}
+
+
+def test_select_exemplars_is_bounded_and_keeps_the_typical() -> None:
+    emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [5, 5]], np.float32)
+    kept, idx = select_exemplars(emb, np.array([0, 0, 0, 1]), per_label=2)
+    assert idx.tolist() == [0, 0, 1] and kept[:2].tolist() == emb[:2].tolist()
+
+
+def test_engine_eval_logits_match_the_head_formula() -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 8)).astype(np.float32)
+    emb = rng.standard_normal((10, 8)).astype(np.float32)
+    with HeadTrainer(weight, 10.0, UpdateParams()) as trainer:
+        np.testing.assert_allclose(trainer.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
+
+
+def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
+    rng = np.random.default_rng(1)
+    centres = normalize(rng.standard_normal((3, 16)))
+    idx = np.repeat(np.arange(3), 10)
+    emb = centres[idx] + 0.3 * rng.standard_normal((30, 16)).astype(np.float32)
+    start = rng.standard_normal((3, 16)).astype(np.float32)
+    params = UpdateParams(epochs=15, learning_rate=0.05, batch_size=8)
+    free = train_head(start, 16.0, emb, idx, params)
+    anchored = train_head(start, 16.0, emb, idx, params, anchor_rows=2)
+    assert free.finite and free.losses[-1] < free.losses[0]
+    assert np.mean(np.argmax(cosine_logits(emb, free.weight, 16.0), 1) == idx) > 0.9
+    moved_free = np.abs(free.weight[:2] - start[:2]).mean()
+    assert np.abs(anchored.weight[:2] - start[:2]).mean() < moved_free

@@ -126,8 +126,9 @@ def generate_head_artifacts(
 
     ``optimizer`` is "adamw", "sgd" or an onnxblock optimizer block (whose hyperparameters, unlike
     the enum's, can be set). ``generate_artifacts`` logs hundreds of C++ INFO lines to fd 2, so
-    fd 2 is captured for the call (and shown only in the error if it fails). Its optimizer model gets onnx's newest IR
-    version, which ONNX Runtime 1.19 refuses; its ops all exist at IR 10, so it is stamped 10.
+    fd 2 is captured for the call (and shown only in the error if it fails). Its optimizer model
+    gets onnx's newest IR version, which ONNX Runtime 1.19 refuses; its ops all exist at IR 10,
+    so it is stamped 10.
     """
     import onnx
 

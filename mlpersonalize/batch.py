@@ -1,0 +1,330 @@
+"""Batch files: preprocessed training examples for one model, written atomically, read safely.
+
+A batch is an ``.npz`` (zip of ``.npy`` members) described in docs/batch-format.md. Loading never
+unpickles, and reads every member's header before its data, so a small file cannot declare a
+huge array, inflate a zip bomb or smuggle objects: whatever the bytes, the only error raised is
+BatchError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BatchError, UsageError
+from .faults import fault_point
+from .fsio import fsync_dir, fsync_file, storage_error
+from .images import ImageConstraint
+from .package import normalize_label
+
+SCHEMA_VERSION = 1
+MEMBERS = ("pixels", "labels", "sources", "sha256", "meta")
+MAX_EXAMPLES = 2_000_000
+MAX_MEMBER_BYTES = 2 * 1024**3  # uncompressed size of one member
+BOMB_FLOOR = 64 * 1024**2  # members above this size must not inflate more than MAX_RATIO
+MAX_RATIO = 100
+MAX_META_BYTES = 1024**2
+MAX_HEADER = 10_000
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Training examples prepared for one model: pixels, labels and where each came from."""
+
+    pixels: np.ndarray  # uint8 (N, H, W, C) at the model's resolution
+    labels: tuple[str, ...]
+    sources: tuple[str, ...]  # relative to its DATA_DIR; undecodable bytes escaped as \xNN
+    sha256: tuple[str, ...]  # of each source file's bytes
+    constraint: ImageConstraint
+    model_id: str
+    model_name: str
+    schema_version: int = SCHEMA_VERSION
+
+    def label_counts(self) -> dict[str, int]:
+        """Examples per label, sorted by label."""
+        return dict(sorted(Counter(self.labels).items()))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def validate(batch: Batch, where: str) -> None:
+    """Raise BatchError unless every field of ``batch`` is well-formed and consistent."""
+    pixels, n = batch.pixels, len(batch.labels)
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4:
+        raise BatchError(f"{where}: pixels must be a uint8 array of shape (N, H, W, C)")
+    if tuple(pixels.shape[1:]) != batch.constraint.shape:
+        raise BatchError(
+            f"{where}: examples are {pixels.shape[1:]} but the image constraint says {batch.constraint.shape}"
+        )
+    if n == 0:
+        raise BatchError(f"{where}: the batch holds no examples")
+    if not (pixels.shape[0] == n == len(batch.sources) == len(batch.sha256)):
+        raise BatchError(
+            f"{where}: {pixels.shape[0]} images, {n} labels, {len(batch.sources)} sources and "
+            f"{len(batch.sha256)} digests do not match"
+        )
+    if batch.schema_version != SCHEMA_VERSION:
+        raise BatchError(f"{where}: schema version {batch.schema_version!r} is not {SCHEMA_VERSION}")
+    for label in batch.labels:
+        if not _valid_text(label) or not label.strip() or normalize_label(label) != label:
+            raise BatchError(f"{where}: label {label!r} is not a non-empty NFC-normalised string")
+    for source in batch.sources:
+        if not _valid_text(source):
+            raise BatchError(f"{where}: source path {source!r} is not a valid string")
+    for digest in batch.sha256:
+        if not isinstance(digest, str) or not _HEX.fullmatch(digest):
+            raise BatchError(f"{where}: {digest!r} is not a hex SHA-256 digest")
+    if not isinstance(batch.model_id, str) or not isinstance(batch.model_name, str):
+        raise BatchError(f"{where}: model id and name must be strings")
+
+
+def _valid_text(text: object) -> bool:
+    if not isinstance(text, str) or "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")  # lone surrogates would break every JSON document downstream
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _metadata(batch: Batch) -> bytes:
+    meta = {
+        "schema_version": batch.schema_version,
+        "constraint": batch.constraint.to_dict(),
+        "model_id": batch.model_id,
+        "model_name": batch.model_name,
+    }
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def _arrays(batch: Batch) -> dict[str, np.ndarray]:
+    return {
+        "pixels": np.ascontiguousarray(batch.pixels),
+        "labels": np.array(batch.labels, dtype=np.str_),
+        "sources": np.array(batch.sources, dtype=np.str_),
+        "sha256": np.array(batch.sha256, dtype="U64"),
+        "meta": np.frombuffer(_metadata(batch), dtype=np.uint8),
+    }
+
+
+def save_batch(path: Path, batch: Batch, *, force: bool = False) -> None:
+    """Write ``batch`` to ``path`` atomically; an existing file is replaced only with ``force``."""
+    validate(batch, str(path))
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name for the batch")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to replace it or --append to add to it")
+    remove_stale_temps(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error("write", path, exc) from exc
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **_arrays(batch))  # type: ignore[arg-type]
+            handle.flush()
+            fault_point("prepare:after-temp-write")
+            fsync_file(handle.fileno())
+        fault_point("prepare:before-rename")
+        if force:
+            os.replace(temp, path)
+        else:
+            _link_no_clobber(temp, path)
+        fsync_dir(path.parent)
+    except BaseException as exc:
+        _unlink(temp)
+        if isinstance(exc, OSError):
+            raise storage_error("write", path, exc) from exc
+        raise
+
+
+def _link_no_clobber(temp: Path, path: Path) -> None:
+    """Give ``temp`` the name ``path`` unless something appeared there meanwhile (no overwrite race)."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; pass --force to replace it") from None
+    except OSError:  # no hard links on this filesystem: check, then rename
+        if path.exists():
+            raise UsageError(f"{path} already exists; pass --force to replace it") from None
+        os.replace(temp, path)
+        return
+    _unlink(temp)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temp files beside ``path`` left by writers that were killed (their pid is gone)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.\w+\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and not _alive(int(match.group(1))):
+            _unlink(path.parent / name)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a batch file's bytes."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise BatchError(f"cannot read batch {path}: {exc.strerror or exc}") from exc
+    return digest.hexdigest()
+
+
+def check_batch_fits(batch: Batch, manifest: Any, where: str) -> None:
+    """BatchError unless ``batch`` was prepared for this model's backbone and image constraint."""
+    if batch.model_id != manifest.model_id:
+        raise BatchError(
+            f"{where} was made for model {batch.model_name!r} ({batch.model_id or 'no id'}), "
+            f"this is {manifest.name!r} ({manifest.model_id or 'no id'}); run prepare again with this model"
+        )
+    if batch.constraint != manifest.constraint:
+        raise BatchError(
+            f"{where} holds {_describe(batch.constraint)} images but model {manifest.name!r} takes "
+            f"{_describe(manifest.constraint)}; run prepare again with this model"
+        )
+
+
+def _describe(c: ImageConstraint) -> str:
+    return f"{c.width}x{c.height} {c.color} (ink {c.ink})"
+
+
+def load_batch(path: Path) -> Batch:
+    """Read and validate a batch file; any problem is a BatchError naming the file."""
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = _read_members(archive, where)
+    except BatchError:
+        raise
+    except FileNotFoundError:
+        raise BatchError(f"batch {where} does not exist; create it with 'mlpersonalize prepare'") from None
+    except IsADirectoryError:
+        raise BatchError(f"batch {where} is a folder, not a batch file") from None
+    except OSError as exc:
+        raise BatchError(f"cannot read batch {where}: {exc.strerror or exc}") from exc
+    except zipfile.BadZipFile:
+        raise BatchError(f"{where} is not a batch file (not an npz archive) or is damaged") from None
+    except Exception as exc:  # the contract: hostile bytes yield BatchError, never anything else
+        raise BatchError(f"{where} is damaged or not a batch file ({type(exc).__name__}: {exc})") from None
+    try:
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+            version = meta.get("schema_version") if isinstance(meta, dict) else None
+            raise BatchError(f"{where}: schema version {version!r} is not supported (this tool reads 1)")
+        batch = Batch(
+            pixels=arrays["pixels"],
+            labels=tuple(str(x) for x in arrays["labels"].tolist()),
+            sources=tuple(str(x) for x in arrays["sources"].tolist()),
+            sha256=tuple(str(x) for x in arrays["sha256"].tolist()),
+            constraint=ImageConstraint.from_dict(meta["constraint"]),
+            model_id=meta["model_id"],
+            model_name=meta["model_name"],
+        )
+    except BatchError:
+        raise
+    except Exception as exc:  # malformed JSON, constraint or text: all the same to the user
+        raise BatchError(f"{where}: malformed batch metadata ({type(exc).__name__}: {exc})") from None
+    validate(batch, where)
+    return batch
+
+
+_KINDS = {"pixels": ("u", 4), "labels": ("U", 1), "sources": ("U", 1), "sha256": ("U", 1), "meta": ("u", 1)}
+
+
+def _read_members(archive: zipfile.ZipFile, where: str) -> dict[str, np.ndarray]:
+    infos = {info.filename: info for info in archive.infolist()}
+    expected = {f"{name}.npy" for name in MEMBERS}
+    if set(infos) != expected or len(archive.infolist()) != len(expected):
+        raise BatchError(f"{where}: members {sorted(infos)} are not the batch members {sorted(expected)}")
+    out: dict[str, np.ndarray] = {}
+    for name in MEMBERS:
+        info = infos[f"{name}.npy"]
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise BatchError(f"{where}: member {name} declares {info.file_size:,} bytes; refused")
+        if info.file_size > BOMB_FLOOR and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise BatchError(f"{where}: member {name} would inflate {info.file_size:,} bytes; refused")
+        with archive.open(info) as handle:
+            shape, dtype = _header(handle, name, where)
+            kind, ndim = _KINDS[name]
+            bad_bytes = kind == "u" and dtype.itemsize != 1
+            if dtype.kind != kind or dtype.hasobject or len(shape) != ndim or bad_bytes:
+                raise BatchError(f"{where}: member {name} has dtype {dtype.str}, {len(shape)} dims; refused")
+            count = int(np.prod(shape, dtype=object))
+            if shape and shape[0] > MAX_EXAMPLES and name != "meta":
+                raise BatchError(f"{where}: member {name} declares {shape[0]:,} examples; refused")
+            if name == "meta" and count > MAX_META_BYTES:
+                raise BatchError(f"{where}: metadata declares {count:,} bytes; refused")
+            if handle.tell() + count * dtype.itemsize != info.file_size:
+                raise BatchError(f"{where}: member {name}'s shape {shape} does not match its size")
+            out[name] = _read_data(handle, shape, dtype, f"{where}: member {name}")
+    n = out["pixels"].shape[0]
+    if any(out[name].shape[0] != n for name in ("labels", "sources", "sha256")):
+        raise BatchError(f"{where}: members hold different numbers of examples")
+    return out
+
+
+def _header(handle: Any, name: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle, max_header_size=MAX_HEADER)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle, max_header_size=MAX_HEADER)
+    else:
+        raise BatchError(f"{where}: member {name} uses npy format {version}; refused")
+    if fortran and len(shape) > 1:
+        raise BatchError(f"{where}: member {name} is stored in Fortran order; refused")
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def _read_data(handle: Any, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    """The member's data, read into an array whose size was checked against the header."""
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        got = handle.readinto(view[filled:])
+        if not got:
+            raise BatchError(f"{where} ends early (file truncated)")
+        filled += got
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)

@@ -6,6 +6,7 @@ pretraining all call :func:`preprocess`, so training and prediction never see di
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".jfif"})
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding (decompression bombs)
 MAX_FILE_BYTES = 100 * 1024 * 1024
+EXIF_ORIENTATION = 0x0112
 
 Color = Literal["gray", "rgb"]
 Ink = Literal["light", "dark", "none"]
@@ -132,7 +134,8 @@ def open_image(source: Path | str | bytes) -> Image.Image:
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
+                image = ImageOps.exif_transpose(image) or image
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -188,26 +191,36 @@ def _fit(image: Image.Image, width: int, height: int, fill: int | tuple[int, ...
     return canvas
 
 
+INK_THRESHOLD = 48  # stroke strength (0-255) that counts when cropping to the strokes
+
+
+@functools.cache  # one pair per background level: at most 256
+def _ink_tables(background: int) -> tuple[list[int], list[int]]:
+    """Lookup tables: gray level -> stroke strength, and -> stroke mask (0/255).
+
+    Strength is the distance from the background stretched to 0..255, so light-on-dark and
+    dark-on-light drawings come out the same. Tables keep the per-pixel work in Pillow's C code.
+    """
+    span = max(1, background, 255 - background)
+    strength = [abs(v - background) * 255.0 / span for v in range(256)]
+    return [min(255, int(s)) for s in strength], [255 if s > INK_THRESHOLD else 0 for s in strength]
+
+
 def _drawing(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
     """A drawing: strokes made light on dark, cropped to the strokes, fitted with a margin."""
-    gray = _gray(image).astype(np.int16)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = int(np.median(border))
-    ink = np.abs(gray - background)  # stroke strength whatever the polarity
-    ink = np.clip(ink * 255.0 / max(1, max(background, 255 - background)), 0, 255)
-    mask = ink > 48
-    if mask.any():
-        rows = np.flatnonzero(mask.any(axis=1))
-        cols = np.flatnonzero(mask.any(axis=0))
-        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    side = max(ink.shape)
+    gray = image.convert("L")
+    pixels = np.asarray(gray)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    strength, mask = _ink_tables(int(np.median(border)))
+    ink = gray.point(strength)
+    box = gray.point(mask).getbbox()
+    if box:
+        ink = ink.crop(box)
+    side = max(ink.size)
     margin = max(1, round(side * 0.12))
-    square = np.zeros((side + 2 * margin, side + 2 * margin), dtype=np.uint8)
-    top = margin + (side - ink.shape[0]) // 2
-    left = margin + (side - ink.shape[1]) // 2
-    square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink.astype(np.uint8)
-    fitted = _fit(Image.fromarray(square, "L"), constraint.width, constraint.height, 0)
-    out = np.asarray(fitted, dtype=np.uint8)
+    square = Image.new("L", (side + 2 * margin, side + 2 * margin), 0)
+    square.paste(ink, (margin + (side - ink.width) // 2, margin + (side - ink.height) // 2))
+    out = np.asarray(_fit(square, constraint.width, constraint.height, 0), dtype=np.uint8)
     if constraint.ink == "dark":
         out = 255 - out
     if constraint.color == "rgb":

@@ -75,16 +75,24 @@ def build_inference_model(
     logit_scale: float,
     labels: list[str],
     embedding_output: str = "embedding",
+    kind: str = "cosine",
 ) -> onnx.ModelProto:
     """Backbone + head + softmax + label lookup: a plain ONNX classifier any runtime can run.
 
     Outputs: "label" (string per example), "probabilities" [N, C] and the backbone's embedding.
+    ``kind`` "linear" takes ``weight`` as ``[C, D + 1]`` (bias last; see linear_head.py).
     """
-    classes, dim = weight.shape
+    if kind == "linear":
+        from . import linear_head
+
+        nodes, inits = linear_head.head_parts(weight, 0, embedding_output, "head.logits")
+        classes, dim = weight.shape[0], weight.shape[1] - 1
+    else:
+        nodes, inits = _head_parts(weight, logit_scale, embedding_output, "head.logits")
+        classes, dim = weight.shape
     if classes != len(labels):
         raise ValueError(f"head has {classes} rows but there are {len(labels)} labels")
     graph = backbone.graph
-    nodes, inits = _head_parts(weight, logit_scale, embedding_output, "head.logits")
     nodes += [
         helper.make_node("Softmax", ["head.logits"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["head.index"], axis=1, keepdims=0),
@@ -110,9 +118,13 @@ def build_inference_model(
         outputs,
         list(graph.initializer) + inits,
     )
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
+    # A brought backbone may use a newer opset (up to 21, which needs IR 10); the head's ops are
+    # the same there, so the merged model takes the newer of the two.
+    opset = max([OPSET] + [o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")])
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
+    opsets += [o for o in backbone.opset_import if o.domain not in ("", "ai.onnx", "ai.onnx.ml")]
     model = helper.make_model(merged, opset_imports=opsets, producer_name="mlpersonalize")
-    model.ir_version = IR_VERSION
+    model.ir_version = IR_VERSION if opset <= OPSET else max(IR_VERSION, min(backbone.ir_version, 10))
     onnx.checker.check_model(model)
     return model
 

@@ -49,6 +49,7 @@ TRAINING_FILES = (
 REQUIRED_FILES = (MODEL_FILE, BACKBONE_FILE, HEAD_FILE, EXEMPLARS_FILE, *TRAINING_FILES)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 UNKNOWN = "unknown"
+HEAD_KINDS = ("cosine", "linear")
 
 
 def sha256_file(path: Path) -> str:
@@ -108,10 +109,28 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     model_id: str = ""
     format_version: int = FORMAT_VERSION
+    head_kind: str = "cosine"  # or "linear" (a brought model's last layer, see linear_head.py)
+    frozen_labels: int = 0  # linear head: the first rows (the brought model's labels) never train
 
     @property
     def updatable(self) -> list[dict[str, Any]]:
+        if self.head_kind == "linear":
+            rows = len(self.labels) - self.frozen_labels
+            return [
+                {"name": "head.weight", "shape": [rows, self.embedding_dim]},
+                {"name": "head.bias", "shape": [rows]},
+            ]
         return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]
+
+    def head_dict(self) -> dict[str, Any]:
+        head: dict[str, Any] = {
+            "kind": self.head_kind,
+            "embedding_dim": self.embedding_dim,
+            "logit_scale": self.logit_scale,
+        }
+        if self.head_kind == "linear":
+            head["frozen_labels"] = self.frozen_labels
+        return head
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,7 +150,7 @@ class Manifest:
             "labels": list(self.labels),
             "unknown_label": UNKNOWN,
             "unknown_threshold": self.unknown_threshold,
-            "head": {"kind": "cosine", "embedding_dim": self.embedding_dim, "logit_scale": self.logit_scale},
+            "head": self.head_dict(),
             "updatable": self.updatable,
             "update_defaults": self.update_defaults.to_dict(),
             "update_ranges": {k: [v[0], v[1]] for k, v in self.update_ranges.items()},
@@ -179,6 +198,8 @@ class Manifest:
                 history=tuple(dict(h) for h in data.get("history", [])),
                 producer={str(k): str(v) for k, v in dict(data.get("producer", {})).items()},
                 model_id=str(data.get("model_id", "")),
+                head_kind=str(head.get("kind", "cosine")),
+                frozen_labels=int(head.get("frozen_labels", 0)),
             )
         except ModelError as exc:
             if str(exc).startswith(where):
@@ -190,6 +211,12 @@ class Manifest:
             raise ModelError(f"{where}: unknown_threshold must be in [0, 1)")
         if manifest.embedding_dim < 1 or not np.isfinite(manifest.logit_scale):
             raise ModelError(f"{where}: head.embedding_dim and head.logit_scale are invalid")
+        if manifest.head_kind not in HEAD_KINDS:
+            raise ModelError(
+                f"{where}: head.kind {manifest.head_kind!r} is not one of {', '.join(HEAD_KINDS)}"
+            )
+        if not 0 <= manifest.frozen_labels <= len(manifest.labels):
+            raise ModelError(f"{where}: head.frozen_labels must be within [0, number of labels]")
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")
@@ -269,7 +296,42 @@ def load_package(path: Path, verify: bool = True) -> ModelPackage:
                     f"{path / name}: contents do not match the SHA-256 in {MANIFEST} "
                     "(file changed or corrupt)"
                 )
+        check_external_data(path, manifest)
     return ModelPackage(path, manifest)
+
+
+def check_external_data(path: Path, manifest: Manifest) -> None:
+    """ModelError unless every tensor's external data is a listed, plain file of the package.
+
+    ONNX Runtime opens whatever path a tensor's ``location`` names (``../../etc/passwd``, an
+    absolute path, a link), so this runs before any session is created.
+    """
+    import posixpath
+
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    for name in sorted(n for n in manifest.files if n.endswith(".onnx")):
+        try:
+            model = onnx.load(str(path / name), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise ModelError(f"{path / name} is not an ONNX model ({type(exc).__name__})") from exc
+        for tensor in _get_all_tensors(model):
+            if not uses_external_data(tensor):
+                continue
+            location = ExternalDataInfo(tensor).location or ""
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), location))
+            bad = not location or "\\" in location or "\x00" in location or location.startswith("/")
+            if bad or ".." in Path(location).parts or joined not in manifest.files:
+                raise ModelError(
+                    f"{path / name}: tensor {tensor.name!r} keeps its external data at {location!r}, "
+                    "not a file listed in the package; refused (it lies outside the package)"
+                )
+            data = path / joined
+            if data.is_symlink() or os.stat(data, follow_symlinks=False).st_nlink != 1:
+                raise ModelError(
+                    f"{data}: external data of {name} is a symbolic or hard link; refused"
+                )
 
 
 def read_exemplars(path: Path, n_labels: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,22 +410,34 @@ def build_contents(
     exemplar_embeddings: np.ndarray,
     exemplar_labels: np.ndarray,
     params: UpdateParams,
+    head_kind: str = "cosine",
+    frozen_labels: int = 0,
 ) -> dict[str, bytes]:
-    """All package files except the manifest, from a backbone and head weights."""
+    """All package files except the manifest, from a backbone and head weights.
+
+    For ``head_kind`` "linear", ``weight`` is ``[C, D + 1]`` (bias last) and its first
+    ``frozen_labels`` rows are constants of the training artifacts.
+    """
     import onnx
 
+    from . import linear_head
     from .head import build_head, build_inference_model, generate_artifacts
 
     backbone = onnx.load_from_string(backbone_bytes)
-    head = build_head(weight, logit_scale)
+    linear = head_kind == "linear"
+    head = linear_head.build_head(weight, frozen_labels) if linear else build_head(weight, logit_scale)
+    model = build_inference_model(backbone, weight, logit_scale, labels, kind=head_kind)
     contents = {
         BACKBONE_FILE: backbone_bytes,
         HEAD_FILE: head.SerializeToString(),
-        MODEL_FILE: build_inference_model(backbone, weight, logit_scale, labels).SerializeToString(),
+        MODEL_FILE: model.SerializeToString(),
         EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
     }
     with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
-        generate_artifacts(weight, logit_scale, params, Path(tmp))
+        if linear:
+            linear_head.generate_artifacts(weight, frozen_labels, params, Path(tmp))
+        else:
+            generate_artifacts(weight, logit_scale, params, Path(tmp))
         for name in TRAINING_FILES:
             contents[name] = (Path(tmp) / os.path.basename(name)).read_bytes()
     return contents
@@ -386,16 +460,22 @@ def create_package(
     training: dict[str, object],
     params: UpdateParams | None = None,
     unknown_threshold: float = 0.0,
+    head_kind: str = "cosine",
+    frozen_labels: int = 0,
 ) -> Manifest:
-    """Build a new package in ``directory`` (created; must not exist or be empty)."""
+    """Build a new package in ``directory`` (created; must not exist or be empty).
+
+    ``head_kind`` "linear": ``head_weight`` is ``[C, D + 1]`` (bias last), see linear_head.py.
+    """
     labels = check_labels(list(labels), "create_package")
     params = (params or UpdateParams()).validate()
     if head_weight.shape[0] != len(labels):
         raise ValueError(f"head_weight has {head_weight.shape[0]} rows for {len(labels)} labels")
+    dim = int(head_weight.shape[1]) - (1 if head_kind == "linear" else 0)
     per_label = max((len(v) for v in exemplars.values()), default=0)
     emb = [np.asarray(exemplars[label], np.float32) for label in labels if label in exemplars]
     idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
-    exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, head_weight.shape[1]), np.float32)
+    exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, dim), np.float32)
     exemplar_labels = np.concatenate(idx) if idx else np.zeros(0, np.int64)
     contents = build_contents(
         backbone.SerializeToString(),
@@ -405,6 +485,8 @@ def create_package(
         exemplar_embeddings,
         exemplar_labels,
         params,
+        head_kind,
+        frozen_labels,
     )
     manifest = Manifest(
         name=name,
@@ -414,7 +496,7 @@ def create_package(
         input_name=backbone.graph.input[0].name,
         constraint=constraint,
         labels=tuple(labels),
-        embedding_dim=int(head_weight.shape[1]),
+        embedding_dim=dim,
         logit_scale=float(logit_scale),
         update_defaults=params,
         update_ranges={k: v for k, v in DEFAULT_RANGES.items()},
@@ -425,6 +507,8 @@ def create_package(
         training=dict(training),
         producer=producer(),
         model_id=hashlib.sha256(contents[BACKBONE_FILE]).hexdigest()[:16],  # stays across updates
+        head_kind=head_kind,
+        frozen_labels=frozen_labels,
     )
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):

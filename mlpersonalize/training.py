@@ -139,7 +139,7 @@ class HeadTrainer:
         self.params = params
         self._tmp = tempfile.TemporaryDirectory(prefix="mlp-train-")
         folder = Path(self._tmp.name)
-        generate_artifacts(weight, scale, params, folder)
+        self._generate(weight, folder)
         api = _ort.training_api()
         self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
         self.module = api.Module(
@@ -147,6 +147,9 @@ class HeadTrainer:
         )
         self.optimizer = api.Optimizer(str(folder / "optimizer_model.onnx"), self.module)
         self.optimizer.set_learning_rate(float(params.learning_rate))
+
+    def _generate(self, weight: np.ndarray, folder: Path) -> None:
+        generate_artifacts(weight, self.scale, self.params, folder)
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -219,10 +222,25 @@ def train_head(
     params: UpdateParams,
     anchor_rows: int = 0,
     on_epoch: EpochCallback | None = None,
+    kind: str = "cosine",
+    frozen_rows: int = 0,
 ) -> FitResult:
-    """Fine-tune ``weight`` on (emb, idx) and return the trained rows and per-epoch losses."""
+    """Fine-tune ``weight`` on (emb, idx) and return the trained rows and per-epoch losses.
+
+    ``kind`` "linear": ``weight`` is ``[C, D + 1]`` and rows below ``frozen_rows`` never change.
+    """
     if params.epochs == 0 or len(idx) == 0:
         return FitResult(np.asarray(weight, np.float32))
+    if kind == "linear":
+        from . import linear_head as lin
+
+        centre, spread = lin.spread(emb)  # train in standardised units (see linear_head.spread)
+        start = lin.to_standard(weight, centre, spread)
+        with lin.LinearTrainer(start, scale, params, frozen_rows) as linear:
+            result = linear.fit((emb - centre) / spread, idx, anchor_rows, on_epoch)
+        result.weight = lin.from_standard(result.weight, centre, spread)
+        result.weight[:frozen_rows] = weight[:frozen_rows]  # exactly as brought, no round-off
+        return result
     with HeadTrainer(weight, scale, params) as trainer:
         return trainer.fit(emb, idx, anchor_rows, on_epoch)
 
@@ -256,9 +274,13 @@ def select_exemplars(emb: np.ndarray, idx: np.ndarray, per_label: int) -> tuple[
     return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)
 
 
-def _predict(emb: np.ndarray, weight: np.ndarray, scale: float) -> np.ndarray:
+def _predict(emb: np.ndarray, weight: np.ndarray, scale: float, kind: str = "cosine") -> np.ndarray:
     if len(emb) == 0:
         return np.zeros(0, np.int64)
+    if kind == "linear":
+        from .linear_head import logits
+
+        return np.argmax(logits(emb, weight), axis=1)
     return np.argmax(cosine_logits(emb, weight, scale), axis=1)
 
 
@@ -283,6 +305,7 @@ def personalize(
     """
     import onnx
 
+    from . import linear_head
     from .batch import file_sha256
     from .head import head_weight
     from .package import BACKBONE_FILE, HEAD_FILE, normalize_label, now_iso, producer
@@ -309,20 +332,39 @@ def personalize(
     )
 
     emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the only backbone run
-    old_weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
+    kind = manifest.head_kind
+    head_model = onnx.load(str(package.path / HEAD_FILE))
     scale = manifest.logit_scale
     ex_emb, ex_idx = package.exemplars()
+    rehearse_emb, rehearse_idx = ex_emb, ex_idx
+    if kind == "linear":  # a brought model: its labels have no data, stand-ins are rehearsed
+        old_weight = linear_head.read_weight(head_model)
+        missing = [k for k in range(len(old_labels)) if not np.any(ex_idx == k)]
+        fake_emb, fake_idx = linear_head.pseudo_exemplars(
+            old_weight, missing, emb, manifest.exemplars_per_label
+        )
+        # Only rehearsed: they lie at the old labels' edge on purpose, so the guard (which
+        # measures forgetting) and the exemplar memory keep to real examples.
+        rehearse_emb = np.concatenate([ex_emb, fake_emb])
+        rehearse_idx = np.concatenate([ex_idx, fake_idx])
+    else:
+        old_weight = head_weight(head_model)
     rng = np.random.default_rng(params.seed)
     train_pos, held_pos = split_holdout(idx, rng)
     n_old = len(old_labels)
     known_held = held_pos[idx[held_pos] < n_old]
 
     def start(pos: np.ndarray) -> np.ndarray:
-        return np.concatenate([old_weight, imprint(emb[pos], idx[pos], list(range(n_old, len(labels))))])
+        rows = list(range(n_old, len(labels)))
+        if kind == "linear":
+            return np.concatenate(
+                [old_weight, linear_head.imprint(emb[pos], idx[pos], rows, old_weight, rehearse_emb)]
+            )
+        return np.concatenate([old_weight, imprint(emb[pos], idx[pos], rows)])
 
     def fit(pos: np.ndarray, pass_no: int) -> FitResult:
-        train_emb = np.concatenate([ex_emb, emb[pos]])
-        train_idx = np.concatenate([ex_idx, idx[pos]])
+        train_emb = np.concatenate([rehearse_emb, emb[pos]])
+        train_idx = np.concatenate([rehearse_idx, idx[pos]])
         return train_head(
             start(pos),
             scale,
@@ -331,21 +373,23 @@ def personalize(
             params,
             n_old,
             lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
+            kind,
+            manifest.frozen_labels,
         )
 
     def known_accuracy(weight: np.ndarray) -> float | None:
         known_emb = np.concatenate([ex_emb, emb[known_held]])
         known_idx = np.concatenate([ex_idx, idx[known_held]])
-        return overall(_predict(known_emb, weight, scale), known_idx)
+        return overall(_predict(known_emb, weight, scale, kind), known_idx)
 
     first = fit(train_pos, 1)
     before_known = known_accuracy(old_weight)
     after_known = known_accuracy(first.weight)
-    held_pred = _predict(emb[held_pos], first.weight, scale)
-    held_before = overall(_predict(emb[held_pos], old_weight, scale), idx[held_pos])
+    held_pred = _predict(emb[held_pos], first.weight, scale, kind)
+    held_before = overall(_predict(emb[held_pos], old_weight, scale, kind), idx[held_pos])
     final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
-    final_known = overall(_predict(ex_emb, final.weight, scale), ex_idx)
-    before_memory = overall(_predict(ex_emb, old_weight, scale), ex_idx)
+    final_known = overall(_predict(ex_emb, final.weight, scale, kind), ex_idx)
+    before_memory = overall(_predict(ex_emb, old_weight, scale, kind), ex_idx)
 
     reason = ""
     if not (first.finite and final.finite):

@@ -128,6 +128,8 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         outcome.exemplar_embeddings,
         outcome.exemplar_labels,
         outcome.params,
+        manifest.head_kind,
+        manifest.frozen_labels,
     )
     new_manifest = dataclasses.replace(
         manifest,

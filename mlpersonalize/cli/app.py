@@ -24,7 +24,7 @@ app = typer.Typer(
 
 # Each module defines `register(app)`; its heavy imports happen inside the command bodies so
 # that `--help` stays fast.
-_COMMAND_MODULES = ("prepare", "inspect", "predict", "update")
+_COMMAND_MODULES = ("prepare", "inspect", "predict", "update", "make_updatable")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,221 @@
+"""Bring your own model: turn a plain ONNX image classifier into an updatable model package.
+
+Like coremltools' ``make_updatable``: the last linear layer becomes a "linear" head (see
+linear_head.py) whose original rows are frozen, the rest of the model becomes backbone.onnx, and
+the image constraint comes from the model's input shape plus the caller's preprocessing. The
+package is written into a temp folder beside ``output`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelError, UsageError
+from .images import ImageConstraint
+from .params import UpdateParams
+
+# Defaults for updates of a brought model, measured on the test architectures (tests/test_byo.py):
+# the old rows are frozen, so a higher rate than the cosine head's only moves the new rows.
+DEFAULTS = UpdateParams(epochs=20, learning_rate=0.01, batch_size=16)
+MAX_LABEL_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ByoOptions:
+    """What ``make-updatable`` was asked; None means "from the model" or the default."""
+
+    labels: Path | None = None
+    trainable: tuple[str, ...] = ()
+    embedding: str | None = None
+    size: tuple[int, int] | None = None  # (width, height)
+    color: str | None = None
+    layout: str | None = None
+    scale: float | None = None
+    bias: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    ink: str = "none"
+    params: UpdateParams = field(default_factory=lambda: DEFAULTS)
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ByoResult:
+    """The package made and how its head was found."""
+
+    path: Path
+    manifest: Any
+    head: dict[str, Any]
+
+
+def read_labels(path: Path, classes: int) -> list[str]:
+    """``classes`` labels (NFC) from a JSON list or a text file (one per line, blank lines skipped)."""
+    from .package import check_labels
+
+    try:
+        raw = path.read_bytes()[: MAX_LABEL_BYTES + 1]
+        text = raw.decode("utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"cannot read labels file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"labels file {path} is not UTF-8 text") from exc
+    if len(raw) > MAX_LABEL_BYTES:
+        raise InputError(f"labels file {path} is larger than {MAX_LABEL_BYTES} bytes")
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"labels file {path} is not a valid JSON list ({exc})") from exc
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        labels = check_labels(labels, f"labels file {path}")
+    except ModelError as exc:
+        raise InputError(str(exc)) from exc
+    if len(labels) != classes:
+        raise InputError(f"labels file {path} has {len(labels)} labels but the model has {classes} outputs")
+    return labels
+
+
+def _dim(value: Any) -> int | None:
+    return int(value.dim_value) if value.HasField("dim_value") and value.dim_value > 0 else None
+
+
+def image_constraint(image_input: Any, options: ByoOptions) -> ImageConstraint:
+    """The constraint from the input's shape (NCHW or NHWC, 1 or 3 channels) and the flags."""
+    dims = [_dim(d) for d in image_input.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ModelError(f"input {image_input.name!r} has {len(dims)} dimensions; an image input has 4")
+    layout = options.layout
+    if layout is None:
+        layout = "nhwc" if dims[3] in (1, 3) and dims[1] not in (1, 3) else "nchw"
+    channels, height, width = (dims[1], dims[2], dims[3]) if layout == "nchw" else (dims[3], dims[1], dims[2])
+    if channels is None:
+        channels = {"gray": 1, "rgb": 3}.get(options.color or "", None)
+    if channels not in (1, 3):
+        raise UsageError(f"input {image_input.name!r} has {channels} channels; give --color and --layout")
+    color = "gray" if channels == 1 else "rgb"
+    if options.color is not None and options.color != color:
+        raise UsageError(f"--color {options.color}: the model's input has {channels} channel(s)")
+    if options.size is not None:
+        w, h = options.size
+        if (width not in (None, w)) or (height not in (None, h)):
+            raise UsageError(f"--input-size {w}x{h}: the model's input is fixed at {width}x{height}")
+        width, height = w, h
+    if width is None or height is None:
+        raise UsageError(f"input {image_input.name!r} has no fixed size; give --input-size WxH")
+    scale, bias = _values(options, channels)
+    try:
+        return ImageConstraint(width, height, color, scale, bias, options.ink, layout)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _values(options: ByoOptions, channels: int) -> tuple[float, tuple[float, ...]]:
+    """(scale, bias): model value = pixel × scale + bias; --mean/--std are in 0..1 pixel units."""
+    if options.mean is None and options.std is None:
+        return (1.0 / 255.0 if options.scale is None else options.scale), (options.bias or (0.0,))
+    if options.scale is not None or options.bias is not None:
+        raise UsageError("give either --scale/--bias or --mean/--std, not both")
+    mean = options.mean or (0.0,)
+    std = options.std or (1.0,)
+    if len(set(std)) != 1:
+        raise UsageError("--std must be one value for every channel (per-channel scales are not supported)")
+    if len(mean) not in (1, channels) or any(s <= 0 for s in std):
+        raise UsageError(f"--mean needs 1 or {channels} values and --std must be positive")
+    return 1.0 / (255.0 * std[0]), tuple(-m / std[0] for m in mean)
+
+
+def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None:
+    """The package must predict what the brought model predicts (a wrong cut is caught here)."""
+    from . import _ort
+    from .images import to_model_input
+    from .package import MODEL_FILE
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4, *constraint.shape), dtype=np.uint8)
+    x = to_model_input(pixels, constraint)
+    original = _ort.inference_session(model.SerializeToString())
+    name = original.get_inputs()[0].name
+    theirs = np.concatenate([original.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+    ours_session = _ort.inference_session(package / MODEL_FILE)
+    ours = ours_session.run(["probabilities"], {ours_session.get_inputs()[0].name: x})[0]
+    if theirs.reshape(len(x), -1).shape != ours.shape or not np.array_equal(
+        theirs.reshape(len(x), -1).argmax(1), ours.argmax(1)
+    ):
+        raise ModelError(
+            "the updatable package does not predict what the model predicts; cannot split it here"
+        )
+
+
+def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
+    """Build a package at ``output`` (new or empty folder) from the ONNX classifier at ``model_path``."""
+    from . import byo_graph, linear_head
+    from .package import create_package
+
+    options = options or ByoOptions()
+    options.params.validate()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UsageError(f"--output {output} exists and is not an empty folder")
+    where = str(model_path)
+    loaded = byo_graph.load_model(model_path)
+    source_opset, source_ir = byo_graph.default_opset(loaded), loaded.ir_version
+    model = byo_graph.make_compatible(loaded, where)
+    head = byo_graph.find_head(model, options.trainable, options.embedding)
+    backbone = byo_graph.split_backbone(model, head)
+    classes = int(head.weight.shape[0])
+    if options.labels is not None:
+        labels = read_labels(options.labels, classes)
+    else:
+        labels = [f"class_{i}" for i in range(classes)]
+    constraint = image_constraint(backbone.graph.input[0], options)
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    record = {
+        "source": model_path.name,
+        "source_sha256": digest,
+        "source_opset": source_opset,
+        "source_ir_version": source_ir,
+        "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
+        "embedding": head.embedding,
+    }
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        temp.chmod(0o755)
+    except OSError as exc:
+        raise UsageError(f"cannot create a folder beside {output}: {exc.strerror or exc}") from exc
+    try:
+        manifest = create_package(
+            temp,
+            backbone=backbone,
+            head_weight=linear_head.join(head.weight, head.bias),
+            labels=labels,
+            constraint=constraint,
+            logit_scale=1.0,
+            exemplars={},
+            name=options.name or model_path.stem,
+            description=f"{model_path.name}, made updatable by mlpersonalize (head: {head.op})",
+            author="",
+            license="",
+            metrics={},
+            training={"brought": record},
+            params=options.params,
+            head_kind=linear_head.KIND,
+            frozen_labels=classes,
+        )
+        _check_split(model, temp, constraint)
+        if output.exists():
+            output.rmdir()  # empty (checked above)
+        temp.rename(output)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return ByoResult(output, manifest, record)

@@ -1,0 +1,240 @@
+"""The "linear" head kind: ``logits = e @ W.T + b``, the last layer of a model brought by its user.
+
+A brought model (see byo.py) comes with labels but without their training data, so an update
+cannot rehearse them. Two things keep those labels from being forgotten:
+
+* Their rows of ``W`` and ``b`` are *frozen*: the training graph concatenates a constant
+  ``head.weight_frozen`` / ``head.bias_frozen`` with the trainable ``head.weight`` / ``head.bias``
+  (the rows added by updates), so ONNX Runtime never changes the original decision function.
+* Pseudo-exemplars stand in for their missing data: real embeddings from the update's own batch,
+  moved along each old label's direction until the original head assigns them confidently to it.
+  Rehearsing them teaches the new rows where the old labels lie, and the guard measures them.
+
+In numpy the head travels as one ``[C, D + 1]`` array (``W`` with ``b`` as its last column), so
+the update loop handles both head kinds alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .params import UpdateParams
+from .training import HeadTrainer
+
+KIND = "linear"
+WEIGHT = "head.weight"
+BIAS = "head.bias"
+FROZEN_WEIGHT = "head.weight_frozen"
+FROZEN_BIAS = "head.bias_frozen"
+# A pseudo-exemplar must be this sure of its old label under the original head. Measured on the
+# test architectures: nearer the new examples (lower) keeps more old predictions, farther (0.9,
+# 0.99) lets new rows spread over old inputs; see docs/bring-your-own-model.md.
+CONFIDENCE = 0.75
+
+
+def split(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[C, D + 1]`` → (W ``[C, D]``, b ``[C]``)."""
+    aug = np.asarray(aug, np.float32)
+    return np.ascontiguousarray(aug[:, :-1]), np.ascontiguousarray(aug[:, -1])
+
+
+def join(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(weight, np.float32), np.asarray(bias, np.float32)[:, None]], axis=1)
+
+
+def logits(emb: np.ndarray, aug: np.ndarray) -> np.ndarray:
+    weight, bias = split(aug)
+    return np.asarray(emb, np.float32) @ weight.T + bias
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def head_parts(
+    aug: np.ndarray, frozen_rows: int, embedding: str, output: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and initializers: rows below ``frozen_rows`` constant, the rest trainable."""
+    weight, bias = split(aug)
+    if frozen_rows == 0:
+        nodes = [helper.make_node("Gemm", [embedding, WEIGHT, BIAS], [output], transB=1)]
+        inits = [numpy_helper.from_array(weight, WEIGHT), numpy_helper.from_array(bias, BIAS)]
+        return nodes, inits
+    nodes = [
+        helper.make_node("Concat", [FROZEN_WEIGHT, WEIGHT], ["head.w"], axis=0),
+        helper.make_node("Concat", [FROZEN_BIAS, BIAS], ["head.b"], axis=0),
+        helper.make_node("Gemm", [embedding, "head.w", "head.b"], [output], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(weight[:frozen_rows], FROZEN_WEIGHT),
+        numpy_helper.from_array(bias[:frozen_rows], FROZEN_BIAS),
+        numpy_helper.from_array(weight[frozen_rows:], WEIGHT),
+        numpy_helper.from_array(bias[frozen_rows:], BIAS),
+    ]
+    return nodes, inits
+
+
+def build_head(aug: np.ndarray, frozen_rows: int) -> onnx.ModelProto:
+    """The forward-only head: "embedding" [N, D] -> "logits" [N, C]."""
+    from .head import IR_VERSION, OPSET
+
+    classes, dim = aug.shape[0], aug.shape[1] - 1
+    nodes, inits = head_parts(aug, frozen_rows, "embedding", "logits")
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+def read_weight(head: onnx.ModelProto) -> np.ndarray:
+    """The ``[C, D + 1]`` head stored in head.onnx (frozen rows first)."""
+    found = {init.name: numpy_helper.to_array(init).astype(np.float32) for init in head.graph.initializer}
+    if WEIGHT not in found or BIAS not in found:
+        raise ValueError(f"linear head model lacks {WEIGHT} or {BIAS}")
+    parts = [join(found[WEIGHT], found[BIAS])]
+    if FROZEN_WEIGHT in found:
+        parts.insert(0, join(found[FROZEN_WEIGHT], found[FROZEN_BIAS]))
+    return np.concatenate(parts)
+
+
+def generate_artifacts(aug: np.ndarray, frozen_rows: int, params: UpdateParams, directory: Path) -> None:
+    """Training artifacts where only the rows from ``frozen_rows`` on (and their biases) train."""
+    from . import _ort
+    from .head import optimizer_block
+
+    _ort.generate_head_artifacts(
+        build_head(aug, frozen_rows), [WEIGHT, BIAS], directory, optimizer_block(params), ("logits",)
+    )
+
+
+def imprint(
+    emb: np.ndarray, idx: np.ndarray, rows: list[int], old: np.ndarray, reference: np.ndarray
+) -> np.ndarray:
+    """New ``[len(rows), D + 1]`` rows: each points from the known labels' centre to its examples.
+
+    The direction is the label's mean embedding minus ``reference``'s mean (the rehearsal set, i.e.
+    where the known labels lie), scaled to the old rows' median norm so it competes on their scale;
+    the bias puts the new logit one unit above the best old logit at the label's own mean.
+    """
+    weight, _ = split(old)
+    norms = np.linalg.norm(weight, axis=1)
+    size = float(np.median(norms)) if len(norms) and np.median(norms) > 0 else 1.0
+    centre = reference.mean(axis=0) if len(reference) else emb.mean(axis=0)
+    out = np.zeros((len(rows), emb.shape[1] + 1), np.float32)
+    for i, row in enumerate(rows):
+        members = emb[idx == row]
+        if not len(members):
+            continue
+        mean = members.mean(axis=0)
+        direction = mean - centre
+        direction = direction / max(float(np.linalg.norm(direction)), 1e-12) * size
+        best_old = float(logits(mean[None], old).max()) if len(old) else 0.0
+        out[i, :-1] = direction
+        out[i, -1] = best_old + 1.0 - float(direction @ mean)
+    return out
+
+
+def spread(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, per-dimension scale) of ``emb``, each scale shrunk towards their mean.
+
+    Training and pseudo-exemplars work in these standardised units: a brought head's weights
+    may be hundreds of times larger than its embeddings, which no single learning rate suits.
+    """
+    emb = np.asarray(emb, np.float64)
+    centre = emb.mean(axis=0)
+    var = emb.var(axis=0) if len(emb) > 1 else np.ones(emb.shape[1])
+    var = 0.5 * var + 0.5 * float(var.mean())  # few examples: trust each dimension only halfway
+    return centre.astype(np.float32), np.sqrt(np.maximum(var, 1e-12)).astype(np.float32)
+
+
+def to_standard(aug: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The same head on standardised embeddings ``z = (e - centre) / scale``."""
+    weight, bias = split(aug)
+    return join(weight * scale, bias + weight @ centre)
+
+
+def from_standard(aug: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    weight, bias = split(aug)
+    raw = weight / scale
+    return join(raw, bias - raw @ centre)
+
+
+def pseudo_exemplars(
+    aug: np.ndarray, rows: list[int], reference: np.ndarray, per_label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings the head ``aug`` assigns to each label in ``rows`` with ≥ CONFIDENCE.
+
+    Each starts from a real embedding of ``reference`` (so it has the backbone's scale and
+    sign pattern) and moves along the label's row minus the mean of the other rows, the
+    shortest step on a geometric grid that makes the head sure of it.
+    """
+    dim = aug.shape[1] - 1
+    if not rows or not len(reference):
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+    weight, _ = split(aug)
+    ref = np.asarray(reference, np.float32)
+    ref = ref[np.linspace(0, len(ref) - 1, min(per_label, len(ref))).round().astype(int)]
+    nonneg = bool((reference >= 0).all())  # post-ReLU features: keep them non-negative
+    _, scale = spread(reference)
+    unit = float(np.linalg.norm(scale)) or 1.0
+    steps = unit * np.concatenate([[0.0], np.geomspace(0.02, 50.0, 48)])
+    out_e: list[np.ndarray] = []
+    out_i: list[int] = []
+    for row in rows:
+        others = np.delete(weight, row, axis=0)
+        direction = weight[row] - (others.mean(axis=0) if len(others) else 0.0)
+        direction = direction * scale**2  # the LDA view: class means differ by Σ·w, Σ from the data
+        direction = direction / max(float(np.linalg.norm(direction)), 1e-12)
+        pending = np.ones(len(ref), bool)
+        for step in steps:
+            cand = ref + np.float32(step) * direction
+            if nonneg:
+                cand = np.maximum(cand, 0.0)
+            sure = (_softmax(logits(cand, aug))[:, row] >= CONFIDENCE) & pending
+            out_e += list(cand[sure])
+            out_i += [row] * int(sure.sum())
+            pending &= ~sure
+            if not pending.any():
+                break
+    if not out_e:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+    return np.stack(out_e).astype(np.float32), np.array(out_i, np.int64)
+
+
+class LinearTrainer(HeadTrainer):
+    """HeadTrainer for the linear kind: the engine holds only the trainable rows and biases."""
+
+    def __init__(self, weight: np.ndarray, scale: float, params: UpdateParams, frozen_rows: int) -> None:
+        self.frozen_rows = frozen_rows
+        self._frozen = np.asarray(weight[:frozen_rows], np.float32)
+        super().__init__(weight, scale, params)
+
+    def _generate(self, weight: np.ndarray, folder: Path) -> None:
+        generate_artifacts(weight, self.frozen_rows, self.params, folder)
+
+    @property
+    def weight(self) -> np.ndarray:
+        trained = join(
+            np.array(self.state.parameters[WEIGHT].data, dtype=np.float32),
+            np.array(self.state.parameters[BIAS].data, dtype=np.float32),
+        )
+        return np.concatenate([self._frozen, trained])
+
+    def _set_weight(self, weight: np.ndarray) -> None:
+        rows = weight[self.frozen_rows :]
+        if len(rows):  # nothing trains when every row is frozen
+            w, b = split(rows)
+            self.state.parameters[WEIGHT] = w
+            self.state.parameters[BIAS] = b

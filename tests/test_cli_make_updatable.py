@@ -1,0 +1,101 @@
+"""`mlpersonalize make-updatable` via main(): inspect, predict, update accept the result; one Error line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import byo_models as bm
+import onnx
+import pytest
+from PIL import Image
+
+from mlpersonalize.cli.app import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+@pytest.fixture
+def resnet_file(tmp_path: Path) -> Path:
+    path = tmp_path / "resnet.onnx"
+    onnx.save(bm.build("resnet"), path)
+    return path
+
+
+def test_make_updatable_then_inspect_predict_prepare_update(
+    resnet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pkg = tmp_path / "pkg"
+    code, out, err = run(["make-updatable", str(resnet_file), "-o", str(pkg), "--json"], capsys)
+    assert code == 0 and err == "", err
+    made = json.loads(out)
+    assert (
+        made["labels"] == ["class_0", "class_1", "class_2", "class_3"]
+        and made["head"]["head"]["op"] == "Gemm"
+    )
+    code, out, err = run(["inspect", "--model", str(pkg), "--json"], capsys)
+    assert code == 0 and json.loads(out)["head"]["kind"] == "linear"
+    pixels, ids = bm.gratings([0, 4], 4, 1, seed=3)
+    for i, (img, k) in enumerate(zip(pixels, ids, strict=True)):
+        folder = tmp_path / "data" / ("zero" if k == 0 else "checks")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[:, :, 0]).save(folder / f"{i}.png")
+    code, out, err = run(["predict", str(tmp_path / "data" / "zero"), "--model", str(pkg), "--json"], capsys)
+    assert code == 0 and {json.loads(line)["label"] for line in out.splitlines()} == {"class_0"}
+    batch = tmp_path / "b.npz"
+    code, out, err = run(["prepare", str(tmp_path / "data"), "-o", str(batch), "--model", str(pkg)], capsys)
+    assert code == 0, err
+    code, out, err = run(
+        ["update", str(batch), "--model", str(pkg), "-o", str(tmp_path / "new"), "--json"], capsys
+    )
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["labels_added"] == ["checks", "zero"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (
+            ["--trainable", "nope"],
+            2,
+            "Error: --trainable: the model has no parameter named nope; candidates: fc.weight, fc.bias",
+        ),
+        (["--trainable", "conv1.weight"], 2, "Error: --trainable conv1.weight: only the last linear layer"),
+        (["--input-size", "20x20"], 2, "Error: --input-size 20x20: the model's input is fixed at 16x16"),
+        (["--mean", "0.5", "--scale", "2"], 2, "Error: give either --scale/--bias or --mean/--std"),
+        (["--head", "magic"], 2, "Error: --head must be auto"),
+    ],
+)
+def test_bad_flags_are_one_error_line(
+    resnet_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    code: int,
+    message: str,
+) -> None:
+    got, out, err = run(["make-updatable", str(resnet_file), "-o", str(tmp_path / "pkg"), *extra], capsys)
+    assert got == code and out == "" and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, out, err = run(["make-updatable", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "p")], capsys)
+    assert code == 4 and err.startswith("Error: ") and "is not an ONNX model" in err and err.count("\n") == 1
+    model = bm.build("mlp")
+    model.ir_version = 11
+    model.opset_import[0].version = 22
+    onnx.save(model, tmp_path / "new.onnx")
+    code, out, err = run(["make-updatable", str(tmp_path / "new.onnx"), "-o", str(tmp_path / "p")], capsys)
+    assert code == 4 and "opset 22" in err and err.count("\n") == 1
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    onnx.save(bm.build("mlp"), tmp_path / "m.onnx")
+    code, out, err = run(["make-updatable", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "full")], capsys)
+    assert code == 2 and "not an empty folder" in err

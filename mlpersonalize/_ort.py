@@ -3,9 +3,8 @@
 Two upstream quirks are handled here and nowhere else:
 
 * ``import onnxruntime.training.<x>`` runs ``onnxruntime/training/__init__.py``, which imports
-  ``optim`` and ``amp``, which import torch (microsoft/onnxruntime#22070). On-device training
-  needs none of that, so ``onnxruntime.training`` is registered as a bare namespace module whose
-  ``__path__`` is the installed folder before any of its submodules is imported.
+  torch (microsoft/onnxruntime#22070), and ``import onnxruntime`` probes ``training.ortmodule``.
+  On-device training needs none of that: see ``_bare_training_package``.
 * ONNX Runtime logs from C++ straight to stderr (``generate_artifacts`` even turns it up to INFO).
   The default logger is held at ERROR-and-worse severity so users never see those lines.
 """
@@ -19,11 +18,38 @@ import sys
 import tempfile
 import types
 from collections.abc import Callable, Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
+
+def _bare_training_package() -> bool:
+    """Register ``onnxruntime.training`` as a bare package before onnxruntime is imported.
+
+    Its ``__init__`` imports ``optim`` and ``amp``, which import torch (microsoft/onnxruntime#22070),
+    and ``import onnxruntime`` itself probes ``training.ortmodule`` (torch again, ~1 s when torch is
+    installed, ~90 ms when not). On-device training needs neither: the bare package's ``__path__``
+    is the installed folder, so ``training.api`` / ``artifacts`` / ``onnxblock`` import normally,
+    and ``ortmodule`` is marked absent, which onnxruntime's probe treats as "no ORTModule".
+    """
+    name = "onnxruntime.training"
+    if name in sys.modules:
+        return True
+    spec = importlib.util.find_spec("onnxruntime")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    folder = Path(next(iter(spec.submodule_search_locations))) / "training"
+    if not folder.is_dir():
+        return False  # plain onnxruntime: training_api() reports it
+    if "onnxruntime" not in sys.modules:  # only onnxruntime's import-time probe needs this
+        sys.modules[f"{name}.ortmodule"] = None  # type: ignore[assignment]
+    module = types.ModuleType(name)
+    module.__path__ = [str(folder)]
+    sys.modules[name] = module
+    return True
+
+
+_bare_training_package()
+import onnxruntime as ort  # noqa: E402
 
 ORT_VERSION: str = ort.__version__
 _QUIET = 4  # ORT severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal; errors reach us as exceptions
@@ -50,23 +76,12 @@ def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.Infere
     return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-@cache
-def _training_package() -> types.ModuleType:
-    name = "onnxruntime.training"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.find_spec("onnxruntime")
-        assert spec is not None and spec.submodule_search_locations is not None
-        folder = Path(next(iter(spec.submodule_search_locations))) / "training"
-        if not folder.is_dir():
-            raise ImportError(
-                "onnxruntime has no training support: install onnxruntime-training-cpu, not onnxruntime"
-            )
-        module = types.ModuleType(name)
-        module.__path__ = [str(folder)]  # a bare package: its __init__ (and torch) never runs
-        sys.modules[name] = module
+def _training_package() -> None:
+    if not _bare_training_package():
+        raise ImportError(
+            "onnxruntime has no training support: install onnxruntime-training-cpu, not onnxruntime"
+        )
     _quiet_logs()
-    return module
 
 
 def training_api() -> Any:

@@ -134,8 +134,11 @@ def open_image(source: Path | str | bytes) -> Image.Image:
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
+            bits = _declared_bits(image)
             if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when upright
                 image = ImageOps.exif_transpose(image) or image
+            if bits:
+                image.info[_BITS] = bits  # a transposed copy has lost the tags the depth came from
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -152,12 +155,38 @@ def open_image(source: Path | str | bytes) -> Image.Image:
     return image
 
 
+_BITS = "mlpersonalize.bits"  # (bits per sample, signed) as the file declares them
+
+
+def _declared_bits(image: Image.Image) -> tuple[int, bool] | None:
+    """The integer sample depth a TIFF declares (mode "I" hides it: 16-bit signed opens as "I")."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or image.mode != "I":
+        return None
+    try:
+        bits = int(tags.get(258, (0,))[0])
+        signed = int(tags.get(339, (1,))[0]) == 2
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (bits, signed) if 1 < bits <= 32 else None
+
+
 def _flatten(image: Image.Image) -> Image.Image:
-    """RGB or L with transparency composited on white, 16-bit scaled to 8-bit, CMYK to RGB."""
+    """RGB or L with transparency composited on white, 16-bit scaled to 8-bit, CMYK to RGB.
+
+    Integer images scale by their declared depth (a dark 16-bit image stays dark); mode "I"
+    without one (32-bit data) is read as 8-bit if no value exceeds 255, else as 16-bit.
+    """
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        declared = image.info.get(_BITS)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif declared and declared[0] <= 16:
+            top = float(2 ** (declared[0] - declared[1]) - 1)
+        else:
+            top = 65535.0 if array.max() > 255 else 255.0
         return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if mode == "F":
         array = np.nan_to_num(np.asarray(image, dtype=np.float64))

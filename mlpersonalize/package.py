@@ -329,9 +329,7 @@ def check_external_data(path: Path, manifest: Manifest) -> None:
                 )
             data = path / joined
             if data.is_symlink() or os.stat(data, follow_symlinks=False).st_nlink != 1:
-                raise ModelError(
-                    f"{data}: external data of {name} is a symbolic or hard link; refused"
-                )
+                raise ModelError(f"{data}: external data of {name} is a symbolic or hard link; refused")
 
 
 def read_exemplars(path: Path, n_labels: int, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from . import images
 from .batch import Batch, check_batch_fits, load_batch, save_batch
 from .errors import ImageError, InputError, UsageError
 from .fsio import describe_os_error
+from .names import escape
 from .package import normalize_label
 
 PARALLEL_MIN_FILES = 64  # below this, starting worker processes costs more than it saves
@@ -83,11 +84,6 @@ class PrepareError(InputError):
     def __init__(self, message: str, report: Report) -> None:
         super().__init__(message)
         self.report = report
-
-
-def escape(text: str) -> str:
-    """A file name as valid UTF-8 text: bytes that were not UTF-8 become ``\\xNN``."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -141,10 +141,10 @@ class ModelLock:
         import fcntl
 
         from .errors import BusyError
-        from .fsio import storage_error
+        from .fsio import makedirs_durable, storage_error
 
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            makedirs_durable(self.root)  # the home's entry must outlive a power cut, like `current`
             fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise storage_error("create the lock file in", self.root, exc) from exc
@@ -197,8 +197,10 @@ def new_temp_dir(root: Path) -> Path:
     """A fresh, empty ``versions/.tmp-…`` folder beside the versions (same filesystem: rename works)."""
     import tempfile
 
+    from .fsio import makedirs_durable
+
     folder = versions_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
+    makedirs_durable(folder)
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
     temp.chmod(0o755)  # mkdtemp makes it 0700; a committed version is as readable as the original
     return temp
@@ -209,33 +211,57 @@ def next_version(root: Path) -> str:
     return f"{(max(existing) + 1 if existing else 1):06d}"
 
 
-def point_current(root: Path, version: str, fault: Callable[[str], None] | None = None) -> None:
+def point_current(
+    root: Path, version: str, fault: Callable[[str], None] | None = None, stage: str = "update"
+) -> None:
     """Atomically make ``current`` name ``versions/<version>``: new link beside, rename over, fsync.
 
     A reader resolves ``current`` once and sees the old or the new target, never neither;
-    ``os.replace`` of a symlink is atomic where ``ln -sfn`` is not.
+    ``os.replace`` of a symlink is atomic where ``ln -sfn`` is not. ``stage`` names the fault
+    points (``update:before-swap``, ``rollback:after-swap``, …).
     """
     from .fsio import fsync_dir
 
     temp = root / f"{TEMP_PREFIX}current-{os.getpid()}"
     temp.unlink(missing_ok=True)
-    os.symlink(f"{VERSIONS}/{version}", temp)
+    try:
+        os.symlink(f"{VERSIONS}/{version}", temp)
+        if fault:
+            fault(f"{stage}:before-swap")
+        os.replace(temp, root / "current")
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a failed swap leaves no half-made link behind
+        raise
     if fault:
-        fault("update:before-swap")
-    os.replace(temp, root / "current")
-    if fault:
-        fault("update:after-swap")
-    fsync_dir(root)
+        fault(f"{stage}:after-swap")
+    fsync_dir(root)  # if this fails the caller reports it: never retried as if it had succeeded
 
 
 def commit(root: Path, temp: Path, fault: Callable[[str], None] | None = None) -> str:
-    """Rename a complete, fsynced package folder to the next version id and point ``current`` at it."""
+    """Rename a complete, fsynced package folder to the next version id and point ``current`` at it.
+
+    If the swap does not happen (disk error), the renamed folder is removed again, so a failed
+    update never leaves a version that ``current`` never named (rollback would step onto it).
+    """
+    import shutil
+
     from .fsio import fsync_dir
 
     version = next_version(root)
-    os.rename(temp, versions_dir(root) / version)
-    fsync_dir(versions_dir(root))
-    point_current(root, version, fault)
+    final = versions_dir(root) / version
+    os.rename(temp, final)
+    try:
+        fsync_dir(versions_dir(root))
+        point_current(root, version, fault)
+    except BaseException:
+        if current_version(root) != version:
+            trash = versions_dir(root) / f"{TEMP_PREFIX}old-{version}"
+            try:
+                os.rename(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            except OSError:
+                pass  # the disk refuses even this; the folder stays, never named by `current`
+        raise
     return version
 
 
@@ -282,8 +308,13 @@ def rollback(root: Path, wait: bool = True, on_wait: Callable[[], None] | None =
 
     if current_version(root) is None:
         raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
+    from .fsio import storage_error
+
     with ModelLock(root).acquire(wait, on_wait):
-        return _rollback_locked(root)
+        try:
+            return _rollback_locked(root)
+        except OSError as exc:
+            raise storage_error("roll back the model at", root, exc) from exc
 
 
 def _rollback_locked(root: Path) -> str:
@@ -295,7 +326,9 @@ def _rollback_locked(root: Path) -> str:
     older = [v for v in list_versions(root) if v < current]
     if not older:
         raise ModelError(f"version {current} is the oldest one kept at {root}; nothing to roll back to")
-    point_current(root, older[-1])
+    from .faults import fault_point
+
+    point_current(root, older[-1], fault_point, stage="rollback")
     return older[-1]
 
 
@@ -303,8 +336,13 @@ def reset(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = No
     """Drop the personalized copy (under the lock); returns the versions deleted (none: nothing to do)."""
     if not root.is_dir():
         return []
+    from .fsio import storage_error
+
     with ModelLock(root).acquire(wait, on_wait):
-        return _reset_locked(root)
+        try:
+            return _reset_locked(root)
+        except OSError as exc:
+            raise storage_error("reset the model at", root, exc) from exc
 
 
 def _reset_locked(root: Path) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 from . import _ort
 from .head import generate_artifacts
 from .images import ImageConstraint, to_model_input
+from .names import escape
 from .params import UpdateParams
 
 EMBED_BATCH = 256  # examples per backbone run: big enough to amortise call overhead, small in memory
@@ -427,7 +428,7 @@ def personalize(
         "kind": "update",
         "batches": [
             {
-                "file": Path(str(p)).name.encode("utf-8", "backslashreplace").decode("utf-8"),
+                "file": escape(Path(str(p)).name),
                 "sha256": file_sha256(Path(str(p))),
             }
             for p in paths

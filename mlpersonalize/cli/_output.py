@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from ..names import escape
+
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -27,10 +29,19 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def dumps(data: Any) -> str:
-    # Undecodable file names arrive as lone surrogates; "replace" keeps the output valid UTF-8.
-    text = json.dumps(data, ensure_ascii=False, default=_default)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """JSON text that is valid UTF-8 whatever file names it carries (see names.escape)."""
+    return json.dumps(_escaped(data), ensure_ascii=False, default=_default)
 
 
 def emit_json(data: Any) -> None:
@@ -45,5 +56,5 @@ def note(message: str) -> None:
 
 
 def safe_name(text: str) -> str:
-    """A path or label made printable (lone surrogates from undecodable names escaped)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A path or label made printable (undecodable bytes shown as \\xNN)."""
+    return escape(text)

@@ -12,6 +12,7 @@ import typer
 
 from .. import __version__
 from ..errors import ExitCode, Interrupted, MLPersonalizeError
+from ..names import escape
 
 app = typer.Typer(
     name="mlpersonalize",
@@ -54,7 +55,7 @@ def _sigterm(signum: int, frame: object) -> None:
 def error_line(message: str) -> None:
     text = " ".join(str(message).split()) if "\n" not in str(message).strip() else str(message).strip()
     first = text.splitlines()[0] if text else "unknown error"
-    sys.stderr.write(f"Error: {first.encode('utf-8', 'backslashreplace').decode('utf-8')}\n")
+    sys.stderr.write(f"Error: {escape(first)}\n")
     sys.stderr.flush()
 
 

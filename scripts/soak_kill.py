@@ -1,0 +1,127 @@
+"""Soak test (P3): SIGKILL updates and rollbacks at random moments, check the model after each kill.
+
+    python scripts/soak_kill.py --count 200 --seconds 600 [--seed N] [--home DIR]
+
+A zygote process imports everything once, builds a tiny model and one committed update, then
+loops: fork a child that runs an update (or, one time in five, a rollback), sleep a random delay,
+SIGKILL the child (if it is still running). After each round it checks the promise: ``current``
+names a committed version whose every file hash verifies, the lock is free; and when the child
+finished on its own (exit 0), that ``current`` names the version it reported. At the end one
+update runs to completion and no temp file or folder may be left. The seed is printed first so a
+failure can be replayed. Exit 0 when every round held, 1 (with the round and seed) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(HERE), str(HERE / "tests")]
+
+
+def _child(op: str, home: Path, batches: list[Path], seed: int, report: Path) -> None:
+    """Runs in the forked child: one update or rollback, then the version it left on ``report``."""
+    from mlpersonalize import store, updater
+
+    random.seed(seed)
+    if op == "rollback":
+        version = store.rollback(home)
+    else:
+        batch = random.choice(batches)
+        options = updater.UpdateOptions(model=home, epochs=random.randint(1, 3), keep=random.randint(1, 4))
+        version = updater.update([batch], options).version or ""
+    report.write_text(version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=100, help="kill rounds at most")
+    parser.add_argument("--seconds", type=float, default=300.0, help="stop after this long")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-delay", type=float, default=0.2, help="longest wait before the kill")
+    parser.add_argument("--home", type=Path, default=None, help="work here (default: a temp folder)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    print(f"soak_kill seed={seed}", flush=True)
+    rng = random.Random(seed)
+    work = args.home or Path(tempfile.mkdtemp(prefix="mlp-soak-"))
+    os.environ["MLPERSONALIZE_HOME"] = str(work / "home")
+    os.environ.pop("MLPERSONALIZE_MODEL", None)
+    os.environ.pop("MLPERSONALIZE_FAULT", None)
+
+    from reliability_kit import (
+        NEW,
+        assert_healthy,
+        build_doodle_package,
+        personalized,
+        stale_entries,
+        write_batch,
+    )
+
+    from mlpersonalize import store, updater
+
+    original = build_doodle_package(work / "original")
+    home = personalized(original, work)
+    batches = [write_batch(work / f"b{i}.npz", original, [label], seed=i) for i, label in enumerate(NEW)]
+    report = work / "report"
+    start, rounds, kills, completed = time.monotonic(), 0, 0, 0
+    while rounds < args.count and time.monotonic() - start < args.seconds:
+        rounds += 1
+        current = store.current_version(home) or ""
+        can_roll_back = any(v < current for v in store.list_versions(home))
+        op = "rollback" if rng.random() < 0.2 and can_roll_back else "update"
+        report.unlink(missing_ok=True)
+        delay = rng.uniform(0.0, args.max_delay)
+        child_seed = rng.randrange(2**32)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the loop
+            code = 0
+            try:
+                _child(op, home, batches, child_seed, report)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent as exit 3
+                print(f"round {rounds}: child {op} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                code = 3
+            os._exit(code)
+        deadline = time.monotonic() + delay
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.005)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        try:
+            if os.WIFSIGNALED(status):
+                kills += 1
+            else:
+                assert os.WEXITSTATUS(status) == 0, f"{op} failed on its own (exit {os.WEXITSTATUS(status)})"
+                completed += 1
+                assert store.current_version(home) == report.read_text(), "exit 0 but current differs"
+            assert_healthy(home)
+        except AssertionError as exc:
+            print(f"FAILED round {rounds} ({op}, delay {delay:.3f}s, seed={seed}): {exc}", flush=True)
+            return 1
+    # The run after the last kill needs no manual step and leaves nothing behind.
+    result = updater.update([batches[0]], updater.UpdateOptions(model=home, epochs=1))
+    try:
+        assert store.current_version(home) == result.version
+        assert_healthy(home)
+        assert stale_entries(home) == [], stale_entries(home)
+    except AssertionError as exc:
+        print(f"FAILED after the loop (seed={seed}): {exc}", flush=True)
+        return 1
+    print(f"soak_kill ok: {rounds} rounds, {kills} killed, {completed} completed, seed={seed}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

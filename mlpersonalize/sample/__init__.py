@@ -1,0 +1,1 @@
+"""The bundled sample: procedural doodles and the script that pretrains the drawing classifier."""

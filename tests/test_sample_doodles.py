@@ -1,0 +1,97 @@
+"""The sample doodle generator and the pretraining script of the bundled model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpersonalize.images import ImageConstraint, preprocess
+from mlpersonalize.sample import doodles
+
+CONSTRAINT = ImageConstraint(width=28, height=28)
+
+
+def test_named_and_novel_labels_are_many_and_disjoint() -> None:
+    assert len(doodles.NAMED_LABELS) >= 40
+    assert len(doodles.NOVEL_LABELS) >= 15
+    assert not set(doodles.NAMED_LABELS) & set(doodles.NOVEL_LABELS)
+    assert not any(
+        label.startswith(doodles.PROC_PREFIX) for label in doodles.NAMED_LABELS + doodles.NOVEL_LABELS
+    )
+
+
+@pytest.mark.parametrize("label", [*doodles.NAMED_LABELS, *doodles.NOVEL_LABELS, "proc-0", "proc-1234"])
+def test_every_label_renders_a_visible_drawing(label: str) -> None:
+    for n in range(3):
+        image = doodles.render(label, doodles.sample_rng(label, n, seed=0), size=96)
+        assert image.size == (96, 96)
+        pixels = preprocess(image, CONSTRAINT)
+        assert pixels.shape == (28, 28, 1)
+        assert (pixels > 100).sum() >= 15, f"{label} drawing {n} is (nearly) empty"
+
+
+def test_drawings_are_deterministic_by_seed_and_vary_between_samples() -> None:
+    first, ids = doodles.make_dataset(["star", "key", "proc-7"], 3, seed=5, constraint=CONSTRAINT)
+    again, _ = doodles.make_dataset(["star", "key", "proc-7"], 3, seed=5, constraint=CONSTRAINT)
+    other, _ = doodles.make_dataset(["star", "key", "proc-7"], 3, seed=6, constraint=CONSTRAINT)
+    assert first.shape == (9, 28, 28, 1) and first.dtype == np.uint8
+    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_worker_processes_do_not_change_the_dataset() -> None:
+    labels = ["circle", "house", "umbrella", "proc-3", "proc-4"]
+    single, _ = doodles.make_dataset(labels, 2, seed=1, constraint=CONSTRAINT, workers=1)
+    double, _ = doodles.make_dataset(labels, 2, seed=1, constraint=CONSTRAINT, workers=2)
+    assert np.array_equal(single, double)
+
+
+def test_procedural_classes_have_fixed_distinct_templates() -> None:
+    a = doodles.procedural_template(11)
+    b = doodles.procedural_template(11)
+    assert all(np.array_equal(pa, pb) for (_, pa), (_, pb) in zip(a, b, strict=True))
+    assert doodles.procedural_labels(3, start=10) == ["proc-10", "proc-11", "proc-12"]
+    with pytest.raises(KeyError):
+        doodles.render("no such doodle", np.random.default_rng(0))
+
+
+def test_write_folder_lays_out_label_folders(tmp_path: Path) -> None:
+    paths = doodles.write_folder(tmp_path, ["heart", "cup"], 3, seed=0, size=64)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in paths) == [
+        "cup/0.png",
+        "cup/1.png",
+        "cup/2.png",
+        "heart/0.png",
+        "heart/1.png",
+        "heart/2.png",
+    ]
+
+
+def test_quick_pretraining_writes_a_package(tmp_path: Path) -> None:
+    from mlpersonalize.sample import pretrain
+
+    out = tmp_path / "doodles"
+    assert pretrain.main(["--quick", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["labels"]) == list(doodles.NAMED_LABELS)
+    assert "heldout_accuracy" in manifest["metrics"]
+    assert not set(manifest["labels"]) & set(doodles.NOVEL_LABELS)
+
+
+def test_sample_command_writes_drawings_and_prints_their_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlpersonalize.sample.__main__ import main
+
+    assert main(["--out", str(tmp_path), "--per-label", "2", "umbrella", "smiley face"]) == 0
+    printed = capsys.readouterr().out.split("\n")
+    assert printed[:4] == [
+        str(tmp_path / label / f"{n}.png") for label in ("umbrella", "smiley face") for n in (0, 1)
+    ]
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "no such doodle"])

@@ -27,7 +27,6 @@ from .params import UpdateParams
 EMBED_BATCH = 256  # examples per backbone run: big enough to amortise call overhead, small in memory
 # Defaults tuned for "3 drawings of each new label" (see docs/update.md): imprinting does most of
 # the work, a few epochs at a small rate separate new rows from old examples without moving old rows far.
-RECOMMENDED = UpdateParams(epochs=10, learning_rate=0.003, batch_size=16)
 # After each epoch, known labels' rows are pulled this far back towards their values before the
 # update (an L2-SP-like anchor): rehearsal keeps them right, the anchor keeps them from drifting.
 ANCHOR = 0.5

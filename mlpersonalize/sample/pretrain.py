@@ -33,6 +33,7 @@ CONSTRAINT = ImageConstraint(width=28, height=28, color="gray", scale=1 / 255, b
 # drawings of labels the model never saw, and 42% of its mistakes, into "unknown".
 UNKNOWN_THRESHOLD = 0.5
 
+
 @dataclass(frozen=True)
 class Config:
     """Everything that determines the pretrained model (recorded in the manifest)."""

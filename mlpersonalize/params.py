@@ -67,27 +67,25 @@ class UpdateParams:
     def from_dict(cls, data: Any) -> UpdateParams:
         if not isinstance(data, dict):
             raise ModelError("update_defaults must be an object")
-        known = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = set(data) - set(known)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ModelError(f"update_defaults has unknown keys: {', '.join(sorted(unknown))}")
         try:
-            values = {
-                "epochs": int(data.get("epochs", cls.epochs)),
-                "learning_rate": float(data.get("learning_rate", cls.learning_rate)),
-                "batch_size": int(data.get("batch_size", cls.batch_size)),
-                "shuffle": bool(data.get("shuffle", cls.shuffle)),
-                "seed": int(data.get("seed", cls.seed)),
-                "optimizer": str(data.get("optimizer", cls.optimizer)),
-                "beta1": float(data.get("beta1", cls.beta1)),
-                "beta2": float(data.get("beta2", cls.beta2)),
-                "eps": float(data.get("eps", cls.eps)),
-                "weight_decay": float(data.get("weight_decay", cls.weight_decay)),
-                "momentum": float(data.get("momentum", cls.momentum)),
-            }
+            return cls(
+                epochs=int(data.get("epochs", cls.epochs)),
+                learning_rate=float(data.get("learning_rate", cls.learning_rate)),
+                batch_size=int(data.get("batch_size", cls.batch_size)),
+                shuffle=bool(data.get("shuffle", cls.shuffle)),
+                seed=int(data.get("seed", cls.seed)),
+                optimizer=str(data.get("optimizer", cls.optimizer)),
+                beta1=float(data.get("beta1", cls.beta1)),
+                beta2=float(data.get("beta2", cls.beta2)),
+                eps=float(data.get("eps", cls.eps)),
+                weight_decay=float(data.get("weight_decay", cls.weight_decay)),
+                momentum=float(data.get("momentum", cls.momentum)),
+            )
         except (TypeError, ValueError) as exc:
             raise ModelError(f"update_defaults has a value of the wrong type: {exc}") from exc
-        return cls(**values)
 
 
 def ranges_from_dict(data: Any) -> dict[str, tuple[float, float]]:

@@ -56,7 +56,13 @@ def _head_parts(
 def build_head(weight: np.ndarray, logit_scale: float) -> onnx.ModelProto:
     """The forward-only head: "embedding" [N, D] -> "logits" [N, C]; the trainable part."""
     classes, dim = weight.shape
-    nodes, inits = _head_parts(weight, logit_scale, "embedding", "logits")
+    return head_model(*_head_parts(weight, logit_scale, "embedding", "logits"), dim, classes)
+
+
+def head_model(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], dim: int, classes: int
+) -> onnx.ModelProto:
+    """Wrap a head's nodes as a model: "embedding" [N, dim] -> "logits" [N, classes]."""
     graph = helper.make_graph(
         nodes,
         "head",

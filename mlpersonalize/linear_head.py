@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .params import UpdateParams
 from .training import HeadTrainer
@@ -82,20 +82,10 @@ def head_parts(
 
 def build_head(aug: np.ndarray, frozen_rows: int) -> onnx.ModelProto:
     """The forward-only head: "embedding" [N, D] -> "logits" [N, C]."""
-    from .head import IR_VERSION, OPSET
+    from .head import head_model
 
     classes, dim = aug.shape[0], aug.shape[1] - 1
-    nodes, inits = head_parts(aug, frozen_rows, "embedding", "logits")
-    graph = helper.make_graph(
-        nodes,
-        "head",
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    return model
+    return head_model(*head_parts(aug, frozen_rows, "embedding", "logits"), dim, classes)
 
 
 def read_weight(head: onnx.ModelProto) -> np.ndarray:

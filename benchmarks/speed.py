@@ -1,0 +1,401 @@
+"""Speed, each as a ratio against a plain baseline measured in the same run on the same data.
+
+train    update's training (backbone once + head epochs on cached embeddings) vs an ORT training
+         graph of backbone + head (backbone frozen, in the graph) run every epoch.
+e2e      `mlpersonalize update` as a process (start → model swapped) vs the PyTorch fine-tune.
+predict  Classifier.probabilities on decoded uint8 arrays vs a raw InferenceSession on floats;
+         and the CLI over files.
+prepare  prepare() images/s vs a single-threaded Pillow open + resize loop on the same PNGs.
+startup  `mlpersonalize --help` / `inspect` vs `python -c pass`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import (
+    REPO,
+    Sizes,
+    check,
+    cli,
+    copy_model,
+    doodles,
+    interleaved,
+    novel_and_named,
+    run_child,
+    write_batch,
+)
+
+Log = Callable[[str], None]
+
+
+class Data:
+    """Drawings shared by the speed benchmarks: ``n`` examples over up to 10 new labels."""
+
+    def __init__(self, model: Path, n: int) -> None:
+        from mlpersonalize.package import load_package
+
+        self.package = load_package(model)
+        self.manifest = self.package.manifest
+        new, _ = novel_and_named(self.manifest)
+        self.labels = new[: min(10, max(2, n // 10))]
+        per = -(-n // len(self.labels))
+        pixels, ids = doodles(self.labels, per, 42, self.manifest.constraint, workers=2 if n > 500 else 1)
+        order = np.random.default_rng(0).permutation(len(ids))[:n]  # labels mixed, still balanced
+        self.pixels, self.ids = pixels[order], ids[order]
+
+    def label_names(self, ids: np.ndarray | None = None) -> list[str]:
+        return [self.labels[i] for i in (self.ids if ids is None else ids)]
+
+
+def _params(manifest: Any, epochs: int, batch: int) -> Any:
+    from mlpersonalize.updater import UpdateOptions
+
+    return UpdateOptions(epochs=epochs, batch_size=batch).params(
+        manifest.update_defaults, manifest.update_ranges
+    )
+
+
+# --- (a) training: cached embeddings vs the whole graph every epoch ----------------------------
+
+
+def full_graph_artifacts(
+    package_path: Path, weight: np.ndarray, scale: float, params: Any, out: Path
+) -> None:
+    """ORT training artifacts of backbone + head; the backbone's weights are frozen params."""
+    import onnx
+
+    from mlpersonalize import _ort
+    from mlpersonalize.head import WEIGHT, build_head, optimizer_block
+
+    backbone = onnx.load(str(package_path / "backbone.onnx"))
+    head = build_head(weight, scale)
+    out_name = backbone.graph.output[0].name
+    merged = onnx.compose.merge_models(backbone, head, io_map=[(out_name, "embedding")])
+    frozen = [i.name for i in backbone.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims]
+    artifacts = _ort.artifacts_api()
+    out.mkdir(parents=True, exist_ok=True)
+    with _ort._stderr_captured():  # generate_artifacts logs at INFO to fd 2
+        artifacts.generate_artifacts(
+            merged,
+            requires_grad=[WEIGHT],
+            frozen_params=frozen,
+            loss=artifacts.LossType.CrossEntropyLoss,
+            optimizer=optimizer_block(params),
+            artifact_directory=str(out),
+        )
+    _ort._quiet_logs()
+    opt = onnx.load(str(out / "optimizer_model.onnx"))
+    if opt.ir_version > _ort.MAX_IR_VERSION:
+        opt.ir_version = _ort.MAX_IR_VERSION
+        onnx.save(opt, str(out / "optimizer_model.onnx"))
+
+
+def naive_full_graph(data: Data, weight: np.ndarray, params: Any) -> dict[str, float]:
+    """Every epoch runs the backbone inside the training graph (the plain ORT way)."""
+    from mlpersonalize import _ort
+    from mlpersonalize.images import to_model_input
+    from mlpersonalize.training import balanced_order
+
+    manifest = data.manifest
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-full-") as tmp:
+        full_graph_artifacts(data.package.path, weight, manifest.logit_scale, params, Path(tmp))
+        api = _ort.training_api()
+        state = api.CheckpointState.load_checkpoint(str(Path(tmp) / "checkpoint"))
+        module = api.Module(str(Path(tmp) / "training_model.onnx"), state, device="cpu")
+        optimizer = api.Optimizer(str(Path(tmp) / "optimizer_model.onnx"), module)
+        optimizer.set_learning_rate(float(params.learning_rate))
+        setup = time.perf_counter() - start
+        x = to_model_input(data.pixels, manifest.constraint)
+        idx = np.asarray(data.ids + len(manifest.labels), np.int64)
+        rng = np.random.default_rng(params.seed)
+        loop_start = time.perf_counter()
+        module.train()
+        for _ in range(params.epochs):
+            order = balanced_order(idx, rng)
+            for i in range(0, len(order), params.batch_size):
+                batch = order[i : i + params.batch_size]
+                module(x[batch], idx[batch])
+                optimizer.step()
+                module.lazy_reset_grad()
+        loop = time.perf_counter() - loop_start
+    return {"setup_seconds": setup, "loop_seconds": loop, "total_seconds": time.perf_counter() - start}
+
+
+def ours_cached(data: Data, weight: np.ndarray, params: Any) -> dict[str, float]:
+    """What update does: the backbone once (InferenceSession), then head epochs on embeddings."""
+    from mlpersonalize.package import BACKBONE_FILE
+    from mlpersonalize.training import embed, train_head
+
+    manifest = data.manifest
+    start = time.perf_counter()
+    emb = embed(data.package.path / BACKBONE_FILE, data.pixels, manifest.constraint)
+    embed_s = time.perf_counter() - start
+    train_head(weight, manifest.logit_scale, emb, data.ids + len(manifest.labels), params)
+    total = time.perf_counter() - start
+    return {"embed_seconds": embed_s, "head_seconds": total - embed_s, "total_seconds": total}
+
+
+def train(data: Data, sizes: Sizes, log: Log) -> dict[str, Any]:
+    import onnx
+
+    from mlpersonalize.head import head_weight
+
+    params = _params(data.manifest, sizes.train_epochs, sizes.train_batch)
+    old = head_weight(onnx.load(str(data.package.path / "head.onnx")))
+    rng = np.random.default_rng(0)
+    weight = np.concatenate([old, rng.standard_normal((len(data.labels), old.shape[1])).astype(np.float32)])
+    ours = [ours_cached(data, weight, params) for _ in range(sizes.repeats)]
+    naive = [naive_full_graph(data, weight, params) for _ in range(sizes.repeats)]
+    med = {k: statistics.median(r[k] for r in ours) for k in ours[0]}
+    med_naive = {k: statistics.median(r[k] for r in naive) for k in naive[0]}
+    log(f"speed/train: ours {med['total_seconds']:.3f} s, full graph {med_naive['total_seconds']:.3f} s")
+    return {
+        "examples": len(data.ids),
+        "epochs": params.epochs,
+        "batch_size": params.batch_size,
+        "ours": med,
+        "full_graph": med_naive,
+        "speedup": med_naive["total_seconds"] / med["total_seconds"],
+        "speedup_loop_only": med_naive["loop_seconds"] / med["total_seconds"],
+        "runs": {"ours": ours, "full_graph": naive},
+    }
+
+
+# --- (b) end to end: the CLI process vs the PyTorch process ------------------------------------
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def e2e(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
+    params = _params(data.manifest, sizes.train_epochs, sizes.train_batch)
+    batch = write_batch(work / "e2e.npz", data.pixels, data.label_names(), data.manifest)
+    home = work / "home-e2e"
+    out: dict[str, Any] = {
+        "examples": len(data.ids),
+        "epochs": params.epochs,
+        "batch_size": params.batch_size,
+    }
+    for key, hide in (("ours", False), ("ours_no_torch", True)):
+        runs = []
+        for i in range(max(1, min(3, sizes.repeats))):
+            copy = copy_model(data.package.path, work / f"e2e-model-{key}-{i}")
+            cmd = cli("update", str(batch), "--model", str(copy), "--json", "--force", hide_torch=hide)
+            cmd += ["--epochs", str(params.epochs), "--batch-size", str(params.batch_size)]
+            env = {"MLPERSONALIZE_HOME": str(home / f"{key}-{i}")}
+            run = check(run_child(cmd, env=env), "mlpersonalize update")
+            runs.append(run.seconds)
+        last = json.loads(run.stdout.strip().splitlines()[-1])
+        out[key] = {
+            "seconds": statistics.median(runs),
+            "runs": runs,
+            "peak_rss_mb": run.max_rss_mb,
+            "guard": last.get("guard"),
+        }
+    ours = out["ours"]["seconds"]
+    if not torch_available():
+        out["torch"] = None
+        out["note"] = "torch is not installed: `pip install -e '.[bench]'` (torch==2.13.0 CPU) to compare"
+        log("speed/e2e: torch not installed, PyTorch comparison skipped")
+        return out
+    script = str(REPO / "benchmarks" / "torch_finetune.py")
+    # torch's default intra-op threads spin badly when the cores are shared, so one thread is
+    # measured too and the faster of the two plain runs is the baseline (the conservative ratio).
+    variants = {
+        "frozen_in_loop": [],
+        "frozen_in_loop_1thread": ["--threads", "1"],
+        "cached_1thread": ["--cached", "--threads", "1"],
+    }
+    for mode, extra in variants.items():
+        times, info = [], {}
+        for _ in range(1 if sizes.name != "full" else 3):
+            cmd = [
+                sys.executable,
+                script,
+                str(data.package.path),
+                str(batch),
+                str(work / f"torch-{mode}.npy"),
+            ]
+            cmd += ["--epochs", str(params.epochs), "--batch-size", str(params.batch_size)]
+            cmd += ["--lr", str(params.learning_rate), "--scale", str(data.manifest.logit_scale), *extra]
+            run = check(run_child(cmd), f"torch fine-tune ({mode})")
+            times.append(run.seconds)
+            info = json.loads(run.stdout.strip().splitlines()[-1])
+        out[f"torch_{mode}"] = {
+            "seconds": statistics.median(times),
+            "runs": times,
+            "import_torch_seconds": info.get("import_seconds"),
+            "peak_rss_mb": run.max_rss_mb,
+            "speedup_vs_torch": statistics.median(times) / ours,
+            "speedup_vs_torch_no_torch_update": statistics.median(times) / out["ours_no_torch"]["seconds"],
+        }
+    plain = min(out["torch_frozen_in_loop"]["seconds"], out["torch_frozen_in_loop_1thread"]["seconds"])
+    out["torch_plain_best_seconds"] = plain
+    out["speedup_vs_torch"] = plain / ours
+    out["speedup_vs_torch_no_torch_update"] = plain / out["ours_no_torch"]["seconds"]
+    out["speedup_vs_torch_cached"] = out["torch_cached_1thread"]["seconds"] / ours
+    log(
+        f"speed/e2e: update {ours:.2f} s (no torch {out['ours_no_torch']['seconds']:.2f} s), "
+        f"torch {out['torch_frozen_in_loop']['seconds']:.2f} s / 1 thread "
+        f"{out['torch_frozen_in_loop_1thread']['seconds']:.2f} s / cached "
+        f"{out['torch_cached_1thread']['seconds']:.2f} s"
+    )
+    return out
+
+
+# --- (c) predict ---------------------------------------------------------------------------------
+
+
+def predict(data: Data, sizes: Sizes, files_dir: Path | None, log: Log) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from mlpersonalize.images import to_model_input
+    from mlpersonalize.inference import RUN_BATCH, Classifier
+
+    classifier = Classifier(data.package)
+    pixels = data.pixels
+    n = len(pixels)
+    classifier.probabilities(pixels[:RUN_BATCH])  # warm up
+    session = ort.InferenceSession(str(data.package.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = to_model_input(pixels, data.manifest.constraint)
+
+    def raw(batch: int) -> None:
+        for i in range(0, n, batch):
+            session.run(["probabilities"], {name: x[i : i + batch]})
+
+    raw(RUN_BATCH)
+    med = interleaved(
+        {
+            "ours": lambda: classifier.probabilities(pixels),
+            "raw": lambda: raw(RUN_BATCH),
+            "raw_all": lambda: raw(n),
+        },
+        2 * sizes.repeats + 1,
+    )
+    ours, raw_s, raw_all = med["ours"], med["raw"], med["raw_all"]
+    out: dict[str, Any] = {
+        "examples": n,
+        "run_batch": RUN_BATCH,
+        "classifier_images_per_s": n / ours,
+        "raw_session_images_per_s": n / raw_s,
+        "raw_session_one_run_images_per_s": n / raw_all,
+        "ratio": (n / ours) / (n / raw_s),
+    }
+    if files_dir is not None:
+        files = sorted(files_dir.rglob("*.png"))
+        run = check(
+            run_child(cli("predict", str(files_dir), "--model", str(data.package.path), "--json")),
+            "mlpersonalize predict",
+        )
+        lines = run.stdout.strip().splitlines()
+        out["cli_files"] = len(files)
+        out["cli_seconds"] = run.seconds
+        out["cli_images_per_s"] = len(lines) / run.seconds
+    log(f"speed/predict: ratio {out['ratio']:.2f} ({out['classifier_images_per_s']:.0f} img/s)")
+    return out
+
+
+# --- (d) prepare -------------------------------------------------------------------------------
+
+
+def write_files(directory: Path, labels: list[str], total: int, size: int = 256) -> list[Path]:
+    from mlpersonalize.sample.doodles import write_folder
+
+    per = -(-total // len(labels))
+    return write_folder(directory, labels, per, seed=9, size=size)
+
+
+def pillow_loop(files: list[Path], width: int, height: int) -> float:
+    """The plain baseline: open, grayscale, resize, to an array, one file after another."""
+    from PIL import Image
+
+    start = time.perf_counter()
+    for path in files:
+        with Image.open(path) as image:
+            np.asarray(image.convert("L").resize((width, height)))
+    return time.perf_counter() - start
+
+
+def prepare(data: Data, sizes: Sizes, files_dir: Path, work: Path, log: Log) -> dict[str, Any]:
+    from mlpersonalize.prepare import default_workers
+    from mlpersonalize.prepare import prepare as run_prepare
+
+    manifest = data.manifest
+    files = sorted(files_dir.rglob("*.png"))
+    c = manifest.constraint
+    out = work / "prepared.npz"
+    pillow_loop(files[:20], c.width, c.height)  # warm the page cache and Pillow's plugins
+    med = interleaved(
+        {
+            "pillow": lambda: pillow_loop(files, c.width, c.height),
+            "ours": lambda: run_prepare([files_dir], out, manifest, force=True),
+            "one": lambda: run_prepare([files_dir], out, manifest, force=True, workers=1),
+        },
+        sizes.repeats,
+    )
+    base, ours, one = med["pillow"], med["ours"], med["one"]
+    cmd = cli(
+        "prepare", str(files_dir), "-o", str(work / "cli.npz"), "--force", "--model", str(manifest_path(data))
+    )
+    run = check(run_child(cmd), "mlpersonalize prepare")
+    n = len(files)
+    result = {
+        "files": n,
+        "image_size": "256x256 PNG",
+        "workers": default_workers(),
+        "pillow_images_per_s": n / base,
+        "prepare_images_per_s": n / ours,
+        "prepare_one_worker_images_per_s": n / one,
+        "cli_images_per_s": n / run.seconds,
+        "ratio": base / ours,
+        "ratio_one_worker": base / one,
+    }
+    log(f"speed/prepare: {result['ratio']:.2f}x Pillow ({result['prepare_images_per_s']:.0f} img/s)")
+    return result
+
+
+def manifest_path(data: Data) -> Path:
+    return data.package.path
+
+
+# --- (e) start-up ------------------------------------------------------------------------------
+
+
+def startup(model: Path, sizes: Sizes, log: Log) -> dict[str, Any]:
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "mlpersonalize --help": cli("--help"),
+        "mlpersonalize inspect": cli("inspect", "--model", str(model), "--json"),
+        "mlpersonalize --help (torch hidden)": cli("--help", hide_torch=True),
+        "mlpersonalize inspect (torch hidden)": cli(
+            "inspect", "--model", str(model), "--json", hide_torch=True
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    for _ in range(sizes.startup_repeats):
+        for key, cmd in commands.items():  # interleaved so load changes hit all alike
+            times[key].append(check(run_child(cmd), key).seconds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["python -c pass"]
+    out = {
+        "repeats": sizes.startup_repeats,
+        "median_seconds": med,
+        "over_python_seconds": {k: v - base for k, v in med.items() if k != "python -c pass"},
+        "runs": times,
+    }
+    log(f"speed/startup: --help {med['mlpersonalize --help']:.3f} s, python {base:.3f} s")
+    return out

@@ -1,0 +1,112 @@
+"""The benchmark code runs end to end with tiny sizes on the tiny package and reports every section.
+
+Speed is not asserted here (the machine is shared); the structure of results.json and
+BENCHMARKS.md is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import common, report, run, speed
+
+TINY = dataclasses.replace(
+    common.SMOKE,
+    name="test",
+    seeds=1,
+    shots=(1, 3),
+    new_label_counts=(2,),
+    test_new_per_label=2,
+    test_old_per_label=2,
+    train_examples=30,
+    train_epochs=1,
+    predict_examples=30,
+    prepare_files=20,
+    startup_repeats=1,
+    scaling=(20, 30),
+)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_tiny_package
+
+    home = tmp_path_factory.mktemp("home")
+    model = make_tiny_package(tmp_path_factory.mktemp("models") / "tiny")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLPERSONALIZE_HOME", str(home))
+    patch.setattr(common, "ALWAYS_HIDE_TORCH", True)  # children start in well under a second
+    patch.setattr(speed, "torch_available", lambda: False)  # the PyTorch processes take seconds
+    try:
+        yield run.run(model, TINY)
+    finally:
+        patch.undo()
+
+
+def test_every_section_is_reported(results: dict[str, Any]) -> None:
+    for section in run.SECTIONS:
+        if section != "profile":  # the smoke sizes skip profiling
+            assert section in results, section
+    assert set(results["machine"]["versions"]) >= {"onnxruntime-training-cpu", "onnx", "numpy"}
+    assert results["machine"]["date"] and results["machine"]["cores_available"] >= 1
+    json.loads(json.dumps(results, default=float))
+
+
+def test_quality_compares_three_methods_per_setting(results: dict[str, Any]) -> None:
+    summary = results["quality"]["summary"]
+    assert [(r["new_labels"], r["shots"]) for r in summary] == [(2, 1), (2, 3)]
+    for row in summary:
+        for method in ("shipped", "naive", "knn"):
+            for key in ("new_top1", "old_after", "old_drop_points"):
+                assert set(row[method][key]) == {"mean", "std", "n"}
+            assert 0.0 <= row[method]["new_top1"]["mean"] <= 1.0
+        assert isinstance(row["shipped"]["guard_refused"], int)
+    assert len(results["quality"]["runs"]) == 2
+
+
+def test_speed_sections_give_ratios(results: dict[str, Any]) -> None:
+    assert results["train"]["speedup"] > 0
+    assert results["train"]["ours"]["embed_seconds"] >= 0
+    assert results["e2e"]["ours"]["seconds"] > 0 and results["e2e"]["ours_no_torch"]["peak_rss_mb"] > 0
+    assert results["e2e"]["torch"] is None and "torch" in results["e2e"]["note"]
+    assert results["predict"]["ratio"] > 0 and results["predict"]["cli_images_per_s"] > 0
+    assert results["prepare"]["files"] >= TINY.prepare_files and results["prepare"]["ratio"] > 0
+    assert "mlpersonalize --help" in results["startup"]["median_seconds"]
+
+
+def test_scaling_has_one_row_per_size(results: dict[str, Any]) -> None:
+    rows = results["scaling"]["rows"]
+    assert [r["examples"] for r in rows] == [20, 30]
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+
+
+def test_targets_and_markdown(results: dict[str, Any]) -> None:
+    assert results["targets"]
+    for target in results["targets"]:
+        assert set(target) == {"target", "goal", "measured", "met"}
+    text = report.markdown({**results, "total_seconds": 1.0})
+    for heading in (
+        "# Benchmarks",
+        "## Targets",
+        "## 1. Quality",
+        "## 2. Speed",
+        "## 3. Scaling",
+        "## Raw results",
+    ):
+        assert heading in text
+    raw = text.split("```json\n", 1)[1].split("\n```", 1)[0]
+    assert json.loads(raw)["mode"]["name"] == "test"
+
+
+def test_main_refuses_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--smoke", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
+    assert "no model package" in capsys.readouterr().err
+    assert not (tmp_path / "BENCHMARKS.md").exists()

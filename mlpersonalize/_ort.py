@@ -22,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 
+def _bare_package(name: str, folder: Path) -> None:
+    """Register ``name`` as a package over ``folder`` without running its ``__init__``."""
+    module = types.ModuleType(name)
+    module.__path__ = [str(folder)]
+    sys.modules[name] = module
+
+
 def _bare_training_package() -> bool:
     """Register ``onnxruntime.training`` as a bare package before onnxruntime is imported.
 
@@ -30,6 +37,7 @@ def _bare_training_package() -> bool:
     installed, ~90 ms when not). On-device training needs neither: the bare package's ``__path__``
     is the installed folder, so ``training.api`` / ``artifacts`` / ``onnxblock`` import normally,
     and ``ortmodule`` is marked absent, which onnxruntime's probe treats as "no ORTModule".
+    ``onnxruntime.tools`` (which ``artifacts`` needs) imports torch in its ``__init__`` too.
     """
     name = "onnxruntime.training"
     if name in sys.modules:
@@ -42,9 +50,9 @@ def _bare_training_package() -> bool:
         return False  # plain onnxruntime: training_api() reports it
     if "onnxruntime" not in sys.modules:  # only onnxruntime's import-time probe needs this
         sys.modules[f"{name}.ortmodule"] = None  # type: ignore[assignment]
-    module = types.ModuleType(name)
-    module.__path__ = [str(folder)]
-    sys.modules[name] = module
+    _bare_package(name, folder)
+    if "onnxruntime.tools" not in sys.modules and (folder.parent / "tools").is_dir():
+        _bare_package("onnxruntime.tools", folder.parent / "tools")
     return True
 
 

@@ -223,24 +223,41 @@ def _fit(image: Image.Image, width: int, height: int, fill: int | tuple[int, ...
 INK_THRESHOLD = 48  # stroke strength (0-255) that counts when cropping to the strokes
 
 
-@functools.cache  # one pair per background level: at most 256
-def _ink_tables(background: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lookup tables: gray level -> stroke strength (uint8), and -> "is a stroke" (bool).
+def _median_level(levels: np.ndarray) -> int:
+    """``int(np.median(levels))`` for uint8 levels, by counting (np.median sorts: 4x slower)."""
+    counts = np.bincount(levels, minlength=256).cumsum()
+    middle = len(levels) // 2
+    upper = int(np.searchsorted(counts, middle + 1))
+    if len(levels) % 2:
+        return upper
+    return (int(np.searchsorted(counts, middle)) + upper) // 2
+
+
+@functools.cache  # one table per background level: at most 256
+def _ink_table(background: int) -> tuple[np.ndarray, int]:
+    """Gray level -> stroke strength (uint8), and the distance from the background that counts.
 
     Strength is the distance from the background stretched to 0..255, so light-on-dark and
-    dark-on-light drawings come out the same. Table lookups keep the per-pixel work cheap.
+    dark-on-light drawings come out the same. A level is a stroke when its strength exceeds
+    INK_THRESHOLD, i.e. when it lies at least ``reach`` levels from the background.
     """
     span = max(1, background, 255 - background)
     strength = np.abs(np.arange(256) - background) * 255.0 / span
-    return np.minimum(255, strength).astype(np.uint8), strength > INK_THRESHOLD
+    reach = INK_THRESHOLD * span // 255 + 1
+    return np.minimum(255, strength).astype(np.uint8), reach
 
 
 def _drawing(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
     """A drawing: strokes made light on dark, cropped to the strokes, fitted with a margin."""
     pixels = np.asarray(image.convert("L"))
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    strength, is_stroke = _ink_tables(int(np.median(border)))
-    mask = is_stroke[pixels]
+    background = _median_level(border)
+    strength, reach = _ink_table(background)
+    mask = np.zeros(pixels.shape, dtype=bool)  # comparisons, not a table lookup: 5x cheaper
+    if background - reach >= 0:
+        mask |= pixels <= background - reach
+    if background + reach <= 255:
+        mask |= pixels >= background + reach
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size:
         pixels = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]

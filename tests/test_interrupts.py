@@ -1,0 +1,75 @@
+"""Ctrl-C and SIGTERM cancel an update cleanly: exit 130, one error line, the model untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlpersonalize.errors import ExitCode
+from mlpersonalize.sample.doodles import write_folder
+
+
+def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLPERSONALIZE_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "mlpersonalize", *args], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_training_changes_nothing(tiny_model: Path, tmp_path: Path, signum: int) -> None:
+    home = tmp_path / "home"  # the tiny model's exemplars are random: --force past the guard
+    write_folder(tmp_path / "drawings", ["umbrella", "key"], 3, seed=1)
+    batch = tmp_path / "b.npz"
+    assert (
+        run(
+            "prepare", str(tmp_path / "drawings"), "-o", str(batch), "-m", str(tiny_model), home=home
+        ).returncode
+        == 0
+    )
+    first = run("update", str(batch), "-m", str(tiny_model), "--epochs", "2", "--force", home=home)
+    assert first.returncode == 0, first.stderr
+    store = home / "models" / "tiny"
+    before = os.readlink(store / "current")
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlpersonalize",
+            "update",
+            str(batch),
+            "-m",
+            str(store),
+            "--json",
+            "--epochs",
+            "1000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLPERSONALIZE_HOME": str(home)},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # wait until training is really under way
+        if json.loads(line)["event"] == "epoch_end":
+            break
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == ExitCode.INTERRUPTED
+    assert stderr.strip().splitlines() == ["Error: interrupted; nothing was changed"]
+    assert os.readlink(store / "current") == before
+    assert sorted(p.name for p in (store / "versions").iterdir()) == [before.split("/")[-1]]
+    assert (
+        run(
+            "update", str(batch), "-m", str(store), "--epochs", "2", "--no-wait", "--force", home=home
+        ).returncode
+        == 0
+    )

@@ -266,14 +266,20 @@ def commit(root: Path, temp: Path, fault: Callable[[str], None] | None = None) -
 
 
 def prune(root: Path, keep: int = DEFAULT_KEEP, fault: Callable[[str], None] | None = None) -> list[str]:
-    """Delete versions beyond the newest ``keep`` (never the current one); only after the swap is durable."""
+    """Keep ``current`` and the versions rollback would step back to, ``keep`` in all; delete the rest.
+
+    Called only after the swap is durable. The version this run just replaced stays whatever
+    ``keep`` says, until the next run: a reader may have opened it a moment before the swap.
+    Versions rollback can never reach (published by a run killed before its swap, or rolled
+    back from) go first.
+    """
     import shutil
 
     if fault:
         fault("update:during-cleanup")
-    current = current_version(root)
-    versions = list_versions(root)
-    doomed = [v for v in versions[: max(0, len(versions) - max(1, keep))] if v != current]
+    chain = rollback_chain(root)
+    kept = set(chain[: max(1, keep)]) | set(chain[1:2])
+    doomed = [v for v in list_versions(root) if v not in kept]
     for version in doomed:
         # Rename first so a crash mid-delete never leaves a half-deleted folder that looks committed.
         trash = versions_dir(root) / f"{TEMP_PREFIX}old-{version}"
@@ -323,13 +329,47 @@ def _rollback_locked(root: Path) -> str:
     current = current_version(root)
     if current is None:
         raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
-    older = [v for v in list_versions(root) if v < current]
-    if not older:
-        raise ModelError(f"version {current} is the oldest one kept at {root}; nothing to roll back to")
+    target = _replaced_by(root, current)
+    if target is None:
+        raise ModelError(
+            f"no version before {current} is kept at {root}; nothing to roll back to "
+            "(`mlpersonalize reset` returns to the original)"
+        )
     from .faults import fault_point
 
-    point_current(root, older[-1], fault_point, stage="rollback")
-    return older[-1]
+    point_current(root, target, fault_point, stage="rollback")
+    return target
+
+
+def rollback_chain(root: Path) -> list[str]:
+    """``current``, the version it replaced, the one that replaced, …: what rollback steps through."""
+    chain: list[str] = []
+    version = current_version(root)
+    while version is not None and version not in chain:
+        chain.append(version)
+        version = _replaced_by(root, version)
+    return chain
+
+
+def _replaced_by(root: Path, version: str) -> str | None:
+    """The version ``version`` replaced when it was swapped in, if it is still kept.
+
+    Updates record it in their history entry; for versions without that record the newest
+    older version stands in.
+    """
+    from .errors import ModelError
+    from .package import read_manifest
+
+    try:
+        history = read_manifest(versions_dir(root) / version).history
+    except ModelError:
+        history = ()
+    if history and "replaced_version" in history[-1]:
+        replaced = history[-1]["replaced_version"]
+        kept = isinstance(replaced, str) and replaced in list_versions(root)
+        return replaced if kept else None
+    older = [v for v in list_versions(root) if v < version]
+    return older[-1] if older else None
 
 
 def reset(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> list[str]:

@@ -242,6 +242,9 @@ def update(
                 _check_batches(batches, batch_paths, base)
         outcome = _train(base, batches, batch_paths, options, on_event)
         outcome.history["base_version"] = store.current_version(root) if base.path == current else None
+        # What `current` named when this version replaced it: rollback's target, so a version
+        # published by a run killed before its swap (never current) is never rolled back onto.
+        outcome.history["replaced_version"] = store.current_version(root)
         try:
             temp = store.new_temp_dir(root)
         except OSError as exc:

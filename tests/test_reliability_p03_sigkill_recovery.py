@@ -80,3 +80,23 @@ def test_p3_random_delay_kill_loop_bounded() -> None:
     print(result.stdout)  # the seed, for replaying a failure with --seed
     assert result.returncode == 0, result.stdout + result.stderr
     assert "soak_kill ok" in result.stdout and " 0 killed" not in result.stdout
+
+
+def test_p3_rollback_never_steps_onto_a_version_whose_swap_was_killed(
+    doodle_model: Path, tmp_path: Path
+) -> None:
+    """A run killed after publishing versions/N but before the swap told nobody of N: skip it."""
+    home = personalized(doodle_model, tmp_path)  # 000001
+    batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[1:2])
+    updater.update([batch], updater.UpdateOptions(model=home, epochs=2))  # 000002
+    killed = cli(
+        ["update", str(batch), "--model", str(home), "--epochs", "2"],
+        {"MLPERSONALIZE_FAULT": "update:before-swap"},
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert store.current_version(home) == "000002" and "000003" in store.list_versions(home)
+    updater.update([batch], updater.UpdateOptions(model=home, epochs=2))  # 000004 replaces 000002
+    assert store.current_version(home) == "000004"
+    assert store.rollback(home) == "000002"
+    assert store.rollback(home) == "000001"
+    assert_healthy(home)

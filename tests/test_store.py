@@ -29,13 +29,15 @@ def test_commit_points_current_at_each_new_version(tiny_model: Path) -> None:
     assert store.is_in_store(tiny_model) is None
 
 
-def test_prune_keeps_newest_and_current_only_after_swap(tiny_model: Path) -> None:
+def test_prune_keeps_the_rollback_chain(tiny_model: Path) -> None:
     root = store.model_home("tiny")
     for _ in range(4):
         _commit(root, tiny_model)
-    store.point_current(root, "000001")  # e.g. after rollbacks
-    assert store.prune(root, keep=2) == ["000002"]
-    assert store.list_versions(root) == ["000001", "000003", "000004"]
+    assert store.rollback_chain(root) == ["000004", "000003", "000002", "000001"]
+    assert store.prune(root, keep=1) == ["000001", "000002"]  # 000003, just replaced, stays a while
+    store.point_current(root, "000003")  # e.g. after a rollback: 000004 is off the chain
+    assert store.prune(root, keep=3) == ["000004"]
+    assert store.list_versions(root) == ["000003"]
 
 
 def test_clean_stale_removes_temp_folders_and_links(tiny_model: Path) -> None:
@@ -53,7 +55,7 @@ def test_rollback_and_reset(tiny_model: Path) -> None:
     with pytest.raises(ModelError, match="nothing to roll back"):
         store.rollback(root)
     _commit(root, tiny_model)
-    with pytest.raises(ModelError, match="oldest"):
+    with pytest.raises(ModelError, match="no version before 000001"):
         store.rollback(root)
     _commit(root, tiny_model)
     assert store.rollback(root) == "000001" and store.current_version(root) == "000001"

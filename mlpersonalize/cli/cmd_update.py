@@ -93,7 +93,13 @@ def update_command(
     no_shuffle: Annotated[
         bool, typer.Option("--no-shuffle", help="Keep the examples' order each epoch.")
     ] = False,
-    keep: Annotated[int, typer.Option(help="How many versions of the personalized model to keep.")] = 3,
+    keep: Annotated[
+        int,
+        typer.Option(
+            help="How many versions rollback can step back through (the one an update replaces "
+            "stays until the next update)."
+        ),
+    ] = 3,
     max_drop: Annotated[
         float, typer.Option(help="Refuse the update if known labels lose more accuracy points than this.")
     ] = 2.0,

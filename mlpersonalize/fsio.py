@@ -11,7 +11,7 @@ import errno
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,3 +113,51 @@ def atomic_write(target: Path, data: bytes) -> None:
         fsync_dir(target.parent)
     except OSError as exc:
         raise storage_error("write", target, exc) from exc
+
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on ``path``; the kernel frees it if the holder dies.
+
+    Never an ``O_EXCL`` lock file: that one survives a SIGKILL and blocks the next cron run.
+    """
+
+    def __init__(self, path: Path, busy: str) -> None:
+        self.path = path
+        self.busy = busy  # the BusyError message when wait=False and someone holds it
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True, on_wait: Callable[[], None] | None = None) -> FileLock:
+        import fcntl
+
+        from .errors import BusyError
+
+        try:
+            makedirs_durable(self.path.parent)  # the folder's entry must outlive a power cut
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error("create the lock file in", self.path.parent, exc) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise BusyError(self.busy) from None
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -27,7 +27,7 @@ import numpy as np
 from . import images
 from .batch import Batch, check_batch_fits, load_batch, save_batch
 from .errors import ImageError, InputError, UsageError
-from .fsio import describe_os_error
+from .fsio import FileLock, describe_os_error
 from .names import escape
 from .package import normalize_label
 
@@ -330,8 +330,13 @@ def prepare(
     force: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> Report:
-    """Turn labelled image folders into the batch file ``output`` for the model of ``manifest``."""
+    """Turn labelled image folders into the batch file ``output`` for the model of ``manifest``.
+
+    With ``append``, runs on one batch are serialized by a lock beside it (``on_wait`` is called
+    if another holds it), so concurrent appends never lose examples.
+    """
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
     if not data_dirs:
@@ -344,6 +349,23 @@ def prepare(
         raise UsageError(
             f"{escape(str(output))} already exists; pass --force to replace it or --append to add to it"
         )
+    if not append:
+        return _prepare(data_dirs, output, manifest, False, force, workers, progress)
+    # Appending reads, extends and rewrites the batch: two at once would lose one's examples.
+    lock = FileLock(output.parent / f".{output.name}-lock", f"another prepare is appending to {output}")
+    with lock.acquire(wait=True, on_wait=on_wait):
+        return _prepare(data_dirs, output, manifest, True, force, workers, progress)
+
+
+def _prepare(
+    data_dirs: Sequence[Path],
+    output: Path,
+    manifest: Any,
+    append: bool,
+    force: bool,
+    workers: int | None,
+    progress: Progress | None,
+) -> Report:
     existing = load_batch(output) if append and output.exists() else None
     known: dict[str, tuple[str, str]] = {}
     if existing is not None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .fsio import FileLock
+
 BUNDLED_NAME = "doodles"
 Source = Literal["flag", "environment", "personalized", "bundled"]
 
@@ -130,51 +132,12 @@ def is_in_store(path: Path) -> Path | None:
     return None
 
 
-class ModelLock:
-    """An exclusive ``fcntl.flock`` on ``<model home>/lock``; the kernel frees it if we die."""
+class ModelLock(FileLock):
+    """The lock that serializes writers of one personalized model: ``<model home>/lock``."""
 
     def __init__(self, root: Path) -> None:
+        super().__init__(root / LOCK, f"another update of {root} is running; retry later or drop --no-wait")
         self.root = root
-        self._fd: int | None = None
-
-    def acquire(self, wait: bool = True, on_wait: Callable[[], None] | None = None) -> ModelLock:
-        import fcntl
-
-        from .errors import BusyError
-        from .fsio import makedirs_durable, storage_error
-
-        try:
-            makedirs_durable(self.root)  # the home's entry must outlive a power cut, like `current`
-            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise storage_error("create the lock file in", self.root, exc) from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise BusyError(
-                        f"another update of {self.root} is running; retry later or drop --no-wait"
-                    ) from None
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
-
-    def __enter__(self) -> ModelLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def clean_stale(root: Path) -> list[str]:

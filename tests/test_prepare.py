@@ -301,3 +301,43 @@ def test_decode_file_matches_the_predict_path(tmp_path: Path) -> None:
     path = exif_rotated(tmp_path / "r.jpg")
     ok, pixels, digest = decode_file(str(path), True, ImageConstraint(28, 28))
     assert ok and np.array_equal(pixels, load(path, ImageConstraint(28, 28))) and len(digest) == 64
+
+
+def test_concurrent_appends_to_one_batch_lose_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    """Appends are serialized by a lock beside the batch: every run's examples end up in it."""
+    import subprocess
+    import sys
+
+    from PIL import Image, ImageDraw
+
+    folders = []
+    for run in range(4):
+        folder = tmp_path / f"data{run}" / "circle"
+        folder.mkdir(parents=True)
+        for n in range(3):
+            image = Image.new("L", (64, 64), 255)
+            ImageDraw.Draw(image).ellipse((4 + run, 4 + n, 58, 60 - run), outline=0, width=3)
+            image.save(folder / f"{n}.png")
+        folders.append(folder.parent)
+    out = tmp_path / "b.npz"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlpersonalize",
+                "prepare",
+                str(f),
+                "-o",
+                str(out),
+                "--append",
+                "-m",
+                str(tiny_model),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for f in folders
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert len(load_batch(out)) == 12

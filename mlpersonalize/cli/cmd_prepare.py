@@ -60,6 +60,7 @@ def prepare_command(
     from ..package import load_package
     from ..prepare import PrepareError, prepare
     from ..store import resolve_model
+    from ._output import note
 
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
@@ -67,7 +68,13 @@ def prepare_command(
     try:
         with _progress(enabled=not json_out) as progress:
             report = prepare(
-                data_dirs, output, package.manifest, append=append, force=force, progress=progress
+                data_dirs,
+                output,
+                package.manifest,
+                append=append,
+                force=force,
+                progress=progress,
+                on_wait=lambda: note(f"waiting: another prepare is appending to {output}"),
             )
     except PrepareError as exc:
         _render(exc.report, json_out, failed=True)

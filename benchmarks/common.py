@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import statistics
@@ -219,17 +218,7 @@ def make_batch(pixels: np.ndarray, labels: Sequence[str], manifest: Any) -> Any:
     """A Batch as `prepare` would write it (sources and digests stand in for files)."""
     from mlpersonalize.batch import Batch
 
-    digests = tuple(hashlib.sha256(p.tobytes()).hexdigest() for p in pixels)
-    sources = tuple(f"{label}/{i}.png" for i, label in enumerate(labels))
-    return Batch(
-        np.ascontiguousarray(pixels, np.uint8),
-        tuple(labels),
-        sources,
-        digests,
-        manifest.constraint,
-        manifest.model_id,
-        manifest.name,
-    )
+    return Batch.from_pixels(pixels, list(labels), manifest)
 
 
 def write_batch(path: Path, pixels: np.ndarray, labels: Sequence[str], manifest: Any) -> Path:

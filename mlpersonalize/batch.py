@@ -58,6 +58,23 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray, labels: tuple[str, ...] | list[str], manifest: Any) -> Batch:
+        """A batch of already preprocessed examples (no source files) for ``manifest``'s model.
+
+        Each example's source is ``<label>/<n>.png`` and its digest that of its pixels, so
+        identical examples still count as duplicates.
+        """
+        return cls(
+            np.ascontiguousarray(pixels, np.uint8),
+            tuple(labels),
+            tuple(f"{label}/{i}.png" for i, label in enumerate(labels)),
+            tuple(hashlib.sha256(p.tobytes()).hexdigest() for p in pixels),
+            manifest.constraint,
+            manifest.model_id,
+            manifest.name,
+        )
+
 
 def validate(batch: Batch, where: str) -> None:
     """Raise BatchError unless every field of ``batch`` is well-formed and consistent."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,16 +31,7 @@ def write_batch(
     manifest = load_package(package).manifest
     pixels, ids = bm.gratings(classes, per_class, channels, seed=7, jitter=jitter)
     names = tuple(f"new{k}" for k in ids)
-    batch = Batch(
-        pixels=pixels,
-        labels=names,
-        sources=tuple(f"{n}/{i}.png" for i, n in enumerate(names)),
-        sha256=tuple(hashlib.sha256(p.tobytes()).hexdigest() for p in pixels),
-        constraint=manifest.constraint,
-        model_id=manifest.model_id,
-        model_name=manifest.name,
-    )
-    save_batch(path, batch, force=True)
+    save_batch(path, Batch.from_pixels(pixels, names, manifest), force=True)
     return path
 
 

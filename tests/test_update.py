@@ -64,16 +64,7 @@ def write_batch(path: Path, package: Path, labels: list[str], per_label: int = 3
     manifest = load_package(package).manifest
     pixels, ids = make_dataset(labels, per_label, seed=seed, constraint=manifest.constraint)
     names = tuple(np.array(labels)[ids].tolist())
-    batch = Batch(
-        pixels=pixels,
-        labels=names,
-        sources=tuple(f"{name}/{i}.png" for i, name in enumerate(names)),
-        sha256=tuple(hashlib.sha256(p.tobytes()).hexdigest() for p in pixels),
-        constraint=manifest.constraint,
-        model_id=manifest.model_id,
-        model_name=manifest.name,
-    )
-    save_batch(path, batch, force=True)
+    save_batch(path, Batch.from_pixels(pixels, names, manifest), force=True)
     return path
 
 

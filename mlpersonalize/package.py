@@ -21,8 +21,7 @@ import io
 import json
 import os
 import tempfile
-import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,203 +31,52 @@ import numpy as np
 from . import __version__
 from .errors import ModelError
 from .images import ImageConstraint
-from .params import DEFAULT_RANGES, UpdateParams, ranges_from_dict
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-MODEL_FILE = "model.onnx"
-BACKBONE_FILE = "backbone.onnx"
-HEAD_FILE = "head.onnx"
-EXEMPLARS_FILE = "exemplars.npz"
-TRAINING_FILES = (
-    "training/training_model.onnx",
-    "training/eval_model.onnx",
-    "training/optimizer_model.onnx",
-    "training/checkpoint",
+from .manifest import (  # re-exported: the package's names live here for its users
+    BACKBONE_FILE,
+    EXEMPLARS_FILE,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    HEAD_KINDS,
+    MANIFEST,
+    MODEL_FILE,
+    REQUIRED_FILES,
+    TRAINING_FILES,
+    UNKNOWN,
+    FileEntry,
+    Manifest,
+    check_labels,
+    check_relative,
+    normalize_label,
+    read_manifest,
+    sha256_file,
 )
-REQUIRED_FILES = (MODEL_FILE, BACKBONE_FILE, HEAD_FILE, EXEMPLARS_FILE, *TRAINING_FILES)
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-UNKNOWN = "unknown"
-HEAD_KINDS = ("cosine", "linear")
+from .params import DEFAULT_RANGES, UpdateParams
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def normalize_label(label: str) -> str:
-    """Labels are compared and stored NFC-normalised."""
-    return unicodedata.normalize("NFC", label)
-
-
-def check_labels(labels: Any, where: str) -> list[str]:
-    if not isinstance(labels, list) or not labels:
-        raise ModelError(f"{where}: labels must be a non-empty list of strings")
-    out: list[str] = []
-    for label in labels:
-        if not isinstance(label, str) or not label.strip() or "\x00" in label:
-            raise ModelError(f"{where}: label {label!r} is not a non-empty string")
-        out.append(normalize_label(label))
-    duplicates = sorted({label for label in out if out.count(label) > 1})
-    if duplicates:
-        raise ModelError(f"{where}: duplicate labels: {', '.join(duplicates)}")
-    return out
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    sha256: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The validated contents of manifest.json (see module docstring and docs/package-format.md)."""
-
-    name: str
-    description: str
-    author: str
-    license: str
-    input_name: str
-    constraint: ImageConstraint
-    labels: tuple[str, ...]
-    embedding_dim: int
-    logit_scale: float
-    update_defaults: UpdateParams
-    update_ranges: dict[str, tuple[float, float]]
-    files: dict[str, FileEntry]
-    unknown_threshold: float = 0.0
-    exemplars_per_label: int = 20
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    history: tuple[dict[str, Any], ...] = ()
-    producer: dict[str, str] = field(default_factory=dict)
-    model_id: str = ""
-    format_version: int = FORMAT_VERSION
-    head_kind: str = "cosine"  # or "linear" (a brought model's last layer, see linear_head.py)
-    frozen_labels: int = 0  # linear head: the first rows (the brought model's labels) never train
-
-    @property
-    def updatable(self) -> list[dict[str, Any]]:
-        if self.head_kind == "linear":
-            rows = len(self.labels) - self.frozen_labels
-            return [
-                {"name": "head.weight", "shape": [rows, self.embedding_dim]},
-                {"name": "head.bias", "shape": [rows]},
-            ]
-        return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]
-
-    def head_dict(self) -> dict[str, Any]:
-        head: dict[str, Any] = {
-            "kind": self.head_kind,
-            "embedding_dim": self.embedding_dim,
-            "logit_scale": self.logit_scale,
-        }
-        if self.head_kind == "linear":
-            head["frozen_labels"] = self.frozen_labels
-        return head
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "model_id": self.model_id,
-            "name": self.name,
-            "description": self.description,
-            "author": self.author,
-            "license": self.license,
-            "producer": self.producer,
-            "input": {"name": self.input_name, "image": self.constraint.to_dict()},
-            "outputs": {
-                "label": "label",
-                "probabilities": "probabilities",
-                "embedding": "embedding",
-            },
-            "labels": list(self.labels),
-            "unknown_label": UNKNOWN,
-            "unknown_threshold": self.unknown_threshold,
-            "head": self.head_dict(),
-            "updatable": self.updatable,
-            "update_defaults": self.update_defaults.to_dict(),
-            "update_ranges": {k: [v[0], v[1]] for k, v in self.update_ranges.items()},
-            "exemplars_per_label": self.exemplars_per_label,
-            "metrics": self.metrics,
-            "training": self.training,
-            "history": list(self.history),
-            "files": {k: {"sha256": v.sha256, "bytes": v.bytes} for k, v in sorted(self.files.items())},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = MANIFEST) -> Manifest:
-        if not isinstance(data, dict):
-            raise ModelError(f"{where}: not a JSON object")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelError(
-                f"{where}: format_version {version!r} is not supported (this tool reads {FORMAT_VERSION})"
-            )
-        try:
-            inp = data["input"]
-            head = data["head"]
-            constraint = ImageConstraint.from_dict(inp["image"])
-            files = {
-                str(name): FileEntry(str(entry["sha256"]), int(entry["bytes"]))
-                for name, entry in data["files"].items()
-            }
-            manifest = cls(
-                name=str(data["name"]),
-                description=str(data.get("description", "")),
-                author=str(data.get("author", "")),
-                license=str(data.get("license", "")),
-                input_name=str(inp["name"]),
-                constraint=constraint,
-                labels=tuple(check_labels(data["labels"], where)),
-                embedding_dim=int(head["embedding_dim"]),
-                logit_scale=float(head["logit_scale"]),
-                update_defaults=UpdateParams.from_dict(data.get("update_defaults", {})),
-                update_ranges=ranges_from_dict(data.get("update_ranges", {})),
-                files=files,
-                unknown_threshold=float(data.get("unknown_threshold", 0.0)),
-                exemplars_per_label=int(data.get("exemplars_per_label", 20)),
-                metrics=dict(data.get("metrics", {})),
-                training=dict(data.get("training", {})),
-                history=tuple(dict(h) for h in data.get("history", [])),
-                producer={str(k): str(v) for k, v in dict(data.get("producer", {})).items()},
-                model_id=str(data.get("model_id", "")),
-                head_kind=str(head.get("kind", "cosine")),
-                frozen_labels=int(head.get("frozen_labels", 0)),
-            )
-        except ModelError as exc:
-            if str(exc).startswith(where):
-                raise
-            raise ModelError(f"{where}: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
-        if not 0.0 <= manifest.unknown_threshold < 1.0:
-            raise ModelError(f"{where}: unknown_threshold must be in [0, 1)")
-        if manifest.embedding_dim < 1 or not np.isfinite(manifest.logit_scale):
-            raise ModelError(f"{where}: head.embedding_dim and head.logit_scale are invalid")
-        if manifest.head_kind not in HEAD_KINDS:
-            raise ModelError(
-                f"{where}: head.kind {manifest.head_kind!r} is not one of {', '.join(HEAD_KINDS)}"
-            )
-        if not 0 <= manifest.frozen_labels <= len(manifest.labels):
-            raise ModelError(f"{where}: head.frozen_labels must be within [0, number of labels]")
-        missing = [name for name in REQUIRED_FILES if name not in files]
-        if missing:
-            raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")
-        for name in files:
-            _check_relative(name, where)
-        return manifest
-
-
-def _check_relative(name: str, where: str) -> None:
-    parts = Path(name).parts
-    if Path(name).is_absolute() or not parts or ".." in parts or "\\" in name or name.startswith("/"):
-        raise ModelError(f"{where}: file entry {name!r} points outside the package")
+__all__ = [
+    "BACKBONE_FILE",
+    "EXEMPLARS_FILE",
+    "FORMAT_VERSION",
+    "HEAD_FILE",
+    "HEAD_KINDS",
+    "MANIFEST",
+    "MODEL_FILE",
+    "REQUIRED_FILES",
+    "TRAINING_FILES",
+    "UNKNOWN",
+    "FileEntry",
+    "Manifest",
+    "ModelPackage",
+    "build_contents",
+    "check_labels",
+    "create_package",
+    "describe",
+    "load_package",
+    "normalize_label",
+    "read_manifest",
+    "sha256_file",
+    "verify_files",
+    "write_package",
+]
 
 
 @dataclass(frozen=True)
@@ -246,25 +94,6 @@ class ModelPackage:
         return read_exemplars(
             self.file(EXEMPLARS_FILE), len(self.manifest.labels), self.manifest.embedding_dim
         )
-
-
-def read_manifest(path: Path) -> Manifest:
-    where = str(path / MANIFEST)
-    try:
-        if not path.is_dir():
-            raise ModelError(f"{path} is not a model package (no such folder)")
-        raw = (path / MANIFEST).read_bytes()[: MAX_MANIFEST_BYTES + 1]
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path} is not a model package: {MANIFEST} is missing") from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read {where}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ModelError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModelError(f"{where}: not valid UTF-8 JSON ({exc})") from exc
-    return Manifest.from_dict(data, where)
 
 
 def verify_files(path: Path, manifest: Manifest) -> dict[str, bool]:
@@ -380,7 +209,7 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
     entries: dict[str, FileEntry] = {}
     folders = {directory}
     for name, data in sorted(contents.items()):
-        _check_relative(name, "package")
+        check_relative(name, "package")
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
         folders.add(target.parent)

@@ -82,7 +82,7 @@ def main() -> None:
     print(
         f"\nafter {SHOTS} drawings each: new stickers {after[0]:.0%} right, known labels {after[1]:.0%} "
         f"(were {before[1]:.0%}). The bundled model is unchanged; the personalized copy is in "
-        f"{workspace / 'home'}. Undo with: MLPERSONALIZE_HOME={workspace / 'home'} mlpersonalize reset"
+        f"{workspace / 'home'} (delete {workspace} to undo everything)."
     )
 
 

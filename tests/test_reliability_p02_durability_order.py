@@ -169,6 +169,7 @@ def test_p2_update_order_under_strace(doodle_model: Path, tmp_path: Path) -> Non
         str(home),
         "--epochs",
         "2",
+        "--json",  # the "completed" event on stdout is the report of success
     ]
     result = subprocess.run(
         ["strace", "-f", "-qq", "-o", str(log), "-e", trace, *command],
@@ -184,7 +185,7 @@ def test_p2_update_order_under_strace(doodle_model: Path, tmp_path: Path) -> Non
 
     publish = first(lambda s: "rename" in s and "versions/000002" in s and ".tmp-" in s)
     swap = first(lambda s: "rename" in s and '/current"' in s)
-    report = first(lambda s: "write(2" in s and "Updated" in s)
+    report = first(lambda s: "write(1" in s and "completed" in s)
     syncs = [i for i, line in enumerate(lines) if "fsync(" in line and "= 0" in line]
     assert any(i < publish for i in syncs)
     assert any(publish < i < swap for i in syncs)

@@ -55,6 +55,12 @@ def note(message: str) -> None:
     stderr.print(message, markup=False)
 
 
+def done(message: str) -> None:
+    """A success summary: shown on a terminal only, so cron and pipelines stay quiet."""
+    if stderr_is_terminal():
+        note(message)
+
+
 def safe_name(text: str) -> str:
     """A path or label made printable (undecodable bytes shown as \\xNN)."""
     return escape(text)

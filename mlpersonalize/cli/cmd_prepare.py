@@ -52,7 +52,8 @@ def prepare_command(
     if a label folder has no usable image, an image appears under two labels, or nothing is usable.
 
     Output: on a terminal, tables on stdout; with --json, one JSON document on stdout; otherwise
-    a one-line summary and a warning per unreadable or duplicate file on stderr.
+    only a warning per unreadable or duplicate file on stderr (a summary too if stderr is a
+    terminal).
 
     Example: mlpersonalize prepare ~/drawings -o batch.npz
     """
@@ -109,7 +110,7 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 
 
 def _render(report: Report, json_out: bool, failed: bool = False) -> None:
-    from ._output import emit_json, note
+    from ._output import done, emit_json, note
 
     if json_out:
         emit_json(report.to_dict())
@@ -120,7 +121,7 @@ def _render(report: Report, json_out: bool, failed: bool = False) -> None:
             if item.kind != "ignored":
                 note(f"warning: skipped {item.path}: {item.reason}")
         if not failed:
-            note(_summary(report))
+            done(_summary(report))
 
 
 def _stdout_is_terminal() -> bool:

@@ -114,7 +114,7 @@ def update_command(
     Example: mlpersonalize update batch.npz --json
     """
     from ..updater import UpdateOptions, update
-    from ._output import note, safe_name
+    from ._output import done, safe_name
 
     options = UpdateOptions(
         model=model,
@@ -141,7 +141,7 @@ def update_command(
         held_text = f"; held-out accuracy {held:.0%}" if held is not None else ""
         where = f"version {result.version} at " if result.version else ""
         forced = " (forced past the guard)" if result.history["guard"]["forced"] else ""
-        note(f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}")
+        done(f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}")
 
 
 def rollback_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: JsonOpt = False) -> None:
@@ -150,7 +150,7 @@ def rollback_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_ou
     Example: mlpersonalize rollback
     """
     from .. import store
-    from ._output import emit_json, note, safe_name
+    from ._output import done, emit_json, safe_name
 
     root = store.model_root(model)
     version = store.rollback(root, not no_wait, _waiting(root))
@@ -158,7 +158,7 @@ def rollback_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_ou
     if json_out:
         emit_json({"model": str(path), "version": version})
     else:
-        note(f"Rolled back: version {version} at {safe_name(str(path))}")
+        done(f"Rolled back: version {version} at {safe_name(str(path))}")
 
 
 def reset_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: JsonOpt = False) -> None:
@@ -167,14 +167,14 @@ def reset_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: 
     Example: mlpersonalize reset
     """
     from .. import store
-    from ._output import emit_json, note, safe_name
+    from ._output import done, emit_json, safe_name
 
     root = store.model_root(model)
     removed = store.reset(root, not no_wait, _waiting(root))
     if json_out:
         emit_json({"model": str(root), "removed_versions": removed})
     elif removed:
-        note(f"Reset: removed {len(removed)} version(s) at {safe_name(str(root))}")
+        done(f"Reset: removed {len(removed)} version(s) at {safe_name(str(root))}")
     else:
-        note(f"Nothing to reset: no personalized model at {safe_name(str(root))}")
+        done(f"Nothing to reset: no personalized model at {safe_name(str(root))}")
     sys.stderr.flush()

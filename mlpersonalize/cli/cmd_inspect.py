@@ -52,36 +52,41 @@ def _engine_version() -> str:
 
 def _render(data: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from ._output import stdout_console
 
     console = stdout_console()
+
+    def say(text: str) -> None:  # names, labels and paths are data, never rich markup
+        console.print(text, markup=False)
+
     image = data["input"]["image"]
     producer = data.get("producer", {})
-    console.print(f"[bold]{data['name']}[/bold]  ({data['source']}: {data['path']})")
+    console.print(Text(data["name"], style="bold"), Text(f" ({data['source']}: {data['path']})"))
     if data.get("description"):
-        console.print(data["description"])
-    console.print(
+        say(data["description"])
+    say(
         f"author: {data.get('author') or '-'}   license: {data.get('license') or '-'}   "
         f"format {data['format_version']}   made by mlpersonalize {producer.get('version', '?')} "
         f"(onnxruntime {producer.get('onnxruntime', '?')}; running {data['engine']['onnxruntime']})"
     )
-    console.print(
+    say(
         f"input {data['input']['name']!r}: {image['width']}x{image['height']} {image['color']}, "
         f"ink {image['ink']}, value = pixel x {image['scale']:.6g} + {image['bias']}, {image['layout']}"
     )
-    console.print(
+    say(
         f"outputs: label, probabilities ({len(data['labels'])}), embedding ({data['head']['embedding_dim']})"
         f"; below {data['unknown_threshold']:.2f} confidence the label is 'unknown'"
     )
     labels = data["labels"]
-    console.print(f"labels ({len(labels)}): " + ", ".join(labels))
+    say(f"labels ({len(labels)}): " + ", ".join(labels))
     for param in data["updatable"]:
-        console.print(f"updatable: {param['name']} {param['shape']}")
+        say(f"updatable: {param['name']} {param['shape']}")
     defaults = data["update_defaults"]
-    console.print("update defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+    say("update defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
     for key, value in sorted(data.get("metrics", {}).items()):
-        console.print(f"metric {key}: {value}")
+        say(f"metric {key}: {value}")
     history = Table(
         "when", "examples", "labels added", "epochs", "loss", "acc before→after", title="update history"
     )
@@ -89,7 +94,7 @@ def _render(data: dict[str, Any]) -> None:
         history.add_row(
             str(entry.get("time", "")),
             str(entry.get("examples", "")),
-            ", ".join(entry.get("labels_added", [])),
+            Text(", ".join(entry.get("labels_added", []))),
             str(entry.get("epochs", "")),
             f"{entry['final_loss']:.4f}" if isinstance(entry.get("final_loss"), float) else "",
             f"{entry.get('accuracy_before', '')}→{entry.get('accuracy_after', '')}",
@@ -97,11 +102,11 @@ def _render(data: dict[str, Any]) -> None:
     if data.get("history"):
         console.print(history)
     else:
-        console.print("update history: none (this is an original)")
+        say("update history: none (this is an original)")
     files = Table("file", "bytes", "sha256", "verified", title="files")
     for entry in data["files"]:
         files.add_row(
-            entry["name"],
+            Text(entry["name"]),
             f"{entry['bytes']:,}",
             entry["sha256"][:16] + "…",
             "yes" if entry["verified"] else "NO",

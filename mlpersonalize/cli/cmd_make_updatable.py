@@ -80,7 +80,7 @@ def make_updatable_command(
     """
     from ..byo import DEFAULTS, ByoOptions, make_updatable
     from ..errors import UsageError
-    from ._output import emit_json, note, safe_name
+    from ._output import done, emit_json, safe_name
 
     if head != "auto":
         raise UsageError(f"--head must be auto, not {head!r} (name parameters with --trainable)")
@@ -115,7 +115,7 @@ def make_updatable_command(
         )
     else:
         op, tensor = result.head["head"]["op"], result.head["embedding"]
-        note(
+        done(
             f"Made updatable: {safe_name(str(result.path))} ({len(manifest.labels)} labels, head {op} "
             f"on {tensor!r}, {manifest.embedding_dim}-d embedding)"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +13,18 @@ from ._options import JsonOpt, ModelOpt
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
+
+
+def table_row(result: Any) -> tuple[Any, ...]:
+    """One prediction as table cells; names and labels are data, never rich markup."""
+    from rich.text import Text
+
+    from ._output import safe_name
+
+    if result.error:
+        return Text(safe_name(result.file)), Text("error", style="red"), "", Text(safe_name(result.error))
+    top = ", ".join(f"{safe_name(label)} {p:.2f}" for label, p in result.top)
+    return Text(safe_name(result.file)), Text(safe_name(result.label)), f"{result.confidence:.3f}", Text(top)
 
 
 def predict_command(
@@ -56,13 +68,7 @@ def predict_command(
         if json_out:
             emit_json(result.to_dict())
         elif table is not None:
-            top = ", ".join(f"{safe_name(label)} {p:.2f}" for label, p in result.top)
-            if result.error:
-                table.add_row(safe_name(result.file), "[red]error[/red]", "", safe_name(result.error))
-            else:
-                table.add_row(
-                    safe_name(result.file), safe_name(result.label), f"{result.confidence:.3f}", top
-                )
+            table.add_row(*table_row(result))
         elif result.error:
             print(f"{safe_name(result.file)}\terror\t\t{safe_name(result.error)}", flush=True)
         else:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint sample-model bench clean
+.PHONY: install demo test test-all lint soak sample-model bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The long random-SIGKILL loop (P3); a bounded 6-second version runs in `make test`.
+soak: $(STAMP)
+	$(BIN)/python scripts/soak_kill.py --count 1000 --seconds 600
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlpersonalize tests

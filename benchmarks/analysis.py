@@ -178,8 +178,8 @@ def _speed(results: dict[str, Any]) -> list[str]:
             "cores are shared "
             "(see the load average), the pool forks from a parent that has onnxruntime loaded, and results "
             "come back pickled. The ink crop already works on cached lookup tables and comparisons; what "
-            "is left per image is Pillow's decode and the LANCZOS fit (about half and a third of "
-            "preprocessing). To move it: a cheaper resampling filter for the fit (changes the pixels, so "
+            "is left per image is mostly Pillow's decode and the LANCZOS fit (profile in section 4). "
+            "To move it: a cheaper resampling filter for the fit (changes the pixels, so "
             "the bundled model would be retrained with it), `Image.draft` for JPEG inputs, and starting "
             "the pool only for a few hundred files or more, and only when more than one core is idle."
         )

@@ -115,6 +115,19 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]:
+    """Delete the temp folder if the block fails (Ctrl-C included); OS errors become StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise storage_error(action, target, exc) from exc
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
 def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
     from .package import build_contents, write_package
@@ -180,19 +193,13 @@ def _to_output(package: ModelPackage, outcome: Outcome, output: Path) -> Path:
         temp.chmod(0o755)
     except OSError as exc:
         raise storage_error("create a folder beside", output, exc) from exc
-    try:
+    with _removed_on_failure(temp, "write", output):
         _write_package(temp, package, outcome)
         with _signals_deferred():
             if output.exists():
                 output.rmdir()  # empty (checked); rename cannot replace it on every platform
             temp.rename(output)
             fsync_dir(output.parent)
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise storage_error("write", output, exc) from exc
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return output
 
 
@@ -249,16 +256,10 @@ def update(
             temp = store.new_temp_dir(root)
         except OSError as exc:
             raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
-        try:
+        with _removed_on_failure(temp, "swap in the updated model at", root):
             _write_package(temp, base, outcome)
             with _signals_deferred():
                 version = store.commit(root, temp, fault_point)
-        except OSError as exc:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise storage_error("swap in the updated model at", root, exc) from exc
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
         with _signals_deferred():
             try:
                 pruned = store.prune(root, options.keep, fault_point)

@@ -52,11 +52,22 @@ def pooled_pixel_backbone(size: int = 28, dim: int = 64, seed: int = 0) -> onnx.
     return model
 
 
-def make_tiny_package(directory: Path, labels: list[str] | None = None, seed: int = 0) -> Path:
+def make_tiny_package(
+    directory: Path,
+    labels: list[str] | None = None,
+    seed: int = 0,
+    *,
+    weight: np.ndarray | None = None,
+    exemplars: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """A package over ``pooled_pixel_backbone``; head rows and exemplars random unless given."""
     labels = labels or ["circle", "square", "cross"]
     backbone = pooled_pixel_backbone(seed=seed)
     rng = np.random.default_rng(seed)
-    weight = rng.standard_normal((len(labels), 64)).astype(np.float32)
+    if weight is None:
+        weight = rng.standard_normal((len(labels), 64)).astype(np.float32)
+    if exemplars is None:
+        exemplars = {label: rng.standard_normal((5, 64)).astype(np.float32) for label in labels}
     create_package(
         directory,
         backbone=backbone,
@@ -64,7 +75,7 @@ def make_tiny_package(directory: Path, labels: list[str] | None = None, seed: in
         labels=labels,
         constraint=ImageConstraint(28, 28),
         logit_scale=16.0,
-        exemplars={label: rng.standard_normal((5, 64)).astype(np.float32) for label in labels},
+        exemplars=exemplars,
         name="tiny",
         description="Test model: pooled pixels and a random projection.",
         author="mlpersonalize tests",

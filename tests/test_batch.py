@@ -159,7 +159,8 @@ def test_malformed_members_are_batch_errors(tmp_path: Path, mutate, message: str
         load_batch(write(tmp_path, npz_bytes(**members)))
 
 
-def test_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
+def pickled_labels_npz() -> bytes:
+    """A batch whose labels are an object array: loading it with pickle would run code."""
     members = valid_members()
     members["labels"] = np.array(["a", "b", "c"], dtype=object)
     buffer = io.BytesIO()
@@ -167,8 +168,12 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
         for name, array in members.items():
             with archive.open(f"{name}.npy", "w") as handle:
                 np.lib.format.write_array(handle, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
     with pytest.raises(BatchError, match="labels has dtype"):
-        load_batch(write(tmp_path, buffer.getvalue()))
+        load_batch(write(tmp_path, pickled_labels_npz()))
 
 
 def hostile_npz(pixels_member: bytes, compress: int = zipfile.ZIP_STORED) -> bytes:

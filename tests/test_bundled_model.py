@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import run_cli as cli
 
 from mlpersonalize import _ort
 from mlpersonalize.inference import Classifier
@@ -25,14 +23,6 @@ def bundled():  # type: ignore[no-untyped-def]
 
 def folder_hashes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLPERSONALIZE_HOME": str(home)}
-    env.pop("MLPERSONALIZE_MODEL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args], capture_output=True, text=True, env=env, timeout=300
-    )
 
 
 def test_ships_a_verified_package_with_named_labels_and_its_measured_accuracy(bundled) -> None:  # type: ignore[no-untyped-def]

@@ -118,21 +118,22 @@ def test_external_data_inside_is_inlined_outside_is_refused(tmp_path: Path) -> N
     )
     (tmp_path / "outside.bin").write_bytes((folder / "weights.bin").read_bytes())
     escaped = onnx.load(str(folder / "m.onnx"), load_external_data=False)
-    for tensor in escaped.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../outside.bin"
+    _point_external_data(escaped, "../outside.bin")
     onnx.save(escaped, folder / "escape.onnx")
     with pytest.raises(ModelError, match="outside the model's folder"):
         make_updatable(folder / "escape.onnx", tmp_path / "p2")
     os.symlink(tmp_path / "outside.bin", folder / "link.bin")
-    for tensor in escaped.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "link.bin"
+    _point_external_data(escaped, "link.bin")
     onnx.save(escaped, folder / "link.onnx")
     with pytest.raises(ModelError, match="symbolic link"):
         make_updatable(folder / "link.onnx", tmp_path / "p3")
+
+
+def _point_external_data(model: onnx.ModelProto, location: str) -> None:
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
 
 
 def test_no_head_and_bad_trainable_names_list_candidates(tmp_path: Path) -> None:

@@ -8,16 +8,8 @@ from pathlib import Path
 import byo_models as bm
 import onnx
 import pytest
+from clirun import main_cli as run
 from PIL import Image
-
-from mlpersonalize.cli.app import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @pytest.fixture

@@ -9,19 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_cli as run
 from PIL import Image, ImageDraw
 
 from mlpersonalize.errors import ExitCode
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 def draw(path: Path, shape: str) -> Path:

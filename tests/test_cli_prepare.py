@@ -10,22 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_cli as run
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from mlpersonalize.batch import load_batch
 from mlpersonalize.cli.app import app
 from mlpersonalize.errors import ExitCode
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 def draw(path: Path, size: int = 64, square: bool = False) -> Path:

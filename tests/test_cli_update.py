@@ -7,21 +7,14 @@ from pathlib import Path
 
 import pytest
 import test_update
+from clirun import main_cli as run
 from test_update import NEW, write_batch
 
 from mlpersonalize import store
-from mlpersonalize.cli.app import main
 
 # The doodle model fixtures are shared with test_update.py.
 doodle_template = test_update.doodle_template
 doodle_model = test_update.doodle_model
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def test_update_json_events_then_rollback_and_reset(

@@ -10,16 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_cli as run
 
 from mlpersonalize.errors import ExitCode
 from mlpersonalize.sample.doodles import write_folder
-
-
-def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLPERSONALIZE_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args], capture_output=True, text=True, env=env
-    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_update
+from clirun import main_cli as run
 from PIL import Image
 from reliability_kit import NEW, ROOT, assert_healthy, personalized, stale_entries, tree, write_batch
 
 from mlpersonalize import store
-from mlpersonalize.cli.app import main
 
 doodle_template = test_update.doodle_template
 doodle_model = test_update.doodle_model
@@ -61,13 +61,6 @@ class Injector:
             return real(first, *args, **kw)
 
         self.monkeypatch.setattr(os, name, call)
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def _in_temp(path: str) -> bool:

@@ -7,16 +7,14 @@ nothing may be written. (Without the limit: test_batch.py and test_prepare.py.)
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from reliability_kit import ROOT
-from test_batch import header, hostile_npz, valid_members
+from test_batch import header, hostile_npz, pickled_labels_npz
 from test_prepare import png_bomb
 
 HOSTILE = """
@@ -41,17 +39,6 @@ print(json.dumps(out))
 """
 
 
-def _pickled_labels() -> bytes:
-    members = valid_members()
-    members["labels"] = np.array(["a", "b", "c"], dtype=object)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, array in members.items():
-            with archive.open(f"{name}.npy", "w") as handle:
-                np.lib.format.write_array(handle, array, allow_pickle=True)
-    return buffer.getvalue()
-
-
 def test_p7_hostile_inputs_under_an_address_space_limit(tmp_path: Path) -> None:
     zeros = header((200_000, 28, 28, 1))  # 150 MiB of zeros: far over the 100x inflation ratio
     bomb_member = zeros + bytes(200_000 * 784)
@@ -59,7 +46,7 @@ def test_p7_hostile_inputs_under_an_address_space_limit(tmp_path: Path) -> None:
         "flat.png": png_bomb(20000, 20000),
         "huge_shape.npz": hostile_npz(header((10**12,)) + b"\0" * 64),
         "zip_bomb.npz": hostile_npz(bomb_member, zipfile.ZIP_DEFLATED),
-        "pickle.npz": _pickled_labels(),
+        "pickle.npz": pickled_labels_npz(),
     }
     del bomb_member
     for name, data in files.items():

@@ -18,7 +18,7 @@ from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.errors import BatchError, RejectedError, UsageError
 from mlpersonalize.head import head_weight
 from mlpersonalize.images import ImageConstraint
-from mlpersonalize.package import create_package, load_package
+from mlpersonalize.package import load_package
 from mlpersonalize.sample.doodles import make_dataset
 from mlpersonalize.training import cosine_logits, embed, imprint
 
@@ -36,27 +36,16 @@ FAULTS = [
 
 def build_doodle_package(directory: Path) -> Path:
     """A tiny model that really knows OLD: head and exemplars imprinted from rendered drawings."""
-    from conftest import pooled_pixel_backbone
+    from conftest import make_tiny_package, pooled_pixel_backbone
 
-    backbone = pooled_pixel_backbone()
     pixels, ids = make_dataset(OLD, 20, seed=1, constraint=CONSTRAINT)
-    emb = embed(backbone.SerializeToString(), pixels, CONSTRAINT)
-    create_package(
+    emb = embed(pooled_pixel_backbone().SerializeToString(), pixels, CONSTRAINT)
+    return make_tiny_package(
         directory,
-        backbone=backbone,
-        head_weight=imprint(emb, ids, list(range(len(OLD)))),
-        labels=OLD,
-        constraint=CONSTRAINT,
-        logit_scale=16.0,
+        OLD,
+        weight=imprint(emb, ids, list(range(len(OLD)))),
         exemplars={label: emb[ids == i] for i, label in enumerate(OLD)},
-        name="tiny",
-        description="doodle test model",
-        author="tests",
-        license="MIT",
-        metrics={},
-        training={},
     )
-    return directory
 
 
 def write_batch(path: Path, package: Path, labels: list[str], per_label: int = 3, seed: int = 7) -> Path:

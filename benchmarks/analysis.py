@@ -157,7 +157,7 @@ def _speed(results: dict[str, Any]) -> list[str]:
             for key, label in (
                 ("images.py", "decode"),
                 ("open_image", "open_image (read, Pillow decode, EXIF transpose)"),
-                ("preprocess", "preprocess (gray, ink crop, fit with LANCZOS)"),
+                ("preprocess", "preprocess (gray, ink crop, fit)"),
             ):
                 hit = next(
                     (row for name, row in top.items() if key in name and label.split()[0] in name), None
@@ -167,21 +167,25 @@ def _speed(results: dict[str, Any]) -> list[str]:
             where = (
                 f" With one worker under the profiler ({prof['seconds']:.2f} s): " + ", ".join(parts) + "."
             )
+        scaling = r["prepare_images_per_s"] / r["prepare_one_worker_images_per_s"]
         lines.append(
             f"- **Prepare ({r['ratio']:.2f}× single-threaded Pillow; one worker "
             f"{r['ratio_one_worker']:.2f}×)**: "
             "per image prepare does more than the baseline — reads the whole file and hashes it (duplicate "
             "detection), decodes with format checks and the bomb guard, applies EXIF orientation, finds the "
-            "ink's bounding box, pads to a square and resizes with LANCZOS — so one worker is "
-            "slower than the "
-            f"bare loop.{where} Two worker processes do not double it on this machine: the two "
-            "cores are shared "
-            "(see the load average), the pool forks from a parent that has onnxruntime loaded, and results "
-            "come back pickled. The ink crop already works on cached lookup tables and comparisons; what "
-            "is left per image is mostly Pillow's decode and the LANCZOS fit (profile in section 4). "
-            "To move it: a cheaper resampling filter for the fit (changes the pixels, so "
-            "the bundled model would be retrained with it), `Image.draft` for JPEG inputs, and starting "
-            "the pool only for a few hundred files or more, and only when more than one core is idle."
+            "ink's bounding box — but fits only the strokes, with a box reduce to within 2× of the target "
+            "and then bicubic (`images.DRAWING_REDUCING_GAP`, `DRAWING_RESAMPLE`), where the baseline "
+            f"resamples the whole 256×256 canvas with bicubic and no reduce.{where} Two worker processes "
+            f"give {scaling:.2f}× one worker on this machine's two shared cores (see the load average); the "
+            "folder scan, the pool start and the batch write (zlib level 1) stay serial. What is left per "
+            "image is mostly Pillow's PNG decode, which both sides pay (profile in section 4). Steps that "
+            "moved it, in order: reading by the file's size instead of a 100 MiB buffer, the batch at zlib "
+            "level 1 instead of 6, `255 - pixels` instead of a table lookup on white and black grounds, "
+            "fitting only the strokes with a 2× reducing gap and bicubic instead of LANCZOS after 3× "
+            "(its coefficients cost more than the filtering at these sizes; the bundled model is trained "
+            "on the new pixels). To move it further: overlap the folder scan and the batch write with "
+            "decoding (the parent is idle while workers decode), `Image.draft` for JPEG inputs (decode at "
+            "reduced size)."
         )
     s = results.get("startup")
     if s:

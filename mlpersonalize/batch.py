@@ -17,7 +17,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -137,6 +137,18 @@ def _arrays(batch: Batch) -> dict[str, np.ndarray]:
     }
 
 
+# zlib level 1, not numpy's default 6: a third of the time for 10% more bytes (doodle batches)
+COMPRESS_LEVEL = 1
+
+
+def _write_npz(handle: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """What ``np.savez_compressed`` writes, at COMPRESS_LEVEL (it offers no level)."""
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
 def save_batch(path: Path, batch: Batch, *, force: bool = False) -> None:
     """Write ``batch`` to ``path`` atomically; an existing file is replaced only with ``force``."""
     validate(batch, str(path))
@@ -152,7 +164,7 @@ def save_batch(path: Path, batch: Batch, *, force: bool = False) -> None:
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **_arrays(batch))  # type: ignore[arg-type]
+            _write_npz(handle, _arrays(batch))
             handle.flush()
             fault_point("prepare:after-temp-write")
             fsync_file(handle.fileno())

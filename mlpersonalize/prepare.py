@@ -209,7 +209,7 @@ def decode_file(path: str, nofollow: bool, constraint: images.ImageConstraint) -
                 return False, None, "not a regular file"
             if info.st_size > images.MAX_FILE_BYTES:
                 return False, None, f"larger than {images.MAX_FILE_BYTES // 1024**2} MiB"
-            data = handle.read(images.MAX_FILE_BYTES + 1)
+            data = images.read_limited(handle)
     except OSError as exc:
         return False, None, f"cannot read: {describe_os_error(exc)}"
     if not data:

@@ -183,3 +183,60 @@ def test_damaged_png_gives_pixels_or_an_image_error(offset: int, junk: bytes) ->
         images.load(bytes(data), GRAY)
     except ImageError:
         pass
+
+
+def test_drawing_keeps_its_aspect_and_a_margin_on_a_wide_canvas() -> None:
+    wide = ImageConstraint(56, 28)
+    pixels = images.preprocess(ring(), wide)[:, :, 0]
+    rows, cols = np.flatnonzero(pixels.max(axis=1) > 48), np.flatnonzero(pixels.max(axis=0) > 48)
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert abs(height - width) <= 2  # a circle stays round, not stretched to the canvas
+    assert rows[0] >= 2 and rows[-1] <= 25  # the 12% margin on the short side
+    assert abs((cols[0] + cols[-1]) / 2 - 27.5) <= 1.5  # centred on the long side
+
+
+def test_read_limited_reads_whole_files_and_stops_one_byte_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 300)
+    with path.open("rb") as handle:
+        assert images.read_limited(handle) == b"x" * 300
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100)
+    with path.open("rb") as handle:
+        assert len(images.read_limited(handle)) == 101  # over the limit shows as one byte more
+
+
+def test_read_limited_reads_a_file_that_grew_after_its_size_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"y" * 5000)
+    real_fstat = images.os.fstat
+
+    class Shrunk:
+        def __init__(self, fd: int) -> None:
+            self.st_size = real_fstat(fd).st_size - 4000  # the size before the writer finished
+
+    monkeypatch.setattr(images.os, "fstat", Shrunk)
+    with path.open("rb") as handle:
+        assert images.read_limited(handle) == b"y" * 5000
+
+
+def test_large_jpeg_photo_is_decoded_at_a_reduced_scale_with_the_same_result() -> None:
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((3200, 2400))
+    data = encode(photo, "JPEG", quality=95)
+    constraint = ImageConstraint(28, 28, color="rgb", ink="none")
+    size = images.draft_size(constraint)
+    assert size is not None
+    drafted = images.open_image(data, draft=size)
+    assert drafted.size == (400, 300)  # 1/8 scale: still above 3x the model's side
+    full = images.preprocess(images.open_image(data), constraint).astype(int)
+    assert np.abs(images.load(data, constraint).astype(int) - full).mean() < 2.0
+
+
+def test_small_sketch_on_a_large_jpeg_canvas_is_decoded_whole() -> None:
+    data = encode(ring(size=2400).resize((3200, 2400)), "JPEG", quality=95)  # strokes: 2% of the frame
+    assert images.draft_size(GRAY) is None
+    assert np.array_equal(images.load(data, GRAY), images.preprocess(images.open_image(data), GRAY))

@@ -136,6 +136,22 @@ def test_hostile_files_are_reported_one_by_one_and_the_rest_kept(tmp_path: Path,
     assert reasons["pipe.png"] == "not a regular file"
 
 
+def test_file_over_the_size_limit_is_skipped_unread(
+    tmp_path: Path, manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlpersonalize import images
+
+    data = tmp_path / "data"
+    small = save(data / "circle" / "small.png", drawing(size=32))
+    big = save(data / "circle" / "big.png", drawing(size=256), "PNG", compress_level=0)
+    limit = (small.stat().st_size + big.stat().st_size) // 2
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", limit)
+    report = prepare([data], tmp_path / "b.npz", manifest, workers=1)
+    assert report.labels == {"circle": 1}
+    [skipped] = report.skipped
+    assert Path(skipped.path).name == "big.png" and skipped.reason.startswith("larger than")
+
+
 def test_unicode_and_path_like_labels_are_plain_data(tmp_path: Path, manifest) -> None:
     data = tmp_path / "data"
     names = ["😀", "7️⃣", "with space", unicodedata.normalize("NFD", "café"), "up..down", "a\\b"]

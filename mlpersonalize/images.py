@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError
+from .fsio import describe_os_error
 
 # Decoders we trust and users need; anything else is refused before a plugin parses it.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
@@ -115,6 +117,31 @@ def read_limited(handle: BinaryIO) -> bytes:
     return data
 
 
+def read_image_file(path: Path | str, nofollow: bool = False) -> bytes:
+    """A regular file's bytes; ImageError (the reason alone, no name) for anything else.
+
+    Opened non-blocking, so a FIFO or device named like an image is refused instead of hanging
+    the run; with ``nofollow`` a final symbolic link is not followed either.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError("not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageError(f"larger than {MAX_FILE_BYTES // 1024**2} MiB")
+            data = read_limited(handle)
+    except OSError as exc:
+        raise ImageError(f"cannot read: {describe_os_error(exc)}") from exc
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
 def open_image(source: Path | str | bytes, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``source`` fully, refusing bombs, unknown formats and corrupt data with ImageError.
 
@@ -125,14 +152,13 @@ def open_image(source: Path | str | bytes, draft: tuple[int, int] | None = None)
     import io
 
     name = "image" if isinstance(source, bytes) else str(source)
-    try:
-        if isinstance(source, bytes):
-            data = source
-        else:
-            with open(source, "rb") as handle:
-                data = read_limited(handle)
-    except OSError as exc:
-        raise ImageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    if isinstance(source, bytes):
+        data = source
+    else:
+        try:
+            data = read_image_file(source)
+        except ImageError as exc:
+            raise ImageError(f"{name}: {exc}") from exc
     if not data:
         raise ImageError(f"{name} is empty (0 bytes)")
     if len(data) > MAX_FILE_BYTES:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import stat
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -198,23 +197,8 @@ Decoded = tuple[bool, "np.ndarray | None", str]  # (ok, pixels, sha256 or reason
 
 def decode_file(path: str, nofollow: bool, constraint: images.ImageConstraint) -> Decoded:
     """Read one file (never a link unless asked, never a FIFO) and preprocess it; never raises."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    if nofollow:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return False, None, "not a regular file"
-            if info.st_size > images.MAX_FILE_BYTES:
-                return False, None, f"larger than {images.MAX_FILE_BYTES // 1024**2} MiB"
-            data = images.read_limited(handle)
-    except OSError as exc:
-        return False, None, f"cannot read: {describe_os_error(exc)}"
-    if not data:
-        return False, None, "empty file (0 bytes)"
-    try:
+        data = images.read_image_file(path, nofollow)
         pixels = images.load(data, constraint)
     except ImageError as exc:
         text = str(exc)

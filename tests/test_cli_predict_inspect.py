@@ -69,6 +69,16 @@ def test_unreadable_image_is_an_entry_and_a_nonzero_exit_at_the_end(tiny_model: 
     assert len(result.stderr.splitlines()) == 1
 
 
+def test_fifo_named_like_an_image_is_an_entry_not_a_hang(tiny_model: Path, tmp_path: Path) -> None:
+    good = draw(tmp_path / "in" / "a.png", "circle")
+    os.mkfifo(tmp_path / "in" / "pipe.png")  # opening it for reading would wait for a writer
+    result = run("predict", str(tmp_path / "in"), "-m", str(tiny_model), "--json", timeout=60)
+    assert result.returncode == ExitCode.PARTIAL
+    rows = {Path(r["file"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert rows["pipe.png"]["error"] == f"{tmp_path / 'in' / 'pipe.png'}: not a regular file"
+    assert rows[good.name]["label"]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

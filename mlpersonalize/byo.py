@@ -26,6 +26,7 @@ from .params import UpdateParams
 # the old rows are frozen, so a higher rate than the cosine head's only moves the new rows.
 DEFAULTS = UpdateParams(epochs=20, learning_rate=0.01, batch_size=16)
 MAX_LABEL_BYTES = 4 * 1024 * 1024
+GATE_NOISE_IMAGES = 64  # noise images that scale the margin gate's thresholds to the model
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,23 @@ def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None
         )
 
 
+def _gate(backbone: Any, head: Any, constraint: ImageConstraint) -> tuple[float, ...]:
+    """The margin gate's thresholds, scaled to the brought head's margins on noise images."""
+    from . import linear_head, margin_gate
+    from .training import embed
+
+    noise = linear_head.noise_images(constraint, GATE_NOISE_IMAGES, seed=1)
+    return margin_gate.ladder(embed(backbone.SerializeToString(), noise, constraint), head.weight, head.bias)
+
+
+def _with_gate_columns(weight: np.ndarray, columns: int) -> np.ndarray:
+    """The brought rows weigh every gate feature 0: their decision function stays the model's."""
+    return np.concatenate([weight, np.zeros((weight.shape[0], columns), np.float32)], axis=1)
+
+
 def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
     """Build a package at ``output`` (new or empty folder) from the ONNX classifier at ``model_path``."""
-    from . import byo_graph, linear_head
+    from . import byo_graph, linear_head, margin_gate
     from .package import create_package
 
     options = options or ByoOptions()
@@ -177,6 +192,8 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     else:
         labels = [f"class_{i}" for i in range(classes)]
     constraint = image_constraint(backbone.graph.input[0], options)
+    thresholds = _gate(backbone, head, constraint)
+    backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds)
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     record = {
         "source": model_path.name,
@@ -185,6 +202,7 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "source_ir_version": source_ir,
         "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
         "embedding": head.embedding,
+        "gate": margin_gate.record(thresholds),
     }
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +214,7 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         manifest = create_package(
             temp,
             backbone=backbone,
-            head_weight=linear_head.join(head.weight, head.bias),
+            head_weight=linear_head.join(_with_gate_columns(head.weight, len(thresholds)), head.bias),
             labels=labels,
             constraint=constraint,
             logit_scale=1.0,

@@ -1,14 +1,16 @@
 """The "linear" head kind: ``logits = e @ W.T + b``, the last layer of a model brought by its user.
 
 A brought model (see byo.py) comes with labels but without their training data, so an update
-cannot rehearse them. Two things keep those labels from being forgotten:
+cannot rehearse them. Three things keep those labels from being forgotten:
 
 * Their rows of ``W`` and ``b`` are *frozen*: the training graph concatenates a constant
   ``head.weight_frozen`` / ``head.bias_frozen`` with the trainable ``head.weight`` / ``head.bias``
   (the rows added by updates), so ONNX Runtime never changes the original decision function.
-* Pseudo-exemplars stand in for their missing data: real embeddings from the update's own batch,
-  moved along each old label's direction until the original head assigns them confidently to it.
-  Rehearsing them teaches the new rows where the old labels lie, and the guard measures them.
+* Stand-ins for their missing data are rehearsed: smooth-noise images run through the backbone
+  (see ``stand_ins``), so new rows learn to lose on inputs that are not their own. They are
+  never stored, and the guard does not measure them.
+* A margin gate (margin_gate.py): the rows an update adds give way wherever the brought model
+  is clearly surer of its own answer than it was of the new examples.
 
 In numpy the head travels as one ``[C, D + 1]`` array (``W`` with ``b`` as its last column), so
 the update loop handles both head kinds alike.
@@ -22,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .images import ImageConstraint
 from .params import UpdateParams
 from .training import HeadTrainer
 
@@ -30,10 +33,10 @@ WEIGHT = "head.weight"
 BIAS = "head.bias"
 FROZEN_WEIGHT = "head.weight_frozen"
 FROZEN_BIAS = "head.bias_frozen"
-# A pseudo-exemplar must be this sure of its old label under the original head. Measured on the
-# test architectures: nearer the new examples (lower) keeps more old predictions, farther (0.9,
-# 0.99) lets new rows spread over old inputs; see docs/bring-your-own-model.md.
-CONFIDENCE = 0.75
+# Stand-ins for the brought labels' missing data: this many smooth-noise images through the
+# backbone per update (256 of 16x16 cost ~10 ms; one backbone run over 256 images elsewhere).
+NOISE_IMAGES = 256
+NOISE_BLOCKS = (2, 4, 8)  # noise grid cells of this many pixels
 
 
 def split(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,12 +52,6 @@ def join(weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
 def logits(emb: np.ndarray, aug: np.ndarray) -> np.ndarray:
     weight, bias = split(aug)
     return np.asarray(emb, np.float32) @ weight.T + bias
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def head_parts(
@@ -161,46 +158,39 @@ def from_standard(aug: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.
     return join(raw, bias - raw @ centre)
 
 
-def pseudo_exemplars(
-    aug: np.ndarray, rows: list[int], reference: np.ndarray, per_label: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings the head ``aug`` assigns to each label in ``rows`` with ≥ CONFIDENCE.
+def noise_images(constraint: ImageConstraint, count: int, seed: int) -> np.ndarray:
+    """``count`` uint8 images of smooth random noise (random low-resolution grids, blown up 2, 4 or 8x).
 
-    Each starts from a real embedding of ``reference`` (so it has the backbone's scale and
-    sign pattern) and moves along the label's row minus the mean of the other rows, the
-    shortest step on a geometric grid that makes the head sure of it.
+    Blocky noise has edges, flat areas and textures at several scales, so the backbone answers
+    it with embeddings of the kind images produce (plain per-pixel noise collapses to one small
+    region of the embedding space on some backbones and teaches the new rows too little).
     """
-    dim = aug.shape[1] - 1
-    if not rows or not len(reference):
-        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-    weight, _ = split(aug)
-    ref = np.asarray(reference, np.float32)
-    ref = ref[np.linspace(0, len(ref) - 1, min(per_label, len(ref))).round().astype(int)]
-    nonneg = bool((reference >= 0).all())  # post-ReLU features: keep them non-negative
-    _, scale = spread(reference)
-    unit = float(np.linalg.norm(scale)) or 1.0
-    steps = unit * np.concatenate([[0.0], np.geomspace(0.02, 50.0, 48)])
-    out_e: list[np.ndarray] = []
-    out_i: list[int] = []
-    for row in rows:
-        others = np.delete(weight, row, axis=0)
-        direction = weight[row] - (others.mean(axis=0) if len(others) else 0.0)
-        direction = direction * scale**2  # the LDA view: class means differ by Σ·w, Σ from the data
-        direction = direction / max(float(np.linalg.norm(direction)), 1e-12)
-        pending = np.ones(len(ref), bool)
-        for step in steps:
-            cand = ref + np.float32(step) * direction
-            if nonneg:
-                cand = np.maximum(cand, 0.0)
-            sure = (_softmax(logits(cand, aug))[:, row] >= CONFIDENCE) & pending
-            out_e += list(cand[sure])
-            out_i += [row] * int(sure.sum())
-            pending &= ~sure
-            if not pending.any():
-                break
-    if not out_e:
-        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-    return np.stack(out_e).astype(np.float32), np.array(out_i, np.int64)
+    rng = np.random.default_rng(seed)
+    height, width, channels = constraint.shape
+    out = np.empty((count, height, width, channels), np.uint8)
+    for i in range(count):
+        block = int(rng.choice(NOISE_BLOCKS))
+        grid = rng.uniform(0, 256, (-(-height // block), -(-width // block), channels))
+        out[i] = np.repeat(np.repeat(grid, block, axis=0), block, axis=1)[:height, :width].astype(np.uint8)
+    return out
+
+
+def stand_ins(
+    backbone: Path, constraint: ImageConstraint, aug: np.ndarray, frozen_rows: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of noise images with the brought head's answer as label: the old labels' stand-ins.
+
+    With the brought rows frozen the label among them does not matter to training (only the
+    trainable rows get gradients, and for an input of any old label that gradient is the same:
+    "lose here"), so this is also what distilling the brought head's answers would do.
+    """
+    from .training import embed
+
+    emb = embed(backbone, noise_images(constraint, NOISE_IMAGES, seed), constraint)
+    if not frozen_rows or not len(emb):
+        return np.zeros((0, aug.shape[1] - 1), np.float32), np.zeros(0, np.int64)
+    labels = np.argmax(logits(emb, aug[:frozen_rows]), axis=1)
+    return emb, labels.astype(np.int64)
 
 
 class LinearTrainer(HeadTrainer):

@@ -305,7 +305,7 @@ def personalize(
     """
     import onnx
 
-    from . import linear_head
+    from . import linear_head, margin_gate
     from .batch import file_sha256
     from .head import head_weight
     from .package import BACKBONE_FILE, HEAD_FILE, normalize_label, now_iso, producer
@@ -331,20 +331,24 @@ def personalize(
         }
     )
 
-    emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the only backbone run
+    emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the examples' one run
     kind = manifest.head_kind
     head_model = onnx.load(str(package.path / HEAD_FILE))
     scale = manifest.logit_scale
     ex_emb, ex_idx = package.exemplars()
     rehearse_emb, rehearse_idx = ex_emb, ex_idx
+    frozen = manifest.frozen_labels
+    gate: tuple[float, ...] = ()
     if kind == "linear":  # a brought model: its labels have no data, stand-ins are rehearsed
+        gate = margin_gate.thresholds_of(manifest.training)
+        core = emb.shape[1] - len(gate)  # the backbone's own embedding, without gate features
         old_weight = linear_head.read_weight(head_model)
-        missing = [k for k in range(len(old_labels)) if not np.any(ex_idx == k)]
-        fake_emb, fake_idx = linear_head.pseudo_exemplars(
-            old_weight, missing, emb, manifest.exemplars_per_label
+        old_core = margin_gate.strip_rows(old_weight, core)  # trained without the gate's weights
+        fake_emb, fake_idx = linear_head.stand_ins(
+            package.path / BACKBONE_FILE, manifest.constraint, old_weight, frozen, params.seed
         )
-        # Only rehearsed: they lie at the old labels' edge on purpose, so the guard (which
-        # measures forgetting) and the exemplar memory keep to real examples.
+        # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
+        # exemplar memory keep to real examples.
         rehearse_emb = np.concatenate([ex_emb, fake_emb])
         rehearse_idx = np.concatenate([ex_idx, fake_idx])
     else:
@@ -354,28 +358,39 @@ def personalize(
     n_old = len(old_labels)
     known_held = held_pos[idx[held_pos] < n_old]
 
+    def ungated(embeddings: np.ndarray) -> np.ndarray:
+        return margin_gate.strip_embeddings(embeddings, core)
+
     def start(pos: np.ndarray) -> np.ndarray:
         rows = list(range(n_old, len(labels)))
         if kind == "linear":
+            new_emb, reference = ungated(emb[pos]), ungated(rehearse_emb)
             return np.concatenate(
-                [old_weight, linear_head.imprint(emb[pos], idx[pos], rows, old_weight, rehearse_emb)]
+                [old_core, linear_head.imprint(new_emb, idx[pos], rows, old_core, reference)]
             )
         return np.concatenate([old_weight, imprint(emb[pos], idx[pos], rows)])
 
     def fit(pos: np.ndarray, pass_no: int) -> FitResult:
         train_emb = np.concatenate([rehearse_emb, emb[pos]])
         train_idx = np.concatenate([rehearse_idx, idx[pos]])
-        return train_head(
+        result = train_head(
             start(pos),
             scale,
-            train_emb,
+            ungated(train_emb) if kind == "linear" else train_emb,
             train_idx,
             params,
             n_old,
             lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
             kind,
-            manifest.frozen_labels,
+            frozen,
         )
+        if kind == "linear":  # the gate's weights are set, not trained (margin_gate.py)
+            real_emb = ungated(np.concatenate([ex_emb, emb[pos]]))
+            rung = margin_gate.rung(
+                real_emb, np.concatenate([ex_idx, idx[pos]]), old_core[:frozen], frozen, gate
+            )
+            result.weight = margin_gate.attach(result.weight, old_weight, frozen, rung, len(gate))
+        return result
 
     def known_accuracy(weight: np.ndarray) -> float | None:
         known_emb = np.concatenate([ex_emb, emb[known_held]])

@@ -1,0 +1,148 @@
+"""The margin gate of a brought model: new labels give way wherever the brought model is sure.
+
+A brought model comes without the data of its labels, so nothing an update sees tells a new
+row where those labels' inputs lie. What the model itself does tell is how sure it is: its own
+inputs get a wide margin between its best and second-best logit, while inputs of labels it
+never learned get a narrow one (the max-logit baseline of out-of-distribution detection). So
+the backbone of a brought package also outputs ``relu(margin - t)`` for a ladder of thresholds
+``t``, computed with the brought head's own (frozen) weights, and every row an update adds gets
+a steep negative weight on the rung just above most of its examples' margins: it keeps those
+examples and gives way on any input the brought model is clearly surer of. The brought rows
+weigh these features 0, so their decision function is bit-for-bit the model's.
+
+The features are appended to the embedding, so ``head.onnx``, ``model.onnx`` and ONNX Runtime
+training see an ordinary ``[C, D + J + 1]`` linear head; only the update loop knows that the
+last ``J`` embedding columns are the gate, whose weights it sets instead of training them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+# Thresholds: the brought head's median margin on noise images times 2**(k/4), from 1/8 to 16
+# times it. A rung per quarter octave keeps the chosen threshold within 19% above the wanted one.
+LADDER = tuple(2.0 ** (k / 4) for k in range(-12, 17))
+# A new row's gate rung: the margin below which this share of the added labels' examples lie
+# (measured on tests/test_byo.py's architectures: 0.8 keeps ≥ 0.99 of the brought labels'
+# predictions on three of four; "all examples" lets an outlier open the gate wide).
+QUANTILE = 0.8
+STEEPNESS = 100.0  # logits a new row loses per logit of margin above its rung: a near-hard gate
+
+
+def margins(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Best minus second-best logit of the head ``(weight, bias)`` for each embedding."""
+    scores = np.asarray(emb, np.float32) @ np.asarray(weight, np.float32).T + bias
+    top = np.sort(scores, axis=1)
+    return top[:, -1] - top[:, -2]
+
+
+def ladder(noise_emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[float, ...]:
+    """The thresholds for a head: its median margin on noise embeddings times LADDER."""
+    if weight.shape[0] < 2 or not len(noise_emb):
+        return ()  # one output has no margin
+    unit = float(np.median(margins(noise_emb, weight, bias)))
+    if not np.isfinite(unit) or unit <= 0:
+        unit = 1.0
+    return tuple(float(np.float32(unit * step)) for step in LADDER)
+
+
+def add_to_backbone(
+    backbone: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray, thresholds: tuple[float, ...]
+) -> onnx.ModelProto:
+    """``backbone`` whose "embedding" output gains ``len(thresholds)`` gate features."""
+    if not thresholds:
+        return backbone
+    graph = backbone.graph
+    out = graph.output[0]
+    dim = int(weight.shape[1])
+    for node in graph.node:  # the backbone's last node names the embedding; rename it
+        node.output[:] = ["mlp_gate.in" if name == out.name else name for name in node.output]
+    inits = [
+        numpy_helper.from_array(np.asarray(weight, np.float32), "mlp_gate.weight"),
+        numpy_helper.from_array(np.asarray(bias, np.float32), "mlp_gate.bias"),
+        numpy_helper.from_array(np.array([2], np.int64), "mlp_gate.k"),
+        numpy_helper.from_array(np.array([0], np.int64), "mlp_gate.first"),
+        numpy_helper.from_array(np.array([1], np.int64), "mlp_gate.second"),
+        numpy_helper.from_array(np.array(thresholds, np.float32), "mlp_gate.thresholds"),
+    ]
+    nodes = [
+        helper.make_node(
+            "Gemm", ["mlp_gate.in", "mlp_gate.weight", "mlp_gate.bias"], ["mlp_gate.logits"], transB=1
+        ),  # fmt: skip
+        helper.make_node("TopK", ["mlp_gate.logits", "mlp_gate.k"], ["mlp_gate.top", "mlp_gate.at"], axis=1),
+        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.first"], ["mlp_gate.best"], axis=1),
+        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.second"], ["mlp_gate.next"], axis=1),
+        helper.make_node("Sub", ["mlp_gate.best", "mlp_gate.next"], ["mlp_gate.margin"]),
+        helper.make_node("Sub", ["mlp_gate.margin", "mlp_gate.thresholds"], ["mlp_gate.over"]),
+        helper.make_node("Relu", ["mlp_gate.over"], ["mlp_gate.features"]),
+        helper.make_node("Concat", ["mlp_gate.in", "mlp_gate.features"], [out.name], axis=1),
+    ]
+    graph.node.extend(nodes)
+    graph.initializer.extend(inits)
+    widened = helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["N", dim + len(thresholds)])
+    graph.output[0].CopyFrom(widened)
+    return backbone
+
+
+def strip_embeddings(emb: np.ndarray, dim: int) -> np.ndarray:
+    """Embeddings ``[N, dim + J]`` without the gate features: what the head trains on."""
+    return np.ascontiguousarray(np.asarray(emb, np.float32)[:, :dim])
+
+
+def strip_rows(aug: np.ndarray, dim: int) -> np.ndarray:
+    """Head rows ``[C, dim + J + 1]`` without their gate weights: ``[C, dim + 1]``."""
+    aug = np.asarray(aug, np.float32)
+    return np.ascontiguousarray(np.concatenate([aug[:, :dim], aug[:, -1:]], axis=1))
+
+
+def rung(
+    emb: np.ndarray, idx: np.ndarray, frozen: np.ndarray, frozen_rows: int, thresholds: tuple[float, ...]
+) -> int | None:
+    """The gate rung for the added labels: the lowest threshold above QUANTILE of their margins.
+
+    ``emb`` are real embeddings without gate columns, ``frozen`` the brought rows ``[F, D + 1]``.
+    None when no threshold is high enough (the new examples look like the brought labels' own
+    inputs to the model): then the new rows are not gated.
+    """
+    added = idx >= frozen_rows
+    if not thresholds or not added.any():
+        return None
+    margin = float(np.quantile(margins(emb[added], frozen[:, :-1], frozen[:, -1]), QUANTILE))
+    above = [i for i, t in enumerate(thresholds) if t >= margin]
+    return above[0] if above else None
+
+
+def attach(
+    core: np.ndarray, original: np.ndarray, frozen_rows: int, gate: int | None, columns: int
+) -> np.ndarray:
+    """Head rows ``[C, D + J + 1]`` from trained rows ``[C, D + 1]`` and the gate rung.
+
+    Brought rows come back exactly as ``original`` had them (weight 0 on every gate feature);
+    every other row weighs the chosen rung ``-STEEPNESS`` and the rest 0.
+    """
+    core = np.asarray(core, np.float32)
+    gates = np.zeros((len(core), columns), np.float32)
+    if gate is not None:
+        gates[frozen_rows:, gate] = -STEEPNESS
+    out = np.concatenate([core[:, :-1], gates, core[:, -1:]], axis=1)
+    out[:frozen_rows] = original[:frozen_rows]
+    return out
+
+
+def record(thresholds: tuple[float, ...]) -> dict[str, Any]:
+    """What the manifest keeps about the gate (the update loop reads it back)."""
+    return {"thresholds": list(thresholds), "quantile": QUANTILE, "steepness": STEEPNESS}
+
+
+def thresholds_of(training: dict[str, Any]) -> tuple[float, ...]:
+    """The gate thresholds a package's manifest records (none for packages made before the gate)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    gate = brought.get("gate") if isinstance(brought, dict) else None
+    values = gate.get("thresholds") if isinstance(gate, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        return ()
+    return tuple(float(v) for v in values)

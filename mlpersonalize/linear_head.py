@@ -136,7 +136,7 @@ def imprint(
 def spread(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(centre, per-dimension scale) of ``emb``, each scale shrunk towards their mean.
 
-    Training and pseudo-exemplars work in these standardised units: a brought head's weights
+    Training works in these standardised units: a brought head's weights
     may be hundreds of times larger than its embeddings, which no single learning rate suits.
     """
     emb = np.asarray(emb, np.float64)

@@ -7,7 +7,10 @@ model really knows its OLD classes. Shared by tests/test_byo.py and test_cli_mak
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -190,3 +193,77 @@ def predict(
     name = session.get_inputs()[0].name
     out = session.run([output] if output else None, {name: to_input(pixels, layout)})[0]
     return np.asarray(out).reshape(len(pixels), -1).argmax(1)
+
+
+@dataclass
+class Measured:
+    """One make-updatable + update run on an architecture, and what it kept and learned."""
+
+    model: onnx.ModelProto
+    made: Path  # the package make-updatable wrote
+    out: Path  # the package after the update
+    update: object  # updater.UpdateResult
+    old_input: np.ndarray  # held-out examples of the OLD classes, as the model's input
+    original: np.ndarray  # the brought model's predictions on them
+    probabilities: np.ndarray  # the updated package's on them
+    embedding: np.ndarray  # the updated package's embeddings of them
+    retention: float  # share of the brought model's predictions kept
+    learned: float  # share of held-out examples of the NEW classes labelled right
+
+
+def measure(arch: str, folder: Path, seed: int = 0, batch_seed: int = 7, per_class: int = 5) -> Measured:
+    """Make ``arch`` (built with ``seed``) updatable in ``folder``, update it with ``per_class``
+    examples of each NEW class (drawn with ``batch_seed``), and measure on 30 held-out examples a class.
+    """
+    from mlpersonalize import updater
+    from mlpersonalize.batch import Batch, save_batch
+    from mlpersonalize.byo import make_updatable
+    from mlpersonalize.package import MODEL_FILE, load_package
+
+    _, channels, layout, _ = ARCHS[arch]
+    jitter = 0.3 if arch == "mlp" else np.pi  # the MLP is not shift-invariant: gratings in phase
+    model = build(arch, seed)
+    onnx.save(model, folder / "m.onnx")
+    made = make_updatable(folder / "m.onnx", folder / "pkg").path
+    pixels, ids = gratings(NEW, per_class, channels, seed=batch_seed, jitter=jitter)
+    names = tuple(f"new{k}" for k in ids)
+    save_batch(folder / "b.npz", Batch.from_pixels(pixels, names, load_package(made).manifest), force=True)
+    update = updater.update([folder / "b.npz"], updater.UpdateOptions(model=made, output=folder / "out"))
+    out = load_package(folder / "out")
+    old, _ = gratings(OLD, 30, channels, seed=99 + seed, jitter=jitter)
+    new, new_ids = gratings(NEW, 30, channels, seed=98 + seed, jitter=jitter)
+    original = predict(model, old, layout)
+    session = _ort.inference_session(out.path / MODEL_FILE)
+    x = to_input(old, layout)
+    probs, emb = session.run(["probabilities", "embedding"], {session.get_inputs()[0].name: x})
+    after_new = predict(str(out.path / MODEL_FILE), new, layout, "probabilities")
+    learned = np.mean([out.manifest.labels[p] == f"new{k}" for p, k in zip(after_new, new_ids, strict=True)])
+    retention = float(np.mean(probs.argmax(1) == original))
+    return Measured(model, made, out.path, update, x, original, probs, emb, retention, float(learned))
+
+
+def main(seeds: int = 5) -> None:
+    """Print retention / new-label accuracy per architecture over ``seeds`` batches (and bodies).
+
+    Run: ``.venv/bin/python tests/byo_models.py [SEEDS]``. The first table varies only the update's
+    batch (the test's model); the second also the random body of each architecture.
+    """
+    import tempfile
+
+    for title, vary_model in (("batch seeds 7..", False), ("model and batch seeds", True)):
+        print(f"{title}: old predictions kept / new labels right, per seed (min, mean)")
+        for arch in ARCHS:
+            runs = []
+            for i in range(seeds):
+                with tempfile.TemporaryDirectory() as folder:
+                    m = measure(arch, Path(folder), i if vary_model else 0, 7 + i)
+                    runs.append((m.retention, m.learned))
+            kept, new = np.array(runs).T
+            print(
+                f"  {arch:9s} kept {' '.join(f'{v:.3f}' for v in kept)} ({kept.min():.3f}, {kept.mean():.3f})"
+                f"  new {' '.join(f'{v:.2f}' for v in new)} ({new.min():.2f}, {new.mean():.2f})"
+            )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)

@@ -9,69 +9,50 @@ from pathlib import Path
 import byo_models as bm
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpersonalize import updater
-from mlpersonalize.batch import Batch, save_batch
+from mlpersonalize import margin_gate
 from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.errors import InputError, ModelError, UsageError
 from mlpersonalize.linear_head import read_weight
-from mlpersonalize.package import HEAD_FILE, MODEL_FILE, load_package
+from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, load_package
+from mlpersonalize.training import embed
 
 # Measured retention (share of held-out old-class predictions unchanged) and new-label accuracy
-# with the defaults (docs/bring-your-own-model.md); the floors leave a margin for BLAS round-off.
-FLOORS = {"mobilenet": (0.88, 0.45), "resnet": (0.95, 0.6), "mlp": (0.95, 0.35), "nhwc": (0.8, 0.75)}
-
-
-def write_batch(
-    path: Path, package: Path, classes: list[int], per_class: int, channels: int, jitter: float
-) -> Path:
-    manifest = load_package(package).manifest
-    pixels, ids = bm.gratings(classes, per_class, channels, seed=7, jitter=jitter)
-    names = tuple(f"new{k}" for k in ids)
-    save_batch(path, Batch.from_pixels(pixels, names, manifest), force=True)
-    return path
+# with the defaults (docs/bring-your-own-model.md): 1.000/0.92, 0.992/0.88, 1.000/0.60, 1.000/0.75
+# with this batch; the floors are at or below the worst of five batch seeds for retention and
+# leave room for seed noise on the new labels.
+FLOORS = {"mobilenet": (0.95, 0.75), "resnet": (0.95, 0.7), "mlp": (0.95, 0.5), "nhwc": (0.95, 0.65)}
 
 
 @pytest.mark.parametrize("arch", list(bm.ARCHS))
 def test_architecture_is_updatable_and_keeps_its_labels(arch: str, tmp_path: Path) -> None:
     _, channels, layout, _ = bm.ARCHS[arch]
-    jitter = 0.3 if arch == "mlp" else np.pi
-    model = bm.build(arch)
-    onnx.save(model, tmp_path / "m.onnx")
-    result = make_updatable(tmp_path / "m.onnx", tmp_path / "pkg")
-    package = load_package(result.path)
+    m = bm.measure(arch, tmp_path)
+    package = load_package(m.made)
     assert package.manifest.head_kind == "linear" and package.manifest.frozen_labels == 4
     assert package.manifest.constraint.layout == layout and package.manifest.constraint.channels == channels
     assert list(package.manifest.labels) == [f"class_{i}" for i in range(4)]
+    old, old_ids = bm.gratings(bm.OLD, 30, channels, seed=99, jitter=0.3 if arch == "mlp" else np.pi)
+    assert np.mean(m.original == old_ids) > 0.9  # the model really knows its labels
+    assert np.array_equal(bm.predict(str(m.made / MODEL_FILE), old, layout, "probabilities"), m.original)
+    assert m.update.labels_added == ("new4", "new5") and m.update.history["guard"]["passed"]
 
-    old, old_ids = bm.gratings(bm.OLD, 30, channels, seed=99, jitter=jitter)
-    new, new_ids = bm.gratings(bm.NEW, 30, channels, seed=98, jitter=jitter)
-    original = bm.predict(model, old, layout)
-    assert np.mean(original == old_ids) > 0.9  # the model really knows its labels
-    assert np.array_equal(bm.predict(str(result.path / MODEL_FILE), old, layout, "probabilities"), original)
-
-    batch = write_batch(tmp_path / "b.npz", result.path, bm.NEW, 5, channels, jitter)
-    update = updater.update([batch], updater.UpdateOptions(model=result.path, output=tmp_path / "out"))
-    assert update.labels_added == ("new4", "new5") and update.history["guard"]["passed"]
-    out = load_package(tmp_path / "out")
-    session = onnxruntime.InferenceSession(str(out.path / MODEL_FILE), providers=["CPUExecutionProvider"])
-    x = bm.to_input(old, layout)
-    label, probs, _ = session.run(None, {session.get_inputs()[0].name: x})
-    retention = float(np.mean(probs.argmax(1) == original))
-    after_new = bm.predict(str(out.path / MODEL_FILE), new, layout, "probabilities")
-    learned = float(
-        np.mean([out.manifest.labels[p] == f"new{k}" for p, k in zip(after_new, new_ids, strict=True)])
-    )
     floor_keep, floor_new = FLOORS[arch]
-    print(f"{arch}: old predictions kept {retention:.3f}, new labels right {learned:.3f}")  # shown with -s
-    assert retention >= floor_keep and learned >= floor_new, (arch, retention, learned)
+    print(f"{arch}: old predictions kept {m.retention:.3f}, new labels right {m.learned:.3f}")  # -s shows it
+    assert m.retention >= floor_keep and m.learned >= floor_new, (arch, m.retention, m.learned)
     # The brought rows are frozen: bit for bit what the model had.
-    head = read_weight(onnx.load(str(out.path / HEAD_FILE)))
-    before = read_weight(onnx.load(str(result.path / HEAD_FILE)))
+    head = read_weight(onnx.load(str(m.out / HEAD_FILE)))
+    before = read_weight(onnx.load(str(m.made / HEAD_FILE)))
     assert np.array_equal(head[:4], before)
+    # The gate's promise: an old input the model is surer of than the gate's rung keeps its answer.
+    thresholds = np.array(package.manifest.training["brought"]["gate"]["thresholds"], np.float32)
+    gates = head[4:, -1 - len(thresholds) : -1]
+    rung = np.flatnonzero(gates[0])
+    assert len(rung) == 1 and np.all(gates[:, rung[0]] == -margin_gate.STEEPNESS)
+    sure = margin_gate.margins(m.embedding, before[:, :-1], before[:, -1]) > thresholds[rung[0]]
+    assert sure.any() and np.array_equal(m.probabilities.argmax(1)[sure], m.original[sure])
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -160,3 +141,33 @@ def test_no_head_and_bad_trainable_names_list_candidates(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="only the last linear layer"):
         make_updatable(path, tmp_path / "p", ByoOptions(trainable=("fc.weight", "hidden.weight")))
     assert make_updatable(path, tmp_path / "p", ByoOptions(trainable=("fc.weight", "fc.bias"))).manifest
+
+
+def test_gate_features_are_the_brought_heads_margin_over_each_threshold(tmp_path: Path) -> None:
+    made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "pkg")
+    thresholds = np.array(made.head["gate"]["thresholds"], np.float32)
+    assert len(thresholds) == len(margin_gate.LADDER) and np.all(np.diff(thresholds) > 0)
+    package = load_package(made.path)
+    assert package.manifest.embedding_dim == 128 + len(thresholds)
+    pixels, _ = bm.gratings(bm.OLD + bm.NEW, 4, 1, seed=5, jitter=0.3)
+    emb = embed(made.path / BACKBONE_FILE, pixels, package.manifest.constraint)
+    weight = read_weight(onnx.load(str(made.path / HEAD_FILE)))
+    assert not weight[:, 128:-1].any()  # the brought rows ignore the gate
+    margin = margin_gate.margins(emb[:, :128], weight[:, :128], weight[:, -1])
+    np.testing.assert_allclose(emb[:, 128:], np.maximum(margin[:, None] - thresholds, 0), atol=1e-4)
+
+
+def test_gate_rung_and_rows() -> None:
+    frozen = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)  # two brought rows, D = 2
+    emb = np.array([[0.2, 0.1], [0.3, 0.1], [0.1, 0.2], [5.0, 0.0]], np.float32)
+    idx = np.array([2, 2, 2, 0])  # margins 0.1, 0.2, 0.1 for the added label; the brought one is ignored
+    thresholds = (0.05, 0.1, 0.2, 0.4)
+    assert margin_gate.rung(emb, idx, frozen, 2, thresholds) == 2  # 80% quantile of 0.1, 0.1, 0.2 is 0.16
+    assert margin_gate.rung(emb, idx, frozen, 2, (0.01, 0.02)) is None  # nothing above: no gate
+    assert margin_gate.rung(emb, idx, frozen, 2, ()) is None
+    original = np.array([[1, 0, 0, 0, 0.5], [0, 1, 0, 0, -0.5]], np.float32)  # [F, D + J + 1], J = 2
+    trained = np.array([[9, 9, 9], [9, 9, 9], [1, 2, 3]], np.float32)  # [C, D + 1]
+    rows = margin_gate.attach(trained, original, 2, 1, 2)
+    assert np.array_equal(rows[:2], original)
+    assert np.array_equal(rows[2], [1, 2, 0, -margin_gate.STEEPNESS, 3])
+    assert margin_gate.thresholds_of({}) == () and margin_gate.thresholds_of({"brought": {}}) == ()

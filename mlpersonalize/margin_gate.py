@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .errors import ModelError
+
 # Thresholds: the brought head's median margin on noise images times 2**(k/4), from 1/8 to 16
 # times it. A rung per quarter octave keeps the chosen threshold within 19% above the wanted one.
 LADDER = tuple(2.0 ** (k / 4) for k in range(-12, 17))
@@ -59,8 +61,15 @@ def add_to_backbone(
     graph = backbone.graph
     out = graph.output[0]
     dim = int(weight.shape[1])
-    for node in graph.node:  # the backbone's last node names the embedding; rename it
-        node.output[:] = ["mlp_gate.in" if name == out.name else name for name in node.output]
+    names = {name for node in graph.node for name in [*node.input, *node.output]}
+    if any(name.startswith("mlp_gate.") for name in names):
+        raise ModelError("the model has tensors named mlp_gate.*; rename them and try again")
+    rename = {out.name: "mlp_gate.in"}  # the embedding so far feeds the gate and the concatenation
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    for info in graph.value_info:
+        info.name = rename.get(info.name, info.name)
     inits = [
         numpy_helper.from_array(np.asarray(weight, np.float32), "mlp_gate.weight"),
         numpy_helper.from_array(np.asarray(bias, np.float32), "mlp_gate.bias"),
@@ -99,35 +108,49 @@ def strip_rows(aug: np.ndarray, dim: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([aug[:, :dim], aug[:, -1:]], axis=1))
 
 
-def rung(
-    emb: np.ndarray, idx: np.ndarray, frozen: np.ndarray, frozen_rows: int, thresholds: tuple[float, ...]
-) -> int | None:
-    """The gate rung for the added labels: the lowest threshold above QUANTILE of their margins.
+def rungs(
+    emb: np.ndarray,
+    idx: np.ndarray,
+    frozen: np.ndarray,
+    thresholds: tuple[float, ...],
+    renewed: set[int],
+    previous: list[int | None],
+) -> list[int | None]:
+    """The gate rung of each added row (``len(frozen)`` on): one for the labels this update taught.
 
-    ``emb`` are real embeddings without gate columns, ``frozen`` the brought rows ``[F, D + 1]``.
-    None when no threshold is high enough (the new examples look like the brought labels' own
-    inputs to the model): then the new rows are not gated.
+    The rows in ``renewed`` (labels with examples in this update) share the lowest threshold above
+    QUANTILE of those examples' margins (``emb`` real embeddings without gate columns, ``idx``
+    their rows, ``frozen`` the brought rows ``[F, D + 1]``); None when no threshold is that high
+    (the examples look like the brought labels' own inputs to the model: no gate). Rows this update
+    has no examples of keep the rung an earlier update gave them (``previous``, one per added row).
     """
-    added = idx >= frozen_rows
-    if not thresholds or not added.any():
-        return None
-    margin = float(np.quantile(margins(emb[added], frozen[:, :-1], frozen[:, -1]), QUANTILE))
-    above = [i for i, t in enumerate(thresholds) if t >= margin]
-    return above[0] if above else None
+    chosen: int | None = None
+    mine = np.isin(idx, sorted(renewed))
+    if thresholds and mine.any():
+        level = float(np.quantile(margins(emb[mine], frozen[:, :-1], frozen[:, -1]), QUANTILE))
+        chosen = next((i for i, t in enumerate(thresholds) if t >= level), None)
+    start = len(frozen)
+    return [chosen if row in renewed else step for row, step in enumerate(previous, start=start)]
 
 
-def attach(
-    core: np.ndarray, original: np.ndarray, frozen_rows: int, gate: int | None, columns: int
-) -> np.ndarray:
-    """Head rows ``[C, D + J + 1]`` from trained rows ``[C, D + 1]`` and the gate rung.
+def rungs_of(aug: np.ndarray, frozen_rows: int, dim: int, columns: int) -> list[int | None]:
+    """The rung each added row of a head ``[C, dim + J + 1]`` weighs (None: not gated)."""
+    gates = np.asarray(aug)[frozen_rows:, dim : dim + columns]
+    return [int(np.flatnonzero(row)[0]) if row.any() else None for row in gates]
+
+
+def attach(core: np.ndarray, original: np.ndarray, rungs: list[int | None], columns: int) -> np.ndarray:
+    """Head rows ``[C, D + J + 1]`` from trained rows ``[C, D + 1]`` and the added rows' rungs.
 
     Brought rows come back exactly as ``original`` had them (weight 0 on every gate feature);
-    every other row weighs the chosen rung ``-STEEPNESS`` and the rest 0.
+    every added row weighs its rung ``-STEEPNESS`` and the rest 0.
     """
     core = np.asarray(core, np.float32)
+    frozen_rows = len(core) - len(rungs)
     gates = np.zeros((len(core), columns), np.float32)
-    if gate is not None:
-        gates[frozen_rows:, gate] = -STEEPNESS
+    for row, step in enumerate(rungs, start=frozen_rows):
+        if step is not None:
+            gates[row, step] = -STEEPNESS
     out = np.concatenate([core[:, :-1], gates, core[:, -1:]], axis=1)
     out[:frozen_rows] = original[:frozen_rows]
     return out

@@ -344,6 +344,8 @@ def personalize(
         core = emb.shape[1] - len(gate)  # the backbone's own embedding, without gate features
         old_weight = linear_head.read_weight(head_model)
         old_core = margin_gate.strip_rows(old_weight, core)  # trained without the gate's weights
+        previous = margin_gate.rungs_of(old_weight, frozen, core, len(gate))
+        previous += [None] * (len(labels) - len(old_weight))  # rows this update adds
         fake_emb, fake_idx = linear_head.stand_ins(
             package.path / BACKBONE_FILE, manifest.constraint, old_weight, frozen, params.seed
         )
@@ -386,10 +388,10 @@ def personalize(
         )
         if kind == "linear":  # the gate's weights are set, not trained (margin_gate.py)
             real_emb = ungated(np.concatenate([ex_emb, emb[pos]]))
-            rung = margin_gate.rung(
-                real_emb, np.concatenate([ex_idx, idx[pos]]), old_core[:frozen], frozen, gate
-            )
-            result.weight = margin_gate.attach(result.weight, old_weight, frozen, rung, len(gate))
+            real_idx = np.concatenate([ex_idx, idx[pos]])
+            renewed = {int(row) for row in idx[pos] if row >= frozen}
+            rungs = margin_gate.rungs(real_emb, real_idx, old_core[:frozen], gate, renewed, previous)
+            result.weight = margin_gate.attach(result.weight, old_weight, rungs, len(gate))
         return result
 
     def known_accuracy(weight: np.ndarray) -> float | None:

@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpersonalize import margin_gate
+from mlpersonalize import margin_gate, updater
+from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.errors import InputError, ModelError, UsageError
 from mlpersonalize.linear_head import read_weight
@@ -21,8 +22,8 @@ from mlpersonalize.training import embed
 
 # Measured retention (share of held-out old-class predictions unchanged) and new-label accuracy
 # with the defaults (docs/bring-your-own-model.md): 1.000/0.92, 0.992/0.88, 1.000/0.60, 1.000/0.75
-# with this batch; the floors are at or below the worst of five batch seeds for retention and
-# leave room for seed noise on the new labels.
+# with this batch. Over five batch seeds (tests/byo_models.py) the worst are 0.925 kept (MLP) and
+# 0.53 new (MLP); the floors hold the goal of 0.95 kept here and leave room for round-off.
 FLOORS = {"mobilenet": (0.95, 0.75), "resnet": (0.95, 0.7), "mlp": (0.95, 0.5), "nhwc": (0.95, 0.65)}
 
 
@@ -162,12 +163,39 @@ def test_gate_rung_and_rows() -> None:
     emb = np.array([[0.2, 0.1], [0.3, 0.1], [0.1, 0.2], [5.0, 0.0]], np.float32)
     idx = np.array([2, 2, 2, 0])  # margins 0.1, 0.2, 0.1 for the added label; the brought one is ignored
     thresholds = (0.05, 0.1, 0.2, 0.4)
-    assert margin_gate.rung(emb, idx, frozen, 2, thresholds) == 2  # 80% quantile of 0.1, 0.1, 0.2 is 0.16
-    assert margin_gate.rung(emb, idx, frozen, 2, (0.01, 0.02)) is None  # nothing above: no gate
-    assert margin_gate.rung(emb, idx, frozen, 2, ()) is None
+    # 80% quantile of 0.1, 0.1, 0.2 is 0.16: rung 0.2 for row 2; row 3 (not taught now) keeps rung 0
+    assert margin_gate.rungs(emb, idx, frozen, thresholds, {2}, [None, 0]) == [2, 0]
+    assert margin_gate.rungs(emb, idx, frozen, (0.01, 0.02), {2}, [3]) == [None]  # nothing above
+    assert margin_gate.rungs(emb, idx, frozen, (), {2}, [None]) == [None]
     original = np.array([[1, 0, 0, 0, 0.5], [0, 1, 0, 0, -0.5]], np.float32)  # [F, D + J + 1], J = 2
-    trained = np.array([[9, 9, 9], [9, 9, 9], [1, 2, 3]], np.float32)  # [C, D + 1]
-    rows = margin_gate.attach(trained, original, 2, 1, 2)
+    trained = np.array([[9, 9, 9], [9, 9, 9], [1, 2, 3], [4, 5, 6]], np.float32)  # [C, D + 1]
+    rows = margin_gate.attach(trained, original, [1, None], 2)
     assert np.array_equal(rows[:2], original)
-    assert np.array_equal(rows[2], [1, 2, 0, -margin_gate.STEEPNESS, 3])
+    assert np.array_equal(rows[2:], [[1, 2, 0, -margin_gate.STEEPNESS, 3], [4, 5, 0, 0, 6]])
+    assert margin_gate.rungs_of(rows, 2, 2, 2) == [1, None]
     assert margin_gate.thresholds_of({}) == () and margin_gate.thresholds_of({"brought": {}}) == ()
+
+
+def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> None:
+    """A later update re-gates only the labels it teaches; earlier ones keep their rung."""
+    made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
+    current = made
+    for step, k in enumerate(bm.NEW):
+        pixels, ids = bm.gratings([k], 5, 1, seed=20 + step, jitter=0.3)
+        batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(current).manifest)
+        save_batch(tmp_path / f"b{step}.npz", batch, force=True)
+        options = updater.UpdateOptions(model=current, output=tmp_path / f"p{step + 1}")
+        assert updater.update([tmp_path / f"b{step}.npz"], options).history["guard"]["passed"]
+        current = tmp_path / f"p{step + 1}"
+    old, _ = bm.gratings(bm.OLD, 30, 1, seed=99, jitter=0.3)
+    new, new_ids = bm.gratings(bm.NEW, 30, 1, seed=98, jitter=0.3)
+    assert (
+        np.mean(
+            bm.predict(str(current / MODEL_FILE), old, "nchw", "probabilities")
+            == bm.predict(bm.build("mlp"), old, "nchw")
+        )
+        >= 0.95
+    )
+    labels = load_package(current).manifest.labels
+    after = bm.predict(str(current / MODEL_FILE), new, "nchw", "probabilities")
+    assert np.mean([labels[p] == f"new{k}" for p, k in zip(after, new_ids, strict=True)]) >= 0.5

@@ -254,7 +254,10 @@ def speed_section(results: dict[str, Any]) -> list[str]:
             f"| `prepare()` with one worker | {r['prepare_one_worker_images_per_s']:.0f} |",
             f"| `mlpersonalize prepare` CLI (incl. process start) | {r['cli_images_per_s']:.0f} |",
             "",
-            f"prepare / Pillow: **{r['ratio']:.2f}×** (one worker: {r['ratio_one_worker']:.2f}×).",
+            f"prepare / Pillow: **{r['ratio']:.2f}×** (one worker: {r['ratio_one_worker']:.2f}×), the median "
+            f"of {r.get('rounds', 1)} rounds' ratios, timed in a fresh interpreter; by round: "
+            + ", ".join(f"{x:.2f}" for x in r.get("ratio_by_round", [r["ratio"]]))
+            + ".",
             "",
         ]
     s = results.get("startup")

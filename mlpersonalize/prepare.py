@@ -200,9 +200,8 @@ def decode_file(path: str, nofollow: bool, constraint: images.ImageConstraint) -
     try:
         data = images.read_image_file(path, nofollow)
         pixels = images.load(data, constraint)
-    except ImageError as exc:
-        text = str(exc)
-        return False, None, text[len("image ") :] if text.startswith("image ") else text
+    except ImageError as exc:  # from bytes: the reason alone
+        return False, None, str(exc)
     except Exception as exc:  # one hostile file must not stop the run; it is reported instead
         return False, None, f"could not be decoded ({type(exc).__name__})"
     return True, pixels, hashlib.sha256(data).hexdigest()

@@ -357,7 +357,7 @@ def prepare_timings(files_dir: Path, model: Path, work: Path, rounds: int) -> di
 def prepare(data: Data, sizes: Sizes, files_dir: Path, work: Path, log: Log) -> dict[str, Any]:
     """Timed in a fresh interpreter, as the CLI runs: the harness's heap (data, sessions) would
     slow both sides' garbage collection and the workers' fork."""
-    from mlpersonalize.prepare import default_workers
+    from mlpersonalize.decoding import default_workers
 
     child = "import sys; from benchmarks.speed import _prepare_child; _prepare_child(*sys.argv[1:])"
     rounds = 2 * sizes.repeats + 1  # a second each: the shared cores' load drifts, rounds are cheap

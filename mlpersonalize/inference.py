@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _ort, images
+from .decoding import Decoded, decode_file
 from .errors import InputError, ModelError
 from .package import MODEL_FILE, UNKNOWN, ModelPackage
 
@@ -99,17 +100,25 @@ class Classifier:
         return results
 
     def classify(
-        self, paths: Iterable[Path], top_k: int = 3, threshold: float | None = None
+        self,
+        paths: Iterable[Path],
+        top_k: int = 3,
+        threshold: float | None = None,
+        decoded: Iterable[Decoded] | None = None,
     ) -> Iterator[Prediction]:
-        """Predictions in input order, decoded and run in chunks of RUN_BATCH."""
+        """Predictions in input order, run in chunks of RUN_BATCH.
+
+        ``decoded`` gives each path's :func:`decoding.decode_file` result (from a
+        :class:`decoding.Decoder`'s workers); without it the files are decoded here, one by one.
+        """
         limit = self.manifest.unknown_threshold if threshold is None else threshold
+        paths = list(paths)
+        if decoded is None:
+            decoded = (decode_file(os.fspath(path), False, self.constraint, digest=False) for path in paths)
         chunk: list[tuple[str, np.ndarray | None, str]] = []
-        for path in paths:
+        for path, (ok, pixels, info) in zip(paths, decoded, strict=True):
             name = os.fsdecode(path)
-            try:
-                chunk.append((name, images.load(path, self.constraint), ""))
-            except InputError as exc:
-                chunk.append((name, None, str(exc)))
+            chunk.append((name, pixels, "") if ok else (name, None, f"{name}: {info}"))
             if len(chunk) >= RUN_BATCH:
                 yield from self._run(chunk, top_k, limit)
                 chunk = []

@@ -11,13 +11,10 @@ leading outside the DATA_DIR, broken links and link loops are skipped and report
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +22,12 @@ import numpy as np
 
 from . import images
 from .batch import Batch, check_batch_fits, load_batch, save_batch
-from .errors import ImageError, InputError, UsageError
+from .decoding import decode_all
+from .errors import InputError, UsageError
 from .fsio import FileLock, describe_os_error
 from .names import escape
 from .package import normalize_label
 
-PARALLEL_MIN_FILES = 64  # below this, starting worker processes costs more than it saves
 Progress = Callable[[int, int], None]
 
 
@@ -190,62 +187,6 @@ def _link_target(link: str, root_real: str) -> tuple[str | None, str]:
     if os.path.isdir(target):
         return None, "symbolic link to a folder (not followed)"
     return target, ""
-
-
-Decoded = tuple[bool, "np.ndarray | None", str]  # (ok, pixels, sha256 or reason)
-
-
-def decode_file(path: str, nofollow: bool, constraint: images.ImageConstraint) -> Decoded:
-    """Read one file (never a link unless asked, never a FIFO) and preprocess it; never raises."""
-    try:
-        data = images.read_image_file(path, nofollow)
-        pixels = images.load(data, constraint)
-    except ImageError as exc:  # from bytes: the reason alone
-        return False, None, str(exc)
-    except Exception as exc:  # one hostile file must not stop the run; it is reported instead
-        return False, None, f"could not be decoded ({type(exc).__name__})"
-    return True, pixels, hashlib.sha256(data).hexdigest()
-
-
-def _decode_task(task: tuple[str, bool], constraint: images.ImageConstraint) -> Decoded:
-    return decode_file(task[0], task[1], constraint)
-
-
-def _worker_init() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def decode_all(
-    tasks: Sequence[tuple[str, bool]], constraint: images.ImageConstraint, workers: int | None = None
-) -> Iterator[Decoded]:
-    """Decoded results in input order, from worker processes when there is enough work."""
-    workers = default_workers() if workers is None else workers
-    work = partial(_decode_task, constraint=constraint)
-    if workers <= 1 or len(tasks) < PARALLEL_MIN_FILES:
-        yield from map(work, tasks)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork starts workers in milliseconds; macOS and Windows need spawn
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-    chunk = max(1, min(64, len(tasks) // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        try:
-            yield from pool.map(work, tasks, chunksize=chunk)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
 
 
 @dataclass

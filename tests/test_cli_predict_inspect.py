@@ -43,6 +43,33 @@ def test_predict_json_lines_one_object_per_image(tiny_model: Path, tmp_path: Pat
         assert 0 < row["confidence"] <= 1
 
 
+def test_many_files_decoded_by_workers_give_the_in_process_results_in_order(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from mlpersonalize.decoding import PARALLEL_MIN_FILES, Decoder
+    from mlpersonalize.inference import Classifier
+    from mlpersonalize.package import load_package
+
+    for i in range(PARALLEL_MIN_FILES + 6):
+        draw(tmp_path / "in" / f"{i:03d}.png", "circle" if i % 2 else "square")
+    (tmp_path / "in" / "bad.png").write_bytes(b"not a png")
+    result = run("predict", str(tmp_path / "in"), "-m", str(tiny_model), "--json")
+    assert result.returncode == ExitCode.PARTIAL
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    package = load_package(tiny_model)
+    paths = sorted((tmp_path / "in").iterdir())
+    with Decoder(package.manifest.constraint, len(paths), workers=2) as decoder:
+        assert decoder.workers == 2  # the pool path, whatever the machine
+        decoded = decoder.map([(str(p), False) for p in paths])
+        pooled = [r.to_dict() for r in Classifier(package).classify(paths, decoded=decoded)]
+    in_process = [r.to_dict() for r in Classifier(package).classify(paths)]
+    assert rows == in_process == pooled
+    assert (
+        rows[-1]["error"]
+        == f"{paths[-1]}: not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WEBP)"
+    )
+
+
 def test_predict_plain_output_off_a_terminal_is_tab_separated(tiny_model: Path, tmp_path: Path) -> None:
     image = draw(tmp_path / "a.png", "circle")
     result = run("predict", str(image), "-m", str(tiny_model))

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mlpersonalize.batch import load_batch
+from mlpersonalize.decoding import decode_file
 from mlpersonalize.errors import BatchError, UsageError
 from mlpersonalize.images import ImageConstraint
 from mlpersonalize.package import read_manifest
-from mlpersonalize.prepare import PrepareError, decode_file, prepare
+from mlpersonalize.prepare import PrepareError, prepare
 
 
 def drawing(mode: str = "RGB", size: int = 64, shape: str = "circle") -> Image.Image:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,15 +49,25 @@ def predict_command(
 
     Example: mlpersonalize predict drawings/ --json
     """
-    from ..errors import ExitCode, InputError
+    from ..decoding import Decoder
     from ..inference import Classifier, collect_images
     from ..package import load_package
     from ..store import resolve_model
-    from ._output import emit_json, safe_name, stdout_console
 
     package = load_package(resolve_model(model).path)
-    classifier = Classifier(package)
-    results = classifier.classify(collect_images(inputs), top_k=top_k, threshold=threshold)
+    paths = list(collect_images(inputs))
+    with Decoder(package.manifest.constraint, len(paths), digest=False) as decoder:
+        classifier = Classifier(package)  # after the decoding workers started: they fork without its threads
+        decoded = decoder.map([(os.fspath(path), False) for path in paths])
+        results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)
+        _print(results, inputs, top_k, json_out)
+
+
+def _print(results: Iterable[Any], inputs: list[Path], top_k: int, json_out: bool) -> None:
+    """Each result as it comes (JSON Lines, a table, or tab-separated lines), then the exit code."""
+    from ..errors import ExitCode, InputError
+    from ._output import emit_json, safe_name, stdout_console
+
     table = None
     if not json_out and sys.stdout.isatty():
         from rich.table import Table

@@ -1,0 +1,115 @@
+"""Image files decoded in input order, in worker processes when there are enough of them.
+
+``prepare`` and ``predict`` both read files through :func:`decode_file` (non-blocking open,
+regular files only, the size limit before reading, then :func:`images.load`), so a FIFO, a
+bomb or a corrupt file is one reported entry in either, never a hang or a traceback.
+
+A :class:`Decoder` starts its workers when it is entered. ``predict`` enters it before it
+creates its ONNX Runtime session: on Linux the workers are forked, and a fork taken while the
+engine's thread pool exists copies a process whose other threads are gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from . import images
+from .errors import ImageError
+
+PARALLEL_MIN_FILES = 64  # below this, starting worker processes costs more than it saves
+
+Decoded = tuple[bool, "np.ndarray | None", str]  # (ok, pixels, sha256 or "" / the reason)
+Task = tuple[str, bool]  # (path, do not follow a final link)
+
+
+def decode_file(
+    path: str, nofollow: bool, constraint: images.ImageConstraint, digest: bool = True
+) -> Decoded:
+    """Read one file (never a link unless asked, never a FIFO) and preprocess it; never raises."""
+    try:
+        data = images.read_image_file(path, nofollow)
+        pixels = images.load(data, constraint)
+    except ImageError as exc:  # from bytes: the reason alone
+        return False, None, str(exc)
+    except Exception as exc:  # one hostile file must not stop the run; it is reported instead
+        return False, None, f"could not be decoded ({type(exc).__name__})"
+    return True, pixels, hashlib.sha256(data).hexdigest() if digest else ""
+
+
+def _decode_task(task: Task, constraint: images.ImageConstraint, digest: bool) -> Decoded:
+    return decode_file(task[0], task[1], constraint, digest)
+
+
+def _worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _ready() -> None:
+    """A no-op whose submission makes the pool start its workers now."""
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Decoder:
+    """Decodes ``count`` files for ``constraint``; ``digest`` adds each file's SHA-256."""
+
+    def __init__(
+        self,
+        constraint: images.ImageConstraint,
+        count: int,
+        workers: int | None = None,
+        digest: bool = True,
+    ) -> None:
+        wanted = default_workers() if workers is None else workers
+        self.workers = wanted if wanted > 1 and count >= PARALLEL_MIN_FILES else 0
+        self._work = partial(_decode_task, constraint=constraint, digest=digest)
+        self._pool: Executor | None = None
+
+    def __enter__(self) -> Decoder:
+        if self.workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork starts workers in milliseconds; macOS and Windows need spawn
+            context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
+            self._pool.submit(_ready).result()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        if self._pool is not None:
+            # on an error or Ctrl-C the queued files are dropped, not decoded first
+            self._pool.shutdown(wait=kind is None, cancel_futures=kind is not None)
+            self._pool = None
+
+    def map(self, tasks: Sequence[Task]) -> Iterator[Decoded]:
+        """Decoded results in input order."""
+        if self._pool is None:
+            yield from map(self._work, tasks)
+            return
+        chunk = max(1, min(64, len(tasks) // (self.workers * 8)))
+        yield from self._pool.map(self._work, tasks, chunksize=chunk)
+
+
+def decode_all(
+    tasks: Sequence[Task], constraint: images.ImageConstraint, workers: int | None = None
+) -> Iterator[Decoded]:
+    """Decoded results (with digests) in input order, from worker processes when there is enough work."""
+    with Decoder(constraint, len(tasks), workers) as decoder:
+        yield from decoder.map(tasks)

@@ -339,12 +339,13 @@ def prepare_timings(files_dir: Path, model: Path, work: Path, rounds: int) -> di
     files = sorted(files_dir.rglob("*.png"))
     c = manifest.constraint
     out = work / "prepared.npz"
-    pillow_loop(files[:20], c.width, c.height)  # warm the page cache and Pillow's plugins
     fns = {
         "pillow": lambda: pillow_loop(files, c.width, c.height),
         "ours": lambda: run_prepare([files_dir], out, manifest, force=True),
         "one": lambda: run_prepare([files_dir], out, manifest, force=True, workers=1),
     }
+    for fn in fns.values():  # warm every side alike: imports, plugins, the page cache
+        fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, rounds)):
         for name, fn in fns.items():

@@ -288,6 +288,119 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 6)
 
 
+class _CosineHead:
+    """The bundled kind: rehearse the exemplar memory, imprint new rows, train every row."""
+
+    kind = "cosine"
+
+    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
+        import onnx
+
+        from .head import head_weight
+        from .package import HEAD_FILE
+
+        self.old_weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
+        self.frozen = package.manifest.frozen_labels
+
+    def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ex_emb, ex_idx
+
+    def start(
+        self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
+    ) -> np.ndarray:
+        return np.concatenate([self.old_weight, imprint(emb, idx, rows)])
+
+    def train_input(self, emb: np.ndarray) -> np.ndarray:
+        return emb
+
+    def finish(
+        self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
+    ) -> None:
+        """Nothing is set by hand in a cosine head."""
+
+
+class _BroughtHead(_CosineHead):
+    """A brought model's linear head: its labels have no data, so noise stand-ins are rehearsed,
+    its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
+
+    kind = "linear"
+
+    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
+        import onnx
+
+        from . import linear_head, margin_gate
+        from .package import BACKBONE_FILE, HEAD_FILE
+
+        manifest = package.manifest
+        self.frozen = manifest.frozen_labels
+        self.gate = margin_gate.thresholds_of(manifest.training)
+        self.old_weight = linear_head.read_weight(onnx.load(str(package.path / HEAD_FILE)))
+        self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
+        self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
+        self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
+        self.previous += [None] * (len(labels) - len(self.old_weight))  # rows this update adds
+        self._stand_ins = linear_head.stand_ins(
+            package.path / BACKBONE_FILE, manifest.constraint, self.old_weight, self.frozen, params.seed
+        )
+
+    def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
+        # exemplar memory keep to real examples.
+        fake_emb, fake_idx = self._stand_ins
+        return np.concatenate([ex_emb, fake_emb]), np.concatenate([ex_idx, fake_idx])
+
+    def start(
+        self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
+    ) -> np.ndarray:
+        from . import linear_head
+
+        new = linear_head.imprint(
+            self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb)
+        )
+        return np.concatenate([self.old_core, new])
+
+    def train_input(self, emb: np.ndarray) -> np.ndarray:
+        from . import margin_gate
+
+        return margin_gate.strip_embeddings(emb, self.core)
+
+    def finish(
+        self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
+    ) -> None:
+        from . import margin_gate
+
+        renewed = {int(row) for row in taught if row >= self.frozen}
+        rungs = margin_gate.rungs(
+            self.train_input(real_emb),
+            real_idx,
+            self.old_core[: self.frozen],
+            self.gate,
+            renewed,
+            self.previous,
+        )
+        result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, len(self.gate))
+
+
+def guard_reason(
+    first: FitResult,
+    final: FitResult,
+    known: tuple[float | None, float | None],
+    memory: tuple[float | None, float | None],
+    max_drop: float,
+) -> str:
+    """Why the update must not be published ("" when it may): divergence, or a drop of more than
+    ``max_drop`` in the known labels' accuracy (pass one) or the exemplar memory's (pass two)."""
+    if not (first.finite and final.finite):
+        return "training diverged (loss is NaN or infinite)"
+    for (before, after), what in (
+        (known, "known labels' accuracy"),
+        (memory, "the exemplar memory's accuracy"),
+    ):
+        if before is not None and after is not None and before - after > max_drop:
+            return f"{what} would fall from {before:.1%} to {after:.1%} (more than {max_drop * 100:g} points)"
+    return ""
+
+
 def personalize(
     package: Any,
     batches: list[Any],
@@ -303,12 +416,7 @@ def personalize(
     before vs after). The second, from the same start, trains on every example, so three
     drawings all count; it is the one written, and the guard checks its memory accuracy too.
     """
-    import onnx
-
-    from . import linear_head, margin_gate
-    from .batch import file_sha256
-    from .head import head_weight
-    from .package import BACKBONE_FILE, HEAD_FILE, normalize_label, now_iso, producer
+    from .package import BACKBONE_FILE, normalize_label
 
     emit = on_event or (lambda event: None)
     manifest = package.manifest
@@ -332,95 +440,45 @@ def personalize(
     )
 
     emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the examples' one run
-    kind = manifest.head_kind
-    head_model = onnx.load(str(package.path / HEAD_FILE))
-    scale = manifest.logit_scale
+    head = (_BroughtHead if manifest.head_kind == "linear" else _CosineHead)(package, labels, params)
+    kind, scale, old_weight = head.kind, manifest.logit_scale, head.old_weight
     ex_emb, ex_idx = package.exemplars()
-    rehearse_emb, rehearse_idx = ex_emb, ex_idx
-    frozen = manifest.frozen_labels
-    gate: tuple[float, ...] = ()
-    if kind == "linear":  # a brought model: its labels have no data, stand-ins are rehearsed
-        gate = margin_gate.thresholds_of(manifest.training)
-        core = emb.shape[1] - len(gate)  # the backbone's own embedding, without gate features
-        old_weight = linear_head.read_weight(head_model)
-        old_core = margin_gate.strip_rows(old_weight, core)  # trained without the gate's weights
-        previous = margin_gate.rungs_of(old_weight, frozen, core, len(gate))
-        previous += [None] * (len(labels) - len(old_weight))  # rows this update adds
-        fake_emb, fake_idx = linear_head.stand_ins(
-            package.path / BACKBONE_FILE, manifest.constraint, old_weight, frozen, params.seed
-        )
-        # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
-        # exemplar memory keep to real examples.
-        rehearse_emb = np.concatenate([ex_emb, fake_emb])
-        rehearse_idx = np.concatenate([ex_idx, fake_idx])
-    else:
-        old_weight = head_weight(head_model)
+    rehearse_emb, rehearse_idx = head.rehearsal(ex_emb, ex_idx)
     rng = np.random.default_rng(params.seed)
     train_pos, held_pos = split_holdout(idx, rng)
     n_old = len(old_labels)
     known_held = held_pos[idx[held_pos] < n_old]
-
-    def ungated(embeddings: np.ndarray) -> np.ndarray:
-        return margin_gate.strip_embeddings(embeddings, core)
-
-    def start(pos: np.ndarray) -> np.ndarray:
-        rows = list(range(n_old, len(labels)))
-        if kind == "linear":
-            new_emb, reference = ungated(emb[pos]), ungated(rehearse_emb)
-            return np.concatenate(
-                [old_core, linear_head.imprint(new_emb, idx[pos], rows, old_core, reference)]
-            )
-        return np.concatenate([old_weight, imprint(emb[pos], idx[pos], rows)])
+    new_rows = list(range(n_old, len(labels)))
 
     def fit(pos: np.ndarray, pass_no: int) -> FitResult:
-        train_emb = np.concatenate([rehearse_emb, emb[pos]])
-        train_idx = np.concatenate([rehearse_idx, idx[pos]])
         result = train_head(
-            start(pos),
+            head.start(emb[pos], idx[pos], new_rows, rehearse_emb),
             scale,
-            ungated(train_emb) if kind == "linear" else train_emb,
-            train_idx,
+            head.train_input(np.concatenate([rehearse_emb, emb[pos]])),
+            np.concatenate([rehearse_idx, idx[pos]]),
             params,
             n_old,
             lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
             kind,
-            frozen,
+            head.frozen,
         )
-        if kind == "linear":  # the gate's weights are set, not trained (margin_gate.py)
-            real_emb = ungated(np.concatenate([ex_emb, emb[pos]]))
-            real_idx = np.concatenate([ex_idx, idx[pos]])
-            renewed = {int(row) for row in idx[pos] if row >= frozen}
-            rungs = margin_gate.rungs(real_emb, real_idx, old_core[:frozen], gate, renewed, previous)
-            result.weight = margin_gate.attach(result.weight, old_weight, rungs, len(gate))
+        head.finish(result, np.concatenate([ex_emb, emb[pos]]), np.concatenate([ex_idx, idx[pos]]), idx[pos])
         return result
 
-    def known_accuracy(weight: np.ndarray) -> float | None:
-        known_emb = np.concatenate([ex_emb, emb[known_held]])
-        known_idx = np.concatenate([ex_idx, idx[known_held]])
-        return overall(_predict(known_emb, weight, scale, kind), known_idx)
+    def accuracy_on(emb_: np.ndarray, idx_: np.ndarray, weight: np.ndarray) -> float | None:
+        return overall(_predict(emb_, weight, scale, kind), idx_)
 
+    known_emb = np.concatenate([ex_emb, emb[known_held]])
+    known_idx = np.concatenate([ex_idx, idx[known_held]])
     first = fit(train_pos, 1)
-    before_known = known_accuracy(old_weight)
-    after_known = known_accuracy(first.weight)
+    before_known = accuracy_on(known_emb, known_idx, old_weight)
+    after_known = accuracy_on(known_emb, known_idx, first.weight)
     held_pred = _predict(emb[held_pos], first.weight, scale, kind)
-    held_before = overall(_predict(emb[held_pos], old_weight, scale, kind), idx[held_pos])
+    held_before = accuracy_on(emb[held_pos], idx[held_pos], old_weight)
     final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
-    final_known = overall(_predict(ex_emb, final.weight, scale, kind), ex_idx)
-    before_memory = overall(_predict(ex_emb, old_weight, scale, kind), ex_idx)
-
-    reason = ""
-    if not (first.finite and final.finite):
-        reason = "training diverged (loss is NaN or infinite)"
-    elif before_known is not None and after_known is not None and before_known - after_known > max_drop:
-        reason = (
-            f"known labels' accuracy would fall from {before_known:.1%} to {after_known:.1%} "
-            f"(more than {max_drop * 100:g} points)"
-        )
-    elif before_memory is not None and final_known is not None and before_memory - final_known > max_drop:
-        reason = (
-            f"the exemplar memory's accuracy would fall from {before_memory:.1%} to "
-            f"{final_known:.1%} (more than {max_drop * 100:g} points)"
-        )
+    final_known = accuracy_on(ex_emb, ex_idx, final.weight)
+    before_memory = accuracy_on(ex_emb, ex_idx, old_weight)
+    reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
 
     all_emb = np.concatenate([ex_emb, emb])
     all_idx = np.concatenate([ex_idx, idx])
@@ -435,20 +493,32 @@ def personalize(
         "exemplars_before": _rounded(before_memory),
         "exemplars_after": _rounded(final_known),
     }
+    guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
+    history = _history(batch_labels, paths, added, params, final, accuracy, guard)
+    return Outcome(labels, added, final.weight, memory_emb, memory_idx, params, history)
+
+
+def _history(
+    batch_labels: list[str],
+    paths: Any,
+    added: tuple[str, ...],
+    params: UpdateParams,
+    final: FitResult,
+    accuracy: dict[str, Any],
+    guard: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's history entry of one update."""
+    from .batch import file_sha256
+    from .package import now_iso, producer
+
     counts = {
         label: int(n)
         for label, n in zip(*np.unique(np.array(batch_labels, dtype=object), return_counts=True), strict=True)
     }
-    history = {
+    return {
         "time": now_iso(),
         "kind": "update",
-        "batches": [
-            {
-                "file": escape(Path(str(p)).name),
-                "sha256": file_sha256(Path(str(p))),
-            }
-            for p in paths
-        ],
+        "batches": [{"file": escape(Path(str(p)).name), "sha256": file_sha256(Path(str(p)))} for p in paths],
         "examples_per_label": counts,
         "labels_added": list(added),
         "epochs": params.epochs,
@@ -456,7 +526,6 @@ def personalize(
         "final_loss": _rounded(final.final_loss),
         "losses": [_rounded(v) for v in final.losses],
         "accuracy": accuracy,
-        "guard": {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False},
+        "guard": guard,
         "producer": producer(),
     }
-    return Outcome(labels, added, final.weight, memory_emb, memory_idx, params, history)

@@ -19,6 +19,7 @@ the update loop handles both head kinds alike.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from .images import ImageConstraint
 from .params import UpdateParams
-from .training import HeadTrainer
+from .training import CosineHead, FitResult, HeadTrainer
 
 KIND = "linear"
 WEIGHT = "head.weight"
@@ -219,3 +220,59 @@ class LinearTrainer(HeadTrainer):
             w, b = split(rows)
             self.state.parameters[WEIGHT] = w
             self.state.parameters[BIAS] = b
+
+
+class BroughtHead(CosineHead):
+    """A brought model's linear head: its labels have no data, so noise stand-ins are rehearsed,
+    its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
+
+    kind = "linear"
+
+    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
+        from . import margin_gate
+        from .package import BACKBONE_FILE, HEAD_FILE
+
+        manifest = package.manifest
+        self.frozen = manifest.frozen_labels
+        self.gate = margin_gate.thresholds_of(manifest.training)
+        self.old_weight = read_weight(onnx.load(str(package.path / HEAD_FILE)))
+        self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
+        self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
+        self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
+        self.previous += [None] * (len(labels) - len(self.old_weight))  # rows this update adds
+        self._stand_ins = stand_ins(
+            package.path / BACKBONE_FILE, manifest.constraint, self.old_weight, self.frozen, params.seed
+        )
+
+    def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
+        # exemplar memory keep to real examples.
+        fake_emb, fake_idx = self._stand_ins
+        return np.concatenate([ex_emb, fake_emb]), np.concatenate([ex_idx, fake_idx])
+
+    def start(
+        self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
+    ) -> np.ndarray:
+        new = imprint(self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb))
+        return np.concatenate([self.old_core, new])
+
+    def train_input(self, emb: np.ndarray) -> np.ndarray:
+        from . import margin_gate
+
+        return margin_gate.strip_embeddings(emb, self.core)
+
+    def finish(
+        self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
+    ) -> None:
+        from . import margin_gate
+
+        renewed = {int(row) for row in taught if row >= self.frozen}
+        rungs = margin_gate.rungs(
+            self.train_input(real_emb),
+            real_idx,
+            self.old_core[: self.frozen],
+            self.gate,
+            renewed,
+            self.previous,
+        )
+        result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, len(self.gate))

@@ -288,7 +288,7 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 6)
 
 
-class _CosineHead:
+class CosineHead:
     """The bundled kind: rehearse the exemplar memory, imprint new rows, train every row."""
 
     kind = "cosine"
@@ -317,68 +317,6 @@ class _CosineHead:
         self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
     ) -> None:
         """Nothing is set by hand in a cosine head."""
-
-
-class _BroughtHead(_CosineHead):
-    """A brought model's linear head: its labels have no data, so noise stand-ins are rehearsed,
-    its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
-
-    kind = "linear"
-
-    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
-        import onnx
-
-        from . import linear_head, margin_gate
-        from .package import BACKBONE_FILE, HEAD_FILE
-
-        manifest = package.manifest
-        self.frozen = manifest.frozen_labels
-        self.gate = margin_gate.thresholds_of(manifest.training)
-        self.old_weight = linear_head.read_weight(onnx.load(str(package.path / HEAD_FILE)))
-        self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
-        self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
-        self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
-        self.previous += [None] * (len(labels) - len(self.old_weight))  # rows this update adds
-        self._stand_ins = linear_head.stand_ins(
-            package.path / BACKBONE_FILE, manifest.constraint, self.old_weight, self.frozen, params.seed
-        )
-
-    def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
-        # exemplar memory keep to real examples.
-        fake_emb, fake_idx = self._stand_ins
-        return np.concatenate([ex_emb, fake_emb]), np.concatenate([ex_idx, fake_idx])
-
-    def start(
-        self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
-    ) -> np.ndarray:
-        from . import linear_head
-
-        new = linear_head.imprint(
-            self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb)
-        )
-        return np.concatenate([self.old_core, new])
-
-    def train_input(self, emb: np.ndarray) -> np.ndarray:
-        from . import margin_gate
-
-        return margin_gate.strip_embeddings(emb, self.core)
-
-    def finish(
-        self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
-    ) -> None:
-        from . import margin_gate
-
-        renewed = {int(row) for row in taught if row >= self.frozen}
-        rungs = margin_gate.rungs(
-            self.train_input(real_emb),
-            real_idx,
-            self.old_core[: self.frozen],
-            self.gate,
-            renewed,
-            self.previous,
-        )
-        result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, len(self.gate))
 
 
 def guard_reason(
@@ -440,7 +378,12 @@ def personalize(
     )
 
     emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the examples' one run
-    head = (_BroughtHead if manifest.head_kind == "linear" else _CosineHead)(package, labels, params)
+    if manifest.head_kind == "linear":
+        from .linear_head import BroughtHead
+
+        head: CosineHead = BroughtHead(package, labels, params)
+    else:
+        head = CosineHead(package, labels, params)
     kind, scale, old_weight = head.kind, manifest.logit_scale, head.old_weight
     ex_emb, ex_idx = package.exemplars()
     rehearse_emb, rehearse_idx = head.rehearsal(ex_emb, ex_idx)

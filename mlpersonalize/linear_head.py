@@ -34,6 +34,7 @@ WEIGHT = "head.weight"
 BIAS = "head.bias"
 FROZEN_WEIGHT = "head.weight_frozen"
 FROZEN_BIAS = "head.bias_frozen"
+GATE_WEIGHT = "head.weight_gate"  # added rows' margin-gate weights: constants of the training graph
 # Stand-ins for the brought labels' missing data: this many smooth-noise images through the
 # backbone per update (on the 16x16 test models ~5 ms to draw and 3-13 ms to embed; on a real
 # model it costs what the backbone takes for 256 images).
@@ -57,34 +58,37 @@ def logits(emb: np.ndarray, aug: np.ndarray) -> np.ndarray:
 
 
 def head_parts(
-    aug: np.ndarray, frozen_rows: int, embedding: str, output: str
+    aug: np.ndarray, frozen_rows: int, embedding: str, output: str, gate_columns: int = 0
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and initializers: rows below ``frozen_rows`` constant, the rest trainable."""
+    """Nodes and initializers: rows below ``frozen_rows`` constant, the rest trainable except
+    their last ``gate_columns`` weights (the margin gate's, set by updates, see margin_gate.py)."""
     weight, bias = split(aug)
-    if frozen_rows == 0:
-        nodes = [helper.make_node("Gemm", [embedding, WEIGHT, BIAS], [output], transB=1)]
-        inits = [numpy_helper.from_array(weight, WEIGHT), numpy_helper.from_array(bias, BIAS)]
-        return nodes, inits
-    nodes = [
-        helper.make_node("Concat", [FROZEN_WEIGHT, WEIGHT], ["head.w"], axis=0),
-        helper.make_node("Concat", [FROZEN_BIAS, BIAS], ["head.b"], axis=0),
-        helper.make_node("Gemm", [embedding, "head.w", "head.b"], [output], transB=1),
-    ]
-    inits = [
-        numpy_helper.from_array(weight[:frozen_rows], FROZEN_WEIGHT),
-        numpy_helper.from_array(bias[:frozen_rows], FROZEN_BIAS),
-        numpy_helper.from_array(weight[frozen_rows:], WEIGHT),
-        numpy_helper.from_array(bias[frozen_rows:], BIAS),
-    ]
+    added = weight[frozen_rows:]
+    core = added.shape[1] - gate_columns
+    nodes: list[onnx.NodeProto] = []
+    inits = [numpy_helper.from_array(np.ascontiguousarray(added[:, :core]), WEIGHT)]
+    weights, biases = WEIGHT, BIAS
+    if gate_columns:
+        nodes.append(helper.make_node("Concat", [WEIGHT, GATE_WEIGHT], ["head.w_added"], axis=1))
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(added[:, core:]), GATE_WEIGHT))
+        weights = "head.w_added"
+    inits.append(numpy_helper.from_array(bias[frozen_rows:], BIAS))
+    if frozen_rows:
+        nodes.append(helper.make_node("Concat", [FROZEN_WEIGHT, weights], ["head.w"], axis=0))
+        nodes.append(helper.make_node("Concat", [FROZEN_BIAS, BIAS], ["head.b"], axis=0))
+        inits.append(numpy_helper.from_array(weight[:frozen_rows], FROZEN_WEIGHT))
+        inits.append(numpy_helper.from_array(bias[:frozen_rows], FROZEN_BIAS))
+        weights, biases = "head.w", "head.b"
+    nodes.append(helper.make_node("Gemm", [embedding, weights, biases], [output], transB=1))
     return nodes, inits
 
 
-def build_head(aug: np.ndarray, frozen_rows: int) -> onnx.ModelProto:
+def build_head(aug: np.ndarray, frozen_rows: int, gate_columns: int = 0) -> onnx.ModelProto:
     """The forward-only head: "embedding" [N, D] -> "logits" [N, C]."""
     from .head import head_model
 
     classes, dim = aug.shape[0], aug.shape[1] - 1
-    return head_model(*head_parts(aug, frozen_rows, "embedding", "logits"), dim, classes)
+    return head_model(*head_parts(aug, frozen_rows, "embedding", "logits", gate_columns), dim, classes)
 
 
 def read_weight(head: onnx.ModelProto) -> np.ndarray:
@@ -92,19 +96,28 @@ def read_weight(head: onnx.ModelProto) -> np.ndarray:
     found = {init.name: numpy_helper.to_array(init).astype(np.float32) for init in head.graph.initializer}
     if WEIGHT not in found or BIAS not in found:
         raise ValueError(f"linear head model lacks {WEIGHT} or {BIAS}")
-    parts = [join(found[WEIGHT], found[BIAS])]
+    added = found[WEIGHT]
+    if GATE_WEIGHT in found:
+        added = np.concatenate([added, found[GATE_WEIGHT]], axis=1)
+    parts = [join(added, found[BIAS])]
     if FROZEN_WEIGHT in found:
         parts.insert(0, join(found[FROZEN_WEIGHT], found[FROZEN_BIAS]))
     return np.concatenate(parts)
 
 
-def generate_artifacts(aug: np.ndarray, frozen_rows: int, params: UpdateParams, directory: Path) -> None:
-    """Training artifacts where only the rows from ``frozen_rows`` on (and their biases) train."""
+def generate_artifacts(
+    aug: np.ndarray, frozen_rows: int, params: UpdateParams, directory: Path, gate_columns: int = 0
+) -> None:
+    """Training artifacts where only the added rows' own weights and biases train."""
     from . import _ort
     from .head import optimizer_block
 
     _ort.generate_head_artifacts(
-        build_head(aug, frozen_rows), [WEIGHT, BIAS], directory, optimizer_block(params), ("logits",)
+        build_head(aug, frozen_rows, gate_columns),
+        [WEIGHT, BIAS],
+        directory,
+        optimizer_block(params),
+        ("logits",),
     )
 
 
@@ -230,11 +243,11 @@ class BroughtHead(CosineHead):
 
     def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
         from . import margin_gate
-        from .package import BACKBONE_FILE, HEAD_FILE
+        from .package import BACKBONE_FILE, HEAD_FILE, gate_thresholds
 
         manifest = package.manifest
         self.frozen = manifest.frozen_labels
-        self.gate = margin_gate.thresholds_of(manifest.training)
+        self.gate = gate_thresholds(manifest.training)
         self.old_weight = read_weight(onnx.load(str(package.path / HEAD_FILE)))
         self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
         self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate

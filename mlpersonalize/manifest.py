@@ -64,6 +64,16 @@ def check_labels(labels: Any, where: str) -> list[str]:
     return out
 
 
+def gate_thresholds(training: dict[str, Any]) -> tuple[float, ...]:
+    """The gate thresholds a package's manifest records (none for packages made before the gate)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    gate = brought.get("gate") if isinstance(brought, dict) else None
+    values = gate.get("thresholds") if isinstance(gate, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        return ()
+    return tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
@@ -101,8 +111,9 @@ class Manifest:
     def updatable(self) -> list[dict[str, Any]]:
         if self.head_kind == "linear":
             rows = len(self.labels) - self.frozen_labels
+            gate = gate_thresholds(self.training)
             return [
-                {"name": "head.weight", "shape": [rows, self.embedding_dim]},
+                {"name": "head.weight", "shape": [rows, self.embedding_dim - len(gate)]},
                 {"name": "head.bias", "shape": [rows]},
             ]
         return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]

@@ -159,13 +159,3 @@ def attach(core: np.ndarray, original: np.ndarray, rungs: list[int | None], colu
 def record(thresholds: tuple[float, ...]) -> dict[str, Any]:
     """What the manifest keeps about the gate (the update loop reads it back)."""
     return {"thresholds": list(thresholds), "quantile": QUANTILE, "steepness": STEEPNESS}
-
-
-def thresholds_of(training: dict[str, Any]) -> tuple[float, ...]:
-    """The gate thresholds a package's manifest records (none for packages made before the gate)."""
-    brought = training.get("brought") if isinstance(training, dict) else None
-    gate = brought.get("gate") if isinstance(brought, dict) else None
-    values = gate.get("thresholds") if isinstance(gate, dict) else None
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
-        return ()
-    return tuple(float(v) for v in values)

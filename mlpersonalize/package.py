@@ -46,6 +46,7 @@ from .manifest import (  # re-exported: the package's names live here for its us
     Manifest,
     check_labels,
     check_relative,
+    gate_thresholds,
     normalize_label,
     read_manifest,
     sha256_file,
@@ -71,6 +72,7 @@ __all__ = [
     "create_package",
     "describe",
     "load_package",
+    "gate_thresholds",
     "normalize_label",
     "read_manifest",
     "sha256_file",
@@ -239,11 +241,13 @@ def build_contents(
     params: UpdateParams,
     head_kind: str = "cosine",
     frozen_labels: int = 0,
+    gate_columns: int = 0,
 ) -> dict[str, bytes]:
     """All package files except the manifest, from a backbone and head weights.
 
     For ``head_kind`` "linear", ``weight`` is ``[C, D + 1]`` (bias last) and its first
-    ``frozen_labels`` rows are constants of the training artifacts.
+    ``frozen_labels`` rows are constants of the training artifacts, and so are the last
+    ``gate_columns`` weights of the other rows (a brought model's margin gate).
     """
     import onnx
 
@@ -252,7 +256,10 @@ def build_contents(
 
     backbone = onnx.load_from_string(backbone_bytes)
     linear = head_kind == "linear"
-    head = linear_head.build_head(weight, frozen_labels) if linear else build_head(weight, logit_scale)
+    if linear:
+        head = linear_head.build_head(weight, frozen_labels, gate_columns)
+    else:
+        head = build_head(weight, logit_scale)
     model = build_inference_model(backbone, weight, logit_scale, labels, kind=head_kind)
     contents = {
         BACKBONE_FILE: backbone_bytes,
@@ -262,7 +269,7 @@ def build_contents(
     }
     with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
         if linear:
-            linear_head.generate_artifacts(weight, frozen_labels, params, Path(tmp))
+            linear_head.generate_artifacts(weight, frozen_labels, params, Path(tmp), gate_columns)
         else:
             generate_artifacts(weight, logit_scale, params, Path(tmp))
         for name in TRAINING_FILES:
@@ -314,6 +321,7 @@ def create_package(
         params,
         head_kind,
         frozen_labels,
+        len(gate_thresholds(training)),
     )
     manifest = Manifest(
         name=name,

@@ -130,7 +130,7 @@ def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]
 
 def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
-    from .package import build_contents, write_package
+    from .package import build_contents, gate_thresholds, write_package
 
     manifest = package.manifest
     contents = build_contents(
@@ -143,6 +143,7 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         outcome.params,
         manifest.head_kind,
         manifest.frozen_labels,
+        len(gate_thresholds(manifest.training)),
     )
     new_manifest = dataclasses.replace(
         manifest,

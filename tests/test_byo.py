@@ -17,7 +17,7 @@ from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.errors import InputError, ModelError, UsageError
 from mlpersonalize.linear_head import read_weight
-from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, load_package
+from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, gate_thresholds, load_package
 from mlpersonalize.training import embed
 
 # Measured retention (share of held-out old-class predictions unchanged) and new-label accuracy
@@ -173,7 +173,7 @@ def test_gate_rung_and_rows() -> None:
     assert np.array_equal(rows[:2], original)
     assert np.array_equal(rows[2:], [[1, 2, 0, -margin_gate.STEEPNESS, 3], [4, 5, 0, 0, 6]])
     assert margin_gate.rungs_of(rows, 2, 2, 2) == [1, None]
-    assert margin_gate.thresholds_of({}) == () and margin_gate.thresholds_of({"brought": {}}) == ()
+    assert gate_thresholds({}) == () and gate_thresholds({"brought": {}}) == ()
 
 
 def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> None:
@@ -199,3 +199,28 @@ def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> No
     labels = load_package(current).manifest.labels
     after = bm.predict(str(current / MODEL_FILE), new, "nchw", "probabilities")
     assert np.mean([labels[p] == f"new{k}" for p, k in zip(after, new_ids, strict=True)]) >= 0.5
+
+
+def test_stored_training_artifacts_train_only_the_added_rows_own_weights(tmp_path: Path) -> None:
+    """An outside runtime training the package's artifacts must not move the brought rows or
+    the margin gate's weights of added rows; head.onnx still holds the whole head."""
+    from mlpersonalize import _ort
+
+    made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
+    pixels, ids = bm.gratings([bm.NEW[0]], 5, 1, seed=20, jitter=0.3)
+    batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(made).manifest)
+    save_batch(tmp_path / "b.npz", batch)
+    updater.update([tmp_path / "b.npz"], updater.UpdateOptions(model=made, output=tmp_path / "p1"))
+    package = load_package(tmp_path / "p1")
+    manifest = package.manifest
+    dim, gate = manifest.embedding_dim, len(gate_thresholds(manifest.training))
+    assert gate > 0
+    weight = read_weight(onnx.load(str(package.file(HEAD_FILE))))  # every column, the gate's too
+    assert weight.shape == (len(manifest.labels), dim + 1)
+    assert np.all(weight[:-1, dim - gate : dim] == 0)  # brought rows ignore the gate
+    assert list(weight[-1, dim - gate : dim]).count(-margin_gate.STEEPNESS) == 1  # the added row's rung
+    api = _ort.training_api()
+    state = api.CheckpointState.load_checkpoint(str(package.file("training/checkpoint")))
+    trainable = {name: list(state.parameters[name].data.shape) for name in ("head.weight", "head.bias")}
+    assert trainable == {p["name"]: p["shape"] for p in manifest.updatable}
+    assert trainable["head.weight"] == [1, manifest.embedding_dim - gate]

@@ -64,7 +64,18 @@ class ResolvedModel:
 def resolve_model(flag: Path | None = None) -> ResolvedModel:
     """The package a command uses (flag, environment, personalized copy, bundled original)."""
     if flag is not None:
-        return ResolvedModel(_follow(flag.expanduser()), "flag")
+        named = personalized_by_name(flag)
+        if named is not None:
+            return ResolvedModel(_follow(named), "personalized")
+        path = flag.expanduser()
+        if not path.exists() and len(path.parts) == 1:
+            from .errors import ModelError
+
+            raise ModelError(
+                f"{flag}: no such model package, and no personalized model of that name "
+                f"in {home() / 'models'}"
+            )
+        return ResolvedModel(_follow(path), "flag")
     env = os.environ.get("MLPERSONALIZE_MODEL")
     if env:
         return ResolvedModel(_follow(Path(env).expanduser()), "environment")
@@ -72,6 +83,16 @@ def resolve_model(flag: Path | None = None) -> ResolvedModel:
     if link.is_symlink() and (link / "manifest.json").is_file():
         return ResolvedModel(Path(os.path.realpath(link)), "personalized")
     return ResolvedModel(bundled_model_path(), "bundled")
+
+
+def personalized_by_name(flag: Path) -> Path | None:
+    """``--model NAME``: the model home of the personalized model NAME, when no file or folder of
+    that name exists here (a path always wins) and NAME has a personalized copy in the store."""
+    name = str(flag)
+    if os.sep in name or (os.altsep and os.altsep in name) or name in ("", ".", "..") or flag.exists():
+        return None
+    root = model_home(name)
+    return root if (root / "current").is_symlink() else None
 
 
 def _follow(path: Path) -> Path:
@@ -262,6 +283,9 @@ def model_root(flag: Path | None = None) -> Path:
     )
     if given is None:
         return model_home(BUNDLED_NAME)
+    named = personalized_by_name(given)
+    if named is not None:
+        return named
     given = given.expanduser()
     if (given / VERSIONS).is_dir() or (given / "current").is_symlink():
         return given

@@ -84,3 +84,21 @@ def test_model_root_from_flag(tiny_model: Path) -> None:
     assert store.model_root() == store.model_home(store.BUNDLED_NAME)
     with pytest.raises(ModelError, match="not a personalized model"):
         store.model_root(tiny_model)
+
+
+def test_model_flag_names_a_personalized_model_unless_a_path_of_that_name_exists(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = store.model_home("tiny")
+    _commit(root, tiny_model)
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert store.resolve_model(Path("tiny")) == store.ResolvedModel(
+        (root / "versions" / "000001").resolve(), "personalized"
+    )
+    assert store.model_root(Path("tiny")) == root
+    shutil.copytree(tiny_model, here / "tiny")  # a folder of that name here: the path wins
+    assert store.resolve_model(Path("tiny")) == store.ResolvedModel(Path("tiny"), "flag")
+    with pytest.raises(ModelError, match="no personalized model of that name"):
+        store.resolve_model(Path("other"))

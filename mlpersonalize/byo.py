@@ -59,10 +59,12 @@ class ByoResult:
 
 def read_labels(path: Path, classes: int) -> list[str]:
     """``classes`` labels (NFC) from a JSON list or a text file (one per line, blank lines skipped)."""
+    from .fsio import read_bounded
     from .package import check_labels
 
     try:
-        raw = path.read_bytes()[: MAX_LABEL_BYTES + 1]
+        with path.open("rb") as handle:
+            raw = read_bounded(handle, MAX_LABEL_BYTES)
         text = raw.decode("utf-8-sig")
     except OSError as exc:
         raise InputError(f"cannot read labels file {path}: {exc.strerror or exc}") from exc

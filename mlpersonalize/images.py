@@ -12,13 +12,13 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError
-from .fsio import describe_os_error
+from .fsio import describe_os_error, read_bounded
 
 # Decoders we trust and users need; anything else is refused before a plugin parses it.
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
@@ -105,18 +105,6 @@ def is_image_name(path: Path | str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES  # os.path: a tenth of Path(...).suffix
 
 
-def read_limited(handle: BinaryIO) -> bytes:
-    """A file's bytes, at most ``MAX_FILE_BYTES + 1`` (one more than the limit shows it is over).
-
-    Sized by fstat: asking for the limit itself allocates a 100 MiB buffer, 20 us a file.
-    """
-    size = min(os.fstat(handle.fileno()).st_size, MAX_FILE_BYTES)
-    data = handle.read(size + 1)
-    if size < len(data) <= MAX_FILE_BYTES:  # the file grew since fstat
-        data += handle.read(MAX_FILE_BYTES + 1 - len(data))
-    return data
-
-
 def read_image_file(path: Path | str, nofollow: bool = False) -> bytes:
     """A regular file's bytes; ImageError (the reason alone, no name) for anything else.
 
@@ -134,7 +122,7 @@ def read_image_file(path: Path | str, nofollow: bool = False) -> bytes:
                 raise ImageError("not a regular file")
             if info.st_size > MAX_FILE_BYTES:
                 raise ImageError(f"larger than {MAX_FILE_BYTES // 1024**2} MiB")
-            data = read_limited(handle)
+            data = read_bounded(handle, MAX_FILE_BYTES, info.st_size)
     except OSError as exc:
         raise ImageError(f"cannot read: {describe_os_error(exc)}") from exc
     if not data:

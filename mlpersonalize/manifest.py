@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
+from .fsio import read_bounded
 from .images import ImageConstraint
 from .params import UpdateParams, ranges_from_dict
 
@@ -232,7 +233,8 @@ def read_manifest(path: Path) -> Manifest:
     try:
         if not path.is_dir():
             raise ModelError(f"{path} is not a model package (no such folder)")
-        raw = (path / MANIFEST).read_bytes()[: MAX_MANIFEST_BYTES + 1]
+        with (path / MANIFEST).open("rb") as handle:
+            raw = read_bounded(handle, MAX_MANIFEST_BYTES)
     except FileNotFoundError as exc:
         raise ModelError(f"{path} is not a model package: {MANIFEST} is missing") from exc
     except OSError as exc:

@@ -195,32 +195,19 @@ def test_drawing_keeps_its_aspect_and_a_margin_on_a_wide_canvas() -> None:
     assert abs((cols[0] + cols[-1]) / 2 - 27.5) <= 1.5  # centred on the long side
 
 
-def test_read_limited_reads_whole_files_and_stops_one_byte_past_the_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bounded_read_reads_whole_files_and_stops_one_byte_past_the_limit(tmp_path: Path) -> None:
+    from mlpersonalize.fsio import read_bounded
+
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 300)
     with path.open("rb") as handle:
-        assert images.read_limited(handle) == b"x" * 300
-    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100)
+        assert read_bounded(handle, 1000) == b"x" * 300
     with path.open("rb") as handle:
-        assert len(images.read_limited(handle)) == 101  # over the limit shows as one byte more
-
-
-def test_read_limited_reads_a_file_that_grew_after_its_size_was_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "f.bin"
-    path.write_bytes(b"y" * 5000)
-    real_fstat = images.os.fstat
-
-    class Shrunk:
-        def __init__(self, fd: int) -> None:
-            self.st_size = real_fstat(fd).st_size - 4000  # the size before the writer finished
-
-    monkeypatch.setattr(images.os, "fstat", Shrunk)
+        assert len(read_bounded(handle, 100)) == 101  # over the limit shows as one byte more
     with path.open("rb") as handle:
-        assert images.read_limited(handle) == b"y" * 5000
+        assert read_bounded(handle, 1000, size=100) == b"x" * 300  # grew since it was measured
+    with path.open("rb") as handle:
+        assert len(read_bounded(handle, 200, size=100)) == 201
 
 
 def test_large_jpeg_photo_is_decoded_at_a_reduced_scale_with_the_same_result() -> None:

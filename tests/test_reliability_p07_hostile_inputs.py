@@ -1,6 +1,6 @@
-"""P7: hostile images and batch files cannot exhaust memory or run code.
+"""P7: hostile images, batch files, manifests and label files cannot exhaust memory or run code.
 
-All four attacks run in one subprocess under a 2 GiB address-space limit, so a regression fails
+All six attacks run in one subprocess under a 2 GiB address-space limit, so a regression fails
 fast (MemoryError) instead of swapping the machine: each must be a clear InputError subclass and
 nothing may be written. (Without the limit: test_batch.py and test_prepare.py.)
 """
@@ -23,17 +23,23 @@ from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 from mlpersonalize import images
 from mlpersonalize.batch import load_batch
-from mlpersonalize.errors import BatchError, ImageError
+from mlpersonalize.byo import read_labels
+from mlpersonalize.errors import BatchError, ImageError, InputError, ModelError
 from mlpersonalize.images import ImageConstraint
+from mlpersonalize.manifest import read_manifest
 out = {}
 for path in sys.argv[1:]:
     try:
         if path.endswith(".png"):
             images.load(Path(path), ImageConstraint(28, 28))
+        elif path.endswith(".txt"):
+            read_labels(Path(path), 2)
+        elif Path(path).is_dir():
+            read_manifest(Path(path))
         else:
             load_batch(Path(path))
         out[path] = "loaded"
-    except (ImageError, BatchError) as exc:
+    except (ImageError, BatchError, InputError, ModelError) as exc:
         out[path] = type(exc).__name__ + ": " + str(exc)
 print(json.dumps(out))
 """
@@ -51,6 +57,11 @@ def test_p7_hostile_inputs_under_an_address_space_limit(tmp_path: Path) -> None:
     del bomb_member
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
+    (tmp_path / "pkg").mkdir()  # 3 GiB sparse files: read whole, they would not fit under the limit
+    for name in ("pkg/manifest.json", "labels.txt"):
+        with (tmp_path / name).open("wb") as handle:
+            handle.truncate(3 << 30)
+    files = {**files, "labels.txt": b"", "pkg": b""}
     before = sorted(p.name for p in tmp_path.iterdir())
     result = subprocess.run(
         [sys.executable, "-c", HOSTILE, *(str(tmp_path / n) for n in files)],
@@ -65,6 +76,8 @@ def test_p7_hostile_inputs_under_an_address_space_limit(tmp_path: Path) -> None:
     assert out["huge_shape.npz"].startswith("BatchError") and "refused" in out["huge_shape.npz"]
     assert out["zip_bomb.npz"].startswith("BatchError") and "would inflate" in out["zip_bomb.npz"]
     assert out["pickle.npz"].startswith("BatchError") and "dtype" in out["pickle.npz"]
+    assert out["labels.txt"].startswith("InputError") and "larger than" in out["labels.txt"]
+    assert out["pkg"].startswith("ModelError") and "larger than" in out["pkg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 

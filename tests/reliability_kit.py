@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clirun import run_cli
 from test_update import NEW, build_doodle_package, write_batch
 
 from mlpersonalize import store, updater
@@ -18,19 +19,9 @@ __all__ = ["NEW", "build_doodle_package", "write_batch"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = 120, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    """``python -m mlpersonalize ARGS`` with the test's environment (+ ``env``)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        **kw,  # type: ignore[arg-type]
-    )
+def cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m mlpersonalize ARGS`` as a user runs it (clirun.run_cli), with ``env`` added."""
+    return run_cli(*args, env=env, timeout=120)
 
 
 def python(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from clirun import run_cli
 
 from mlpersonalize import store, updater
 from mlpersonalize.batch import Batch, save_batch
@@ -230,19 +230,6 @@ def test_interrupt_during_training_changes_nothing(doodle_model: Path, tmp_path:
     assert [p.name for p in store.versions_dir(home).iterdir()] == ["000001"]
 
 
-def _run(
-    args: list[str], env: dict[str, str] | None = None, **kw: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlpersonalize", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
 @pytest.mark.parametrize("fault", FAULTS)
 def test_sigkill_at_each_fault_point_leaves_a_loadable_model(
     fault: str, doodle_model: Path, tmp_path: Path
@@ -251,14 +238,14 @@ def test_sigkill_at_each_fault_point_leaves_a_loadable_model(
     updater.update([first], updater.UpdateOptions(model=doodle_model, keep=1))
     home = store.model_home("tiny")
     second = write_batch(tmp_path / "b.npz", doodle_model, NEW[1:2])
-    killed = _run(
-        ["update", str(second), "--model", str(home), "--keep", "1"], {"MLPERSONALIZE_FAULT": fault}
+    killed = run_cli(
+        "update", str(second), "--model", str(home), "--keep", "1", env={"MLPERSONALIZE_FAULT": fault}
     )
     assert killed.returncode == -9, killed.stderr
     package = load_package(store.resolve_model(home).path)  # loads, every hash verified
     assert store.current_version(home) in ("000001", "000002")
     assert NEW[0] in package.manifest.labels
-    again = _run(["update", str(second), "--model", str(home), "--keep", "1", "--no-wait"])
+    again = run_cli("update", str(second), "--model", str(home), "--keep", "1", "--no-wait")
     assert again.returncode == 0, again.stderr
     # keep 1, plus the version just replaced (a reader may hold it open) until the next run
     kept = sorted(p.name for p in store.versions_dir(home).iterdir())

@@ -168,9 +168,50 @@ def _gate(backbone: Any, head: Any, constraint: ImageConstraint) -> tuple[float,
     return margin_gate.ladder(embed(backbone.SerializeToString(), noise, constraint), head.weight, head.bias)
 
 
-def _with_gate_columns(weight: np.ndarray, columns: int) -> np.ndarray:
-    """The brought rows weigh every gate feature 0: their decision function stays the model's."""
-    return np.concatenate([weight, np.zeros((weight.shape[0], columns), np.float32)], axis=1)
+def _with_gate_columns(weight: np.ndarray, columns: int, branch_columns: int = 0) -> np.ndarray:
+    """The brought rows weigh every gate feature 0, and a branch's features too (``branch_columns``
+    zeros first): their decision function stays the model's."""
+    rows = weight.shape[0]
+    zeros = np.zeros((rows, branch_columns), np.float32), np.zeros((rows, columns), np.float32)
+    return np.concatenate([zeros[0], weight, zeros[1]], axis=1)
+
+
+def _cut_shape(backbone: Any, cut: str, constraint: ImageConstraint) -> tuple[int, ...]:
+    """The cut tensor's shape without the batch dimension, measured on one blank image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from . import _ort
+    from .images import to_model_input
+
+    x = to_model_input(np.zeros((1, *constraint.shape), np.uint8), constraint)
+    if cut == backbone.graph.input[0].name:
+        return tuple(int(d) for d in x.shape[1:])
+    probe = onnx.ModelProto.FromString(backbone.SerializeToString())
+    probe.graph.output[0].CopyFrom(helper.make_tensor_value_info(cut, TensorProto.FLOAT, None))
+    session = _ort.inference_session(probe.SerializeToString())
+    return tuple(int(d) for d in session.run([cut], {session.get_inputs()[0].name: x})[0].shape[1:])
+
+
+def _branch_parts(
+    model: Any, head: Any, branch: Any, backbone: Any, constraint: ImageConstraint
+) -> tuple[Any, tuple[float, ...], dict[str, Any]]:
+    """(feature part of the head, gate thresholds, manifest record) of a branch head."""
+    from . import branch_head, byo_graph
+
+    cut_shape = _cut_shape(backbone, branch.cut, constraint)
+    backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value = int(np.prod(cut_shape))
+    thresholds = _gate(byo_graph.split_backbone(model, head), head, constraint)
+    features = branch_head.build_features(model, branch, head, cut_shape, thresholds)
+    const = byo_graph.constants(model)
+    record = {
+        "cut": branch.cut,
+        "cut_shape": list(cut_shape),
+        "features": int(head.weight.shape[1]),
+        "trainable": {name: list(const[name].shape) for name in branch.params},
+        "layers": [model.graph.node[i].name or model.graph.node[i].op_type for i in branch.nodes],
+    }
+    return features, thresholds, record
 
 
 def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
@@ -187,15 +228,21 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     source_opset, source_ir = byo_graph.default_opset(loaded), loaded.ir_version
     model = byo_graph.make_compatible(loaded, where)
     head = byo_graph.find_head(model, options.trainable, options.embedding)
-    backbone = byo_graph.split_backbone(model, head)
+    branch = byo_graph.find_branch(model, head, options.trainable)
+    backbone = byo_graph.split_backbone(model, head, branch)
     classes = int(head.weight.shape[0])
     if options.labels is not None:
         labels = read_labels(options.labels, classes)
     else:
         labels = [f"class_{i}" for i in range(classes)]
     constraint = image_constraint(backbone.graph.input[0], options)
-    thresholds = _gate(backbone, head, constraint)
-    backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds)
+    features, branch_columns, extra = None, 0, {}
+    if branch is None:
+        thresholds = _gate(backbone, head, constraint)
+        backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds)
+    else:
+        features, thresholds, extra["branch"] = _branch_parts(model, head, branch, backbone, constraint)
+        branch_columns = int(head.weight.shape[1])
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     record = {
         "source": model_path.name,
@@ -205,6 +252,7 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
         "embedding": head.embedding,
         "gate": margin_gate.record(thresholds),
+        **extra,
     }
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -216,20 +264,28 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         manifest = create_package(
             temp,
             backbone=backbone,
-            head_weight=linear_head.join(_with_gate_columns(head.weight, len(thresholds)), head.bias),
+            head_weight=linear_head.join(
+                _with_gate_columns(head.weight, len(thresholds), branch_columns), head.bias
+            ),
             labels=labels,
             constraint=constraint,
             logit_scale=1.0,
             exemplars={},
             name=options.name or model_path.stem,
-            description=f"{model_path.name}, made updatable by mlpersonalize (head: {head.op})",
+            description=f"{model_path.name}, made updatable by mlpersonalize (head: {head.op}"
+            + (
+                f"; the {len(branch.nodes)} nodes after {branch.cut!r} train for new labels)"
+                if branch
+                else ")"
+            ),
             author="",
             license="",
             metrics={},
             training={"brought": record},
             params=options.params,
-            head_kind=linear_head.KIND,
+            head_kind=linear_head.KIND if branch is None else "branch",
             frozen_labels=classes,
+            features=features,
         )
         _check_split(model, temp, constraint)
         if output.exists():

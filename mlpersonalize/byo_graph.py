@@ -194,12 +194,6 @@ def find_head(model: onnx.ModelProto, trainable: tuple[str, ...] = (), embedding
             f"no updatable head found: output {tensor!r} is computed by {what}, not a linear layer "
             f"(Gemm, or MatMul with an Add, with constant weights); parameters: {_describe_candidates(model)}"
         )
-    if trainable and not set(trainable) <= set(head.params):
-        extra = ", ".join(name for name in trainable if name not in head.params)
-        raise UsageError(
-            f"--trainable {extra}: only the last linear layer can be trained yet "
-            f"(its parameters: {', '.join(head.params)}); training earlier layers is not supported"
-        )
     if embedding is not None and embedding != head.embedding:
         raise UsageError(
             f"--embedding {embedding!r}: the last linear layer reads {head.embedding!r}; "
@@ -210,33 +204,103 @@ def find_head(model: onnx.ModelProto, trainable: tuple[str, ...] = (), embedding
     return head
 
 
-def split_backbone(model: onnx.ModelProto, head: Head) -> onnx.ModelProto:
-    """The part of ``model`` that computes ``head.embedding``, with that tensor as output "embedding"."""
-    graph = model.graph
+@dataclass(frozen=True)
+class Branch:
+    """The layers between the cut and the last linear layer, when ``--trainable`` names some.
+
+    The backbone computes ``cut``; ``nodes`` (indices into the graph, in its order) compute the
+    last linear layer's input from it, and ``params`` are the parameters among theirs that train.
+    """
+
+    cut: str
+    nodes: tuple[int, ...]
+    params: tuple[str, ...]
+
+
+def _ancestors(graph: onnx.GraphProto, tensor: str) -> tuple[set[int], set[str]]:
+    """(indices of the nodes that ``tensor`` depends on, every tensor name on the way)."""
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
     keep: set[int] = set()
-    todo = [head.embedding]
+    todo = [tensor]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        if name not in producers:
-            continue
-        index = producers[name]
-        if index not in keep:
+        index = producers.get(name)
+        if index is not None and index not in keep:
             keep.add(index)
             todo += [t for t in graph.node[index].input if t]
+    return keep, seen
+
+
+def find_branch(model: onnx.ModelProto, head: Head, trainable: tuple[str, ...]) -> Branch | None:
+    """The layers ``trainable`` names before the last linear layer, and where to cut (None: none named).
+
+    The cut is the one tensor every path into those layers passes through: naming a layer inside
+    a residual block moves the cut back to the block's input, so the skip path trains with it.
+    """
+    extra = tuple(name for name in dict.fromkeys(trainable) if name not in head.params)
+    if not extra:
+        return None
+    graph = model.graph
+    const = constants(model)
+    floats = {t.name for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    if [name for name in extra if name not in floats]:
+        bad = ", ".join(name for name in extra if name not in floats)
+        raise UsageError(f"--trainable {bad}: not a float32 weight initializer; only those can train")
+    ancestors, _ = _ancestors(graph, head.embedding)
+    used = {name for i in ancestors for name in graph.node[i].input}
+    unused = [name for name in extra if name not in used]
+    if unused:
+        raise UsageError(
+            f"--trainable {', '.join(unused)}: not used to compute the last linear layer's input "
+            f"{head.embedding!r}; candidates: {_describe_candidates(model)}"
+        )
+    producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    region = {i for i in ancestors if set(graph.node[i].input) & set(extra)}
+    for i in sorted(ancestors):  # graph order is topological: one pass finds every descendant
+        if any(producers.get(t) in region for t in graph.node[i].input):
+            region.add(i)
+    while True:
+        inputs = {t for i in region for t in graph.node[i].input if t and t not in const}
+        entering = {t for t in inputs if producers.get(t) not in region}
+        if len(entering) <= 1:
+            break
+        inner = [t for t in entering if t in producers]
+        if not inner:
+            raise ModelError(
+                f"the layers {', '.join(extra)} read more than one model input; cannot cut there"
+            )
+        region.add(producers[max(inner, key=producers.__getitem__)])  # step back past the latest
+    if not entering:
+        raise ModelError(f"the layers {', '.join(extra)} do not depend on the image input")
+    subgraphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    for node in (graph.node[i] for i in region):
+        if any(a.type in subgraphs for a in node.attribute):
+            raise ModelError(f"node {node.name or node.op_type!r} holds a subgraph; cannot train through it")
+    return Branch(entering.pop(), tuple(sorted(region)), extra)
+
+
+def split_backbone(model: onnx.ModelProto, head: Head, branch: Branch | None = None) -> onnx.ModelProto:
+    """The part of ``model`` that computes the embedding, as output "embedding" ``[N, D]``.
+
+    The embedding is ``head.embedding``, or with a ``branch`` its cut tensor flattened (its width
+    is then left symbolic "D"; make_updatable measures it).
+    """
+    graph = model.graph
+    tensor = branch.cut if branch is not None else head.embedding
+    keep, seen = _ancestors(graph, tensor)
     inits = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits and i.name in seen | {head.embedding}]
+    inputs = [i for i in graph.input if i.name not in inits and i.name in seen | {tensor}]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
         raise ModelError(f"the embedding must depend on exactly one image input; it depends on: {names}")
     nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for i, n in enumerate(graph.node) if i in keep]
     produced = {out for node in nodes for out in node.output}
     for reserved in ("embedding", "label", "probabilities"):
-        if reserved in produced and reserved != head.embedding:
+        if reserved in produced and reserved != tensor:
             raise ModelError(f"the model already has a tensor named {reserved!r}; rename it and try again")
     image = onnx.ValueInfoProto.FromString(inputs[0].SerializeToString())
     dims = image.type.tensor_type.shape.dim
@@ -244,14 +308,17 @@ def split_backbone(model: onnx.ModelProto, head: Head) -> onnx.ModelProto:
         raise ModelError(f"input {image.name!r} is not float32; only float image inputs are supported")
     if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
         dims[0].dim_param = "N"  # a batch fixed at 1 would make every update one image per run
-        for node in nodes:  # Reshape([1, -1]) would then fold the batch: copy dim 0 instead
+        region = [graph.node[i] for i in branch.nodes] if branch is not None else []
+        for node in [*nodes, *region]:  # Reshape([1, -1]) would then fold the batch: copy dim 0 instead
             if node.op_type == "Reshape":
                 _unfix_batch(node, graph)
-    if head.embedding != "embedding":
-        nodes.append(helper.make_node("Identity", [head.embedding], ["embedding"], name="mlp_embedding"))
+    if branch is not None:
+        nodes.append(helper.make_node("Flatten", [tensor], ["embedding"], name="mlp_embedding", axis=1))
+    elif tensor != "embedding":
+        nodes.append(helper.make_node("Identity", [tensor], ["embedding"], name="mlp_embedding"))
     used = {t for node in nodes for t in node.input}
     initializers = [t for t in graph.initializer if t.name in used]
-    dim = int(head.weight.shape[1])
+    dim: int | str = int(head.weight.shape[1]) if branch is None else "D"
     out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])
     infos = [v for v in graph.value_info if v.name in produced]
     backbone_graph = helper.make_graph(nodes, "backbone", [image], [out], initializers, value_info=infos)

@@ -82,13 +82,22 @@ def build_inference_model(
     labels: list[str],
     embedding_output: str = "embedding",
     kind: str = "cosine",
+    features: onnx.ModelProto | None = None,
 ) -> onnx.ModelProto:
     """Backbone + head + softmax + label lookup: a plain ONNX classifier any runtime can run.
 
     Outputs: "label" (string per example), "probabilities" [N, C] and the backbone's embedding.
-    ``kind`` "linear" takes ``weight`` as ``[C, D + 1]`` (bias last; see linear_head.py).
+    ``kind`` "linear" takes ``weight`` as ``[C, D + 1]`` (bias last; see linear_head.py);
+    "branch" also the head's ``features`` part, which reads "embedding" (branch_head.py).
     """
-    if kind == "linear":
+    if kind == "branch":
+        from . import branch_head
+
+        assert features is not None, "a branch head needs its features part"
+        nodes, inits = branch_head.head_parts(features, weight, 0, 0, "head.logits")
+        classes = weight.shape[0]
+        dim = backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    elif kind == "linear":
         from . import linear_head
 
         nodes, inits = linear_head.head_parts(weight, 0, embedding_output, "head.logits")
@@ -127,6 +136,8 @@ def build_inference_model(
     # A brought backbone may use a newer opset (up to 21, which needs IR 10); the head's ops are
     # the same there, so the merged model takes the newer of the two.
     opset = max([OPSET] + [o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")])
+    if features is not None:
+        opset = max([opset] + [o.version for o in features.opset_import if o.domain in ("", "ai.onnx")])
     opsets = [helper.make_opsetid("", opset), helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
     opsets += [o for o in backbone.opset_import if o.domain not in ("", "ai.onnx", "ai.onnx.ml")]
     model = helper.make_model(merged, opset_imports=opsets, producer_name="mlpersonalize")

@@ -122,15 +122,22 @@ def generate_artifacts(
 
 
 def imprint(
-    emb: np.ndarray, idx: np.ndarray, rows: list[int], old: np.ndarray, reference: np.ndarray
+    emb: np.ndarray,
+    idx: np.ndarray,
+    rows: list[int],
+    old: np.ndarray,
+    reference: np.ndarray,
+    columns: int | None = None,
 ) -> np.ndarray:
     """New ``[len(rows), D + 1]`` rows: each points from the known labels' centre to its examples.
 
     The direction is the label's mean embedding minus ``reference``'s mean (the rehearsal set, i.e.
     where the known labels lie), scaled to the old rows' median norm so it competes on their scale;
-    the bias puts the new logit one unit above the best old logit at the label's own mean.
+    the bias puts the new logit one unit above the best old logit at the label's own mean. Only
+    the first ``columns`` dimensions (all when None) are used: new rows weigh the rest 0.
     """
     weight, _ = split(old)
+    columns = emb.shape[1] if columns is None else columns
     norms = np.linalg.norm(weight, axis=1)
     size = float(np.median(norms)) if len(norms) and np.median(norms) > 0 else 1.0
     centre = reference.mean(axis=0) if len(reference) else emb.mean(axis=0)
@@ -141,6 +148,7 @@ def imprint(
             continue
         mean = members.mean(axis=0)
         direction = mean - centre
+        direction[columns:] = 0
         direction = direction / max(float(np.linalg.norm(direction)), 1e-12) * size
         best_old = float(logits(mean[None], old).max()) if len(old) else 0.0
         out[i, :-1] = direction
@@ -190,48 +198,46 @@ def noise_images(constraint: ImageConstraint, count: int, seed: int) -> np.ndarr
     return out
 
 
-def stand_ins(
-    backbone: Path, constraint: ImageConstraint, aug: np.ndarray, frozen_rows: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of noise images with the brought head's answer as label: the old labels' stand-ins.
+def stand_ins(emb: np.ndarray, aug: np.ndarray, frozen_rows: int) -> np.ndarray:
+    """The brought head's answers for noise embeddings ``emb``: the labels of the old labels' stand-ins.
 
     With the brought rows frozen the label among them does not matter to training (only the
     trainable rows get gradients, and for an input of any old label that gradient is the same:
     "lose here"), so this is also what distilling the brought head's answers would do.
     """
-    from .training import embed
-
-    emb = embed(backbone, noise_images(constraint, NOISE_IMAGES, seed), constraint)
-    if not frozen_rows or not len(emb):
-        return np.zeros((0, aug.shape[1] - 1), np.float32), np.zeros(0, np.int64)
-    labels = np.argmax(logits(emb, aug[:frozen_rows]), axis=1)
-    return emb, labels.astype(np.int64)
+    return np.argmax(logits(emb, aug[:frozen_rows]), axis=1).astype(np.int64)
 
 
 class LinearTrainer(HeadTrainer):
-    """HeadTrainer for the linear kind: the engine holds only the trainable rows and biases."""
+    """HeadTrainer for the linear kind: the engine holds only the trainable rows and biases
+    (without their last ``fixed_columns`` weights, which are constants of the training graph)."""
 
-    def __init__(self, weight: np.ndarray, scale: float, params: UpdateParams, frozen_rows: int) -> None:
+    def __init__(
+        self, weight: np.ndarray, scale: float, params: UpdateParams, frozen_rows: int, fixed_columns: int = 0
+    ) -> None:
+        weight = np.asarray(weight, np.float32)
         self.frozen_rows = frozen_rows
-        self._frozen = np.asarray(weight[:frozen_rows], np.float32)
+        self.fixed_columns = fixed_columns
+        self._frozen = weight[:frozen_rows]
+        self._core = weight.shape[1] - 1 - fixed_columns
+        self._fixed = weight[frozen_rows:, self._core : self._core + fixed_columns]
         super().__init__(weight, scale, params)
 
     def _generate(self, weight: np.ndarray, folder: Path) -> None:
-        generate_artifacts(weight, self.frozen_rows, self.params, folder)
+        generate_artifacts(weight, self.frozen_rows, self.params, folder, self.fixed_columns)
 
     @property
     def weight(self) -> np.ndarray:
-        trained = join(
-            np.array(self.state.parameters[WEIGHT].data, dtype=np.float32),
-            np.array(self.state.parameters[BIAS].data, dtype=np.float32),
-        )
-        return np.concatenate([self._frozen, trained])
+        trained = np.array(self.state.parameters[WEIGHT].data, dtype=np.float32).reshape(-1, self._core)
+        trained = np.concatenate([trained, self._fixed], axis=1)
+        bias = np.array(self.state.parameters[BIAS].data, dtype=np.float32)
+        return np.concatenate([self._frozen, join(trained, bias)])
 
     def _set_weight(self, weight: np.ndarray) -> None:
         rows = weight[self.frozen_rows :]
         if len(rows):  # nothing trains when every row is frozen
             w, b = split(rows)
-            self.state.parameters[WEIGHT] = w
+            self.state.parameters[WEIGHT] = np.ascontiguousarray(w[:, : self._core])
             self.state.parameters[BIAS] = b
 
 
@@ -240,12 +246,15 @@ class BroughtHead(CosineHead):
     its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
 
     kind = "linear"
+    new_columns: int | None = None  # the embedding columns added rows are imprinted on (None: all)
 
     def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
         from . import margin_gate
         from .package import BACKBONE_FILE, HEAD_FILE, gate_thresholds
+        from .training import embed
 
         manifest = package.manifest
+        self.scale = manifest.logit_scale
         self.frozen = manifest.frozen_labels
         self.gate = gate_thresholds(manifest.training)
         self.old_weight = read_weight(onnx.load(str(package.path / HEAD_FILE)))
@@ -253,9 +262,15 @@ class BroughtHead(CosineHead):
         self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
         self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
         self.previous += [None] * (len(labels) - len(self.old_weight))  # rows this update adds
-        self._stand_ins = stand_ins(
-            package.path / BACKBONE_FILE, manifest.constraint, self.old_weight, self.frozen, params.seed
-        )
+        noise_emb = np.zeros((0, manifest.embedding_dim), np.float32)
+        if self.frozen:
+            noise = noise_images(manifest.constraint, NOISE_IMAGES, params.seed)
+            noise_emb = embed(package.path / BACKBONE_FILE, noise, manifest.constraint)
+        self._stand_ins = noise_emb, stand_ins(self.features(noise_emb), self.old_weight, self.frozen)
+
+    def features(self, emb: np.ndarray) -> np.ndarray:
+        """What the linear rows read, from what the backbone gives: the same here."""
+        return emb
 
     def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
@@ -266,7 +281,9 @@ class BroughtHead(CosineHead):
     def start(
         self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
     ) -> np.ndarray:
-        new = imprint(self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb))
+        new = imprint(
+            self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb), self.new_columns
+        )
         return np.concatenate([self.old_core, new])
 
     def train_input(self, emb: np.ndarray) -> np.ndarray:

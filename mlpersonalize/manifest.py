@@ -35,7 +35,7 @@ TRAINING_FILES = (
 REQUIRED_FILES = (MODEL_FILE, BACKBONE_FILE, HEAD_FILE, EXEMPLARS_FILE, *TRAINING_FILES)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 UNKNOWN = "unknown"
-HEAD_KINDS = ("cosine", "linear")
+HEAD_KINDS = ("cosine", "linear", "branch")
 
 
 def sha256_file(path: Path) -> str:
@@ -75,6 +75,13 @@ def gate_thresholds(training: dict[str, Any]) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def branch_record(training: dict[str, Any]) -> dict[str, Any] | None:
+    """What the manifest records about a branch head's trainable layers (None for other kinds)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    branch = brought.get("branch") if isinstance(brought, dict) else None
+    return branch if isinstance(branch, dict) and isinstance(branch.get("features"), int) else None
+
+
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
@@ -105,17 +112,23 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     model_id: str = ""
     format_version: int = FORMAT_VERSION
-    head_kind: str = "cosine"  # or "linear" (a brought model's last layer, see linear_head.py)
-    frozen_labels: int = 0  # linear head: the first rows (the brought model's labels) never train
+    # "linear": a brought model's last layer (linear_head.py); "branch": that and earlier layers
+    # that train in a copy serving added labels (branch_head.py)
+    head_kind: str = "cosine"
+    frozen_labels: int = 0  # linear and branch heads: the first rows (the brought model's labels) never train
 
     @property
     def updatable(self) -> list[dict[str, Any]]:
-        if self.head_kind == "linear":
+        if self.head_kind in ("linear", "branch"):
             rows = len(self.labels) - self.frozen_labels
             gate = gate_thresholds(self.training)
+            branch = branch_record(self.training)
+            width = int(branch["features"]) if branch else self.embedding_dim - len(gate)
+            layers = branch.get("trainable", {}) if branch else {}
             return [
-                {"name": "head.weight", "shape": [rows, self.embedding_dim - len(gate)]},
+                {"name": "head.weight", "shape": [rows, width]},
                 {"name": "head.bias", "shape": [rows]},
+                *({"name": f"branch/{name}", "shape": list(shape)} for name, shape in layers.items()),
             ]
         return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]
 
@@ -125,7 +138,7 @@ class Manifest:
             "embedding_dim": self.embedding_dim,
             "logit_scale": self.logit_scale,
         }
-        if self.head_kind == "linear":
+        if self.head_kind in ("linear", "branch"):
             head["frozen_labels"] = self.frozen_labels
         return head
 
@@ -214,6 +227,8 @@ class Manifest:
             )
         if not 0 <= manifest.frozen_labels <= len(manifest.labels):
             raise ModelError(f"{where}: head.frozen_labels must be within [0, number of labels]")
+        if manifest.head_kind == "branch" and branch_record(manifest.training) is None:
+            raise ModelError(f"{where}: a branch head needs training.brought.branch.features")
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")

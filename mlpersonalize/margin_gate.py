@@ -52,6 +52,30 @@ def ladder(noise_emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple
     return tuple(float(np.float32(unit * step)) for step in LADDER)
 
 
+def gate_parts(
+    source: str, target: str, weight: np.ndarray, bias: np.ndarray, thresholds: tuple[float, ...]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing ``target`` = relu(margin - t) per threshold from the embedding ``source``."""
+    inits = [
+        numpy_helper.from_array(np.asarray(weight, np.float32), "mlp_gate.weight"),
+        numpy_helper.from_array(np.asarray(bias, np.float32), "mlp_gate.bias"),
+        numpy_helper.from_array(np.array([2], np.int64), "mlp_gate.k"),
+        numpy_helper.from_array(np.array([0], np.int64), "mlp_gate.first"),
+        numpy_helper.from_array(np.array([1], np.int64), "mlp_gate.second"),
+        numpy_helper.from_array(np.array(thresholds, np.float32), "mlp_gate.thresholds"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", [source, "mlp_gate.weight", "mlp_gate.bias"], ["mlp_gate.logits"], transB=1),
+        helper.make_node("TopK", ["mlp_gate.logits", "mlp_gate.k"], ["mlp_gate.top", "mlp_gate.at"], axis=1),
+        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.first"], ["mlp_gate.best"], axis=1),
+        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.second"], ["mlp_gate.next"], axis=1),
+        helper.make_node("Sub", ["mlp_gate.best", "mlp_gate.next"], ["mlp_gate.margin"]),
+        helper.make_node("Sub", ["mlp_gate.margin", "mlp_gate.thresholds"], ["mlp_gate.over"]),
+        helper.make_node("Relu", ["mlp_gate.over"], [target]),
+    ]
+    return nodes, inits
+
+
 def add_to_backbone(
     backbone: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray, thresholds: tuple[float, ...]
 ) -> onnx.ModelProto:
@@ -70,26 +94,8 @@ def add_to_backbone(
         node.output[:] = [rename.get(name, name) for name in node.output]
     for info in graph.value_info:
         info.name = rename.get(info.name, info.name)
-    inits = [
-        numpy_helper.from_array(np.asarray(weight, np.float32), "mlp_gate.weight"),
-        numpy_helper.from_array(np.asarray(bias, np.float32), "mlp_gate.bias"),
-        numpy_helper.from_array(np.array([2], np.int64), "mlp_gate.k"),
-        numpy_helper.from_array(np.array([0], np.int64), "mlp_gate.first"),
-        numpy_helper.from_array(np.array([1], np.int64), "mlp_gate.second"),
-        numpy_helper.from_array(np.array(thresholds, np.float32), "mlp_gate.thresholds"),
-    ]
-    nodes = [
-        helper.make_node(
-            "Gemm", ["mlp_gate.in", "mlp_gate.weight", "mlp_gate.bias"], ["mlp_gate.logits"], transB=1
-        ),  # fmt: skip
-        helper.make_node("TopK", ["mlp_gate.logits", "mlp_gate.k"], ["mlp_gate.top", "mlp_gate.at"], axis=1),
-        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.first"], ["mlp_gate.best"], axis=1),
-        helper.make_node("Gather", ["mlp_gate.top", "mlp_gate.second"], ["mlp_gate.next"], axis=1),
-        helper.make_node("Sub", ["mlp_gate.best", "mlp_gate.next"], ["mlp_gate.margin"]),
-        helper.make_node("Sub", ["mlp_gate.margin", "mlp_gate.thresholds"], ["mlp_gate.over"]),
-        helper.make_node("Relu", ["mlp_gate.over"], ["mlp_gate.features"]),
-        helper.make_node("Concat", ["mlp_gate.in", "mlp_gate.features"], [out.name], axis=1),
-    ]
+    nodes, inits = gate_parts("mlp_gate.in", "mlp_gate.features", weight, bias, thresholds)
+    nodes.append(helper.make_node("Concat", ["mlp_gate.in", "mlp_gate.features"], [out.name], axis=1))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     widened = helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["N", dim + len(thresholds)])

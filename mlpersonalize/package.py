@@ -242,25 +242,31 @@ def build_contents(
     head_kind: str = "cosine",
     frozen_labels: int = 0,
     gate_columns: int = 0,
+    features: Any = None,
 ) -> dict[str, bytes]:
     """All package files except the manifest, from a backbone and head weights.
 
     For ``head_kind`` "linear", ``weight`` is ``[C, D + 1]`` (bias last) and its first
     ``frozen_labels`` rows are constants of the training artifacts, and so are the last
-    ``gate_columns`` weights of the other rows (a brought model's margin gate).
+    ``gate_columns`` weights of the other rows (a brought model's margin gate). "branch" also
+    takes the head's ``features`` part (branch_head.py) and fixes the ``e0`` block too.
     """
     import onnx
 
-    from . import linear_head
+    from . import branch_head, linear_head
     from .head import build_head, build_inference_model, generate_artifacts
 
     backbone = onnx.load_from_string(backbone_bytes)
     linear = head_kind == "linear"
-    if linear:
+    fixed = gate_columns
+    if head_kind == "branch":
+        fixed = (weight.shape[1] - 1 - gate_columns) // 2 + gate_columns  # the e0 block and the gate
+        head = branch_head.build_head(features, weight, frozen_labels, fixed)
+    elif linear:
         head = linear_head.build_head(weight, frozen_labels, gate_columns)
     else:
         head = build_head(weight, logit_scale)
-    model = build_inference_model(backbone, weight, logit_scale, labels, kind=head_kind)
+    model = build_inference_model(backbone, weight, logit_scale, labels, kind=head_kind, features=features)
     contents = {
         BACKBONE_FILE: backbone_bytes,
         HEAD_FILE: head.SerializeToString(),
@@ -268,7 +274,9 @@ def build_contents(
         EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
     }
     with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
-        if linear:
+        if head_kind == "branch":
+            branch_head.generate_artifacts(features, weight, frozen_labels, fixed, params, Path(tmp))
+        elif linear:
             linear_head.generate_artifacts(weight, frozen_labels, params, Path(tmp), gate_columns)
         else:
             generate_artifacts(weight, logit_scale, params, Path(tmp))
@@ -296,16 +304,20 @@ def create_package(
     unknown_threshold: float = 0.0,
     head_kind: str = "cosine",
     frozen_labels: int = 0,
+    features: Any = None,
 ) -> Manifest:
     """Build a new package in ``directory`` (created; must not exist or be empty).
 
-    ``head_kind`` "linear": ``head_weight`` is ``[C, D + 1]`` (bias last), see linear_head.py.
+    ``head_kind`` "linear": ``head_weight`` is ``[C, D + 1]`` (bias last), see linear_head.py;
+    "branch" also takes the head's ``features`` part and embeds the cut, see branch_head.py.
     """
     labels = check_labels(list(labels), "create_package")
     params = (params or UpdateParams()).validate()
     if head_weight.shape[0] != len(labels):
         raise ValueError(f"head_weight has {head_weight.shape[0]} rows for {len(labels)} labels")
     dim = int(head_weight.shape[1]) - (1 if head_kind == "linear" else 0)
+    if head_kind == "branch":
+        dim = int(backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
     per_label = max((len(v) for v in exemplars.values()), default=0)
     emb = [np.asarray(exemplars[label], np.float32) for label in labels if label in exemplars]
     idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
@@ -322,6 +334,7 @@ def create_package(
         head_kind,
         frozen_labels,
         len(gate_thresholds(training)),
+        features,
     )
     manifest = Manifest(
         name=name,

@@ -121,6 +121,7 @@ class FitResult:
 
     weight: np.ndarray
     losses: list[float] = field(default_factory=list)
+    branch: dict[str, np.ndarray] = field(default_factory=dict)  # a "branch" head's trained layers
 
     @property
     def final_loss(self) -> float:
@@ -128,7 +129,8 @@ class FitResult:
 
     @property
     def finite(self) -> bool:
-        return bool(np.all(np.isfinite(self.weight))) and all(np.isfinite(v) for v in self.losses)
+        arrays = [self.weight, *self.branch.values()]
+        return all(bool(np.all(np.isfinite(a))) for a in arrays) and all(np.isfinite(v) for v in self.losses)
 
 
 class HeadTrainer:
@@ -224,10 +226,12 @@ def train_head(
     on_epoch: EpochCallback | None = None,
     kind: str = "cosine",
     frozen_rows: int = 0,
+    fixed_columns: int = 0,
 ) -> FitResult:
     """Fine-tune ``weight`` on (emb, idx) and return the trained rows and per-epoch losses.
 
-    ``kind`` "linear": ``weight`` is ``[C, D + 1]`` and rows below ``frozen_rows`` never change.
+    ``kind`` "linear": ``weight`` is ``[C, D + 1]``, rows below ``frozen_rows`` never change and
+    neither do the last ``fixed_columns`` weights of the others.
     """
     if params.epochs == 0 or len(idx) == 0:
         return FitResult(np.asarray(weight, np.float32))
@@ -236,7 +240,7 @@ def train_head(
 
         centre, spread = lin.spread(emb)  # train in standardised units (see linear_head.spread)
         start = lin.to_standard(weight, centre, spread)
-        with lin.LinearTrainer(start, scale, params, frozen_rows) as linear:
+        with lin.LinearTrainer(start, scale, params, frozen_rows, fixed_columns) as linear:
             result = linear.fit((emb - centre) / spread, idx, anchor_rows, on_epoch)
         result.weight = lin.from_standard(result.weight, centre, spread)
         result.weight[:frozen_rows] = weight[:frozen_rows]  # exactly as brought, no round-off
@@ -259,6 +263,7 @@ class Outcome:
     exemplar_labels: np.ndarray
     params: UpdateParams
     history: dict[str, Any]
+    branch: dict[str, np.ndarray] = field(default_factory=dict)  # a "branch" head's trained layers
 
 
 def select_exemplars(emb: np.ndarray, idx: np.ndarray, per_label: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +306,7 @@ class CosineHead:
 
         self.old_weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
         self.frozen = package.manifest.frozen_labels
+        self.scale = package.manifest.logit_scale
 
     def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ex_emb, ex_idx
@@ -317,6 +323,57 @@ class CosineHead:
         self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
     ) -> None:
         """Nothing is set by hand in a cosine head."""
+
+    def fit(
+        self,
+        emb: np.ndarray,
+        idx: np.ndarray,
+        rows: list[int],
+        rehearse: tuple[np.ndarray, np.ndarray],
+        real: tuple[np.ndarray, np.ndarray],
+        params: UpdateParams,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        """Train on the examples (emb, idx) with the rehearsal set; ``rows`` are the labels added.
+
+        ``real`` is the exemplar memory: real examples of known labels (``rehearse`` may add
+        stand-ins), which set what a brought head sets by hand.
+        """
+        rehearse_emb, rehearse_idx = rehearse
+        result = train_head(
+            self.start(emb, idx, rows, rehearse_emb),
+            self.scale,
+            self.train_input(np.concatenate([rehearse_emb, emb])),
+            np.concatenate([rehearse_idx, idx]),
+            params,
+            len(self.old_weight),  # the known labels' rows are anchored
+            on_epoch,
+            "linear" if self.kind != "cosine" else "cosine",
+            self.frozen,
+            self.fixed_columns,
+        )
+        self.finish(result, np.concatenate([real[0], emb]), np.concatenate([real[1], idx]), idx)
+        return result
+
+    fixed_columns = 0  # a linear head's trailing weights of added rows that are set, not trained
+
+    def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
+        """Top-1 row per embedding, with the trained ``result`` or (None) the head as it was."""
+        return _predict(emb, self.old_weight if result is None else result.weight, self.scale, self.kind)
+
+
+def head_for(package: Any, labels: tuple[str, ...], params: UpdateParams) -> CosineHead:
+    """The update procedure of the package's head kind."""
+    kind = package.manifest.head_kind
+    if kind == "branch":
+        from .branch_head import BranchHead
+
+        return BranchHead(package, labels, params)
+    if kind == "linear":
+        from .linear_head import BroughtHead
+
+        return BroughtHead(package, labels, params)
+    return CosineHead(package, labels, params)
 
 
 def guard_reason(
@@ -378,13 +435,7 @@ def personalize(
     )
 
     emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)  # the examples' one run
-    if manifest.head_kind == "linear":
-        from .linear_head import BroughtHead
-
-        head: CosineHead = BroughtHead(package, labels, params)
-    else:
-        head = CosineHead(package, labels, params)
-    kind, scale, old_weight = head.kind, manifest.logit_scale, head.old_weight
+    head = head_for(package, labels, params)
     ex_emb, ex_idx = package.exemplars()
     rehearse_emb, rehearse_idx = head.rehearsal(ex_emb, ex_idx)
     rng = np.random.default_rng(params.seed)
@@ -394,33 +445,29 @@ def personalize(
     new_rows = list(range(n_old, len(labels)))
 
     def fit(pos: np.ndarray, pass_no: int) -> FitResult:
-        result = train_head(
-            head.start(emb[pos], idx[pos], new_rows, rehearse_emb),
-            scale,
-            head.train_input(np.concatenate([rehearse_emb, emb[pos]])),
-            np.concatenate([rehearse_idx, idx[pos]]),
+        return head.fit(
+            emb[pos],
+            idx[pos],
+            new_rows,
+            (rehearse_emb, rehearse_idx),
+            (ex_emb, ex_idx),
             params,
-            n_old,
             lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
-            kind,
-            head.frozen,
         )
-        head.finish(result, np.concatenate([ex_emb, emb[pos]]), np.concatenate([ex_idx, idx[pos]]), idx[pos])
-        return result
 
-    def accuracy_on(emb_: np.ndarray, idx_: np.ndarray, weight: np.ndarray) -> float | None:
-        return overall(_predict(emb_, weight, scale, kind), idx_)
+    def accuracy_on(emb_: np.ndarray, idx_: np.ndarray, result: FitResult | None) -> float | None:
+        return overall(head.predict(emb_, result), idx_)
 
     known_emb = np.concatenate([ex_emb, emb[known_held]])
     known_idx = np.concatenate([ex_idx, idx[known_held]])
     first = fit(train_pos, 1)
-    before_known = accuracy_on(known_emb, known_idx, old_weight)
-    after_known = accuracy_on(known_emb, known_idx, first.weight)
-    held_pred = _predict(emb[held_pos], first.weight, scale, kind)
-    held_before = accuracy_on(emb[held_pos], idx[held_pos], old_weight)
+    before_known = accuracy_on(known_emb, known_idx, None)
+    after_known = accuracy_on(known_emb, known_idx, first)
+    held_pred = head.predict(emb[held_pos], first)
+    held_before = accuracy_on(emb[held_pos], idx[held_pos], None)
     final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
-    final_known = accuracy_on(ex_emb, ex_idx, final.weight)
-    before_memory = accuracy_on(ex_emb, ex_idx, old_weight)
+    final_known = accuracy_on(ex_emb, ex_idx, final)
+    before_memory = accuracy_on(ex_emb, ex_idx, None)
     reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
 
     all_emb = np.concatenate([ex_emb, emb])
@@ -438,7 +485,7 @@ def personalize(
     }
     guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
     history = _history(batch_labels, paths, added, params, final, accuracy, guard)
-    return Outcome(labels, added, final.weight, memory_emb, memory_idx, params, history)
+    return Outcome(labels, added, final.weight, memory_emb, memory_idx, params, history, final.branch)
 
 
 def _history(

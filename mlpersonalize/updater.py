@@ -133,6 +133,14 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     from .package import build_contents, gate_thresholds, write_package
 
     manifest = package.manifest
+    features = None
+    if manifest.head_kind == "branch":
+        import onnx
+
+        from .branch_head import features_model
+        from .package import HEAD_FILE
+
+        features = features_model(onnx.load(str(package.path / HEAD_FILE)), outcome.branch)
     contents = build_contents(
         (package.path / BACKBONE_FILE).read_bytes(),
         outcome.weight,
@@ -144,6 +152,7 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         manifest.head_kind,
         manifest.frozen_labels,
         len(gate_thresholds(manifest.training)),
+        features,
     )
     new_manifest = dataclasses.replace(
         manifest,

@@ -211,20 +211,38 @@ class Measured:
     learned: float  # share of held-out examples of the NEW classes labelled right
 
 
-def measure(arch: str, folder: Path, seed: int = 0, batch_seed: int = 7, per_class: int = 5) -> Measured:
-    """Make ``arch`` (built with ``seed``) updatable in ``folder``, update it with ``per_class``
-    examples of each NEW class (drawn with ``batch_seed``), and measure on 30 held-out examples a class.
+# Earlier layers each architecture's branch test trains (make-updatable --trainable): the last
+# conv or hidden layer, with a batch norm's scale; in the ResNet a conv inside the residual block.
+BRANCH = {
+    "mobilenet": ("conv7.weight", "bn8.scale", "fc.weight", "fc.bias"),
+    "resnet": ("conv7.weight",),
+    "mlp": ("hidden.weight", "hidden.bias"),
+    "nhwc": ("conv2.weight",),
+}
+
+
+def measure(
+    arch: str,
+    folder: Path,
+    seed: int = 0,
+    batch_seed: int = 7,
+    per_class: int = 5,
+    trainable: tuple[str, ...] = (),
+) -> Measured:
+    """Make ``arch`` (built with ``seed``) updatable in ``folder`` (training ``trainable``), update
+    it with ``per_class`` examples of each NEW class (drawn with ``batch_seed``), and measure on
+    30 held-out examples a class.
     """
     from mlpersonalize import updater
     from mlpersonalize.batch import Batch, save_batch
-    from mlpersonalize.byo import make_updatable
+    from mlpersonalize.byo import ByoOptions, make_updatable
     from mlpersonalize.package import MODEL_FILE, load_package
 
     _, channels, layout, _ = ARCHS[arch]
     jitter = 0.3 if arch == "mlp" else np.pi  # the MLP is not shift-invariant: gratings in phase
     model = build(arch, seed)
     onnx.save(model, folder / "m.onnx")
-    made = make_updatable(folder / "m.onnx", folder / "pkg").path
+    made = make_updatable(folder / "m.onnx", folder / "pkg", ByoOptions(trainable=trainable)).path
     pixels, ids = gratings(NEW, per_class, channels, seed=batch_seed, jitter=jitter)
     names = tuple(f"new{k}" for k in ids)
     save_batch(folder / "b.npz", Batch.from_pixels(pixels, names, load_package(made).manifest), force=True)
@@ -242,11 +260,12 @@ def measure(arch: str, folder: Path, seed: int = 0, batch_seed: int = 7, per_cla
     return Measured(model, made, out.path, update, x, original, probs, emb, retention, float(learned))
 
 
-def main(seeds: int = 5) -> None:
+def main(seeds: int = 5, branch: bool = False) -> None:
     """Print retention / new-label accuracy per architecture over ``seeds`` batches (and bodies).
 
-    Run: ``.venv/bin/python tests/byo_models.py [SEEDS]``. The first table varies only the update's
-    batch (the test's model); the second also the random body of each architecture.
+    Run: ``.venv/bin/python tests/byo_models.py [SEEDS] [branch]``. The first table varies only the
+    update's batch (the test's model); the second also the random body of each architecture.
+    With "branch", the layers in BRANCH train too.
     """
     import tempfile
 
@@ -254,9 +273,10 @@ def main(seeds: int = 5) -> None:
         print(f"{title}: old predictions kept / new labels right, per seed (min, mean)")
         for arch in ARCHS:
             runs = []
+            trainable = BRANCH[arch] if branch else ()
             for i in range(seeds):
                 with tempfile.TemporaryDirectory() as folder:
-                    m = measure(arch, Path(folder), i if vary_model else 0, 7 + i)
+                    m = measure(arch, Path(folder), i if vary_model else 0, 7 + i, trainable=trainable)
                     runs.append((m.retention, m.learned))
             kept, new = np.array(runs).T
             print(
@@ -266,4 +286,4 @@ def main(seeds: int = 5) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, "branch" in sys.argv[2:])

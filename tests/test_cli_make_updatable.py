@@ -19,11 +19,12 @@ def resnet_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(("trainable", "kind"), [([], "linear"), (["--trainable", "conv7.weight"], "branch")])
 def test_make_updatable_then_inspect_predict_prepare_update(
-    resnet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    resnet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], trainable: list[str], kind: str
 ) -> None:
     pkg = tmp_path / "pkg"
-    code, out, err = run(["make-updatable", str(resnet_file), "-o", str(pkg), "--json"], capsys)
+    code, out, err = run(["make-updatable", str(resnet_file), "-o", str(pkg), "--json", *trainable], capsys)
     assert code == 0 and err == "", err
     made = json.loads(out)
     assert (
@@ -31,7 +32,10 @@ def test_make_updatable_then_inspect_predict_prepare_update(
         and made["head"]["head"]["op"] == "Gemm"
     )
     code, out, err = run(["inspect", "--model", str(pkg), "--json"], capsys)
-    assert code == 0 and json.loads(out)["head"]["kind"] == "linear"
+    assert code == 0 and json.loads(out)["head"]["kind"] == kind
+    if trainable:
+        assert made["head"]["branch"]["trainable"] == {"conv7.weight": [24, 24, 3, 3]}
+        assert "branch/conv7.weight" in [p["name"] for p in json.loads(out)["updatable"]]
     pixels, ids = bm.gratings([0, 4], 4, 1, seed=3)
     for i, (img, k) in enumerate(zip(pixels, ids, strict=True)):
         folder = tmp_path / "data" / ("zero" if k == 0 else "checks")
@@ -57,7 +61,7 @@ def test_make_updatable_then_inspect_predict_prepare_update(
             2,
             "Error: --trainable: the model has no parameter named nope; candidates: fc.weight, fc.bias",
         ),
-        (["--trainable", "conv1.weight"], 2, "Error: --trainable conv1.weight: only the last linear layer"),
+        (["--trainable", "input"], 2, "Error: --trainable: the model has no parameter named input"),
         (["--input-size", "20x20"], 2, "Error: --input-size 20x20: the model's input is fixed at 16x16"),
         (["--mean", "0.5", "--scale", "2"], 2, "Error: give either --scale/--bias or --mean/--std"),
         (["--head", "magic"], 2, "Error: --head must be auto"),

@@ -47,7 +47,11 @@ def make_updatable_command(
         Path | None, typer.Option(help="Labels: text file (one per line) or JSON list. Default: class_0…")
     ] = None,
     trainable: Annotated[
-        list[str] | None, typer.Option(help="Parameter(s) to train (default: the last linear layer's).")
+        list[str] | None,
+        typer.Option(
+            help="Parameter(s) to train (default: the last linear layer's). Earlier layers' parameters "
+            "train in a copy of those layers that serves only the labels updates add."
+        ),
     ] = None,
     head: Annotated[str, typer.Option(help="How to find the head: auto.")] = "auto",
     embedding: Annotated[str | None, typer.Option(help="Tensor the head reads (checked).")] = None,
@@ -115,7 +119,14 @@ def make_updatable_command(
         )
     else:
         op, tensor = result.head["head"]["op"], result.head["embedding"]
+        branch = result.head.get("branch")
+        if branch:
+            trained = (
+                f"{len(branch['layers'])} nodes after {safe_name(branch['cut'])!r} train for new labels, "
+            )
+        else:
+            trained = ""
         done(
             f"Made updatable: {safe_name(str(result.path))} ({len(manifest.labels)} labels, head {op} "
-            f"on {tensor!r}, {manifest.embedding_dim}-d embedding)"
+            f"on {tensor!r}, {trained}{manifest.embedding_dim}-d embedding)"
         )

@@ -1,0 +1,388 @@
+"""The "branch" head kind: a brought model whose earlier layers train too, for its new labels only.
+
+``make-updatable --trainable`` may name parameters of layers before the last linear one. The
+model is then cut before the earliest of them: the backbone computes the cut tensor (flattened
+into the package's embedding), and head.onnx computes everything after it, twice:
+
+* ``brought/…``: the brought layers exactly as they were, all constants, giving the last linear
+  layer's input ``e0``. The brought labels' rows read only ``e0``, so their logits stay the
+  model's, and the margin gate (margin_gate.py) reads ``e0`` too.
+* ``branch/…``: a copy of the same layers whose named parameters train, giving ``e1``. Only the
+  rows updates add read ``e1``.
+
+The linear rows (linear_head.py) read ``[e1, e0, gate]``: brought rows weigh ``e0`` only, added
+rows ``e1`` and their gate rung, so in ``[C, 2D + J + 1]`` every row has ``D + J`` weights that
+are set rather than trained. An update first fits the added rows on those features like a
+"linear" head (imprinting, stand-ins, gate), then trains the branch's layers and the added rows
+together through the whole head graph, at a tenth of the learning rate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from . import linear_head
+from .errors import ModelError
+from .linear_head import BroughtHead, LinearTrainer
+from .params import UpdateParams
+from .training import EpochCallback, FitResult
+
+KIND = "branch"
+CUT = "branch.x"  # the cut tensor, unflattened, in head.onnx
+FEATURES = "branch.features"  # [e1, e0, gate]: what the linear rows read
+FROZEN_PREFIX = "brought/"
+TRAINABLE_PREFIX = "branch/"
+BRANCH_RATE = 0.1  # the joint pass's learning rate, as a share of the update's
+
+
+def trainable_name(param: str) -> str:
+    """The name a trainable parameter of the brought model has in head.onnx."""
+    return TRAINABLE_PREFIX + param
+
+
+def _copy_nodes(
+    nodes: list[onnx.NodeProto], cut: str, constants: set[str], prefix: str, params: tuple[str, ...]
+) -> list[onnx.NodeProto]:
+    """``nodes`` with every tensor renamed into ``prefix``; constants are shared "brought/" ones
+    except ``params``, and the cut tensor is CUT."""
+
+    def rename(name: str) -> str:
+        if not name:
+            return name
+        if name == cut:
+            return CUT
+        if name in params:
+            return prefix + name
+        if name in constants:
+            return FROZEN_PREFIX + name
+        return prefix + name
+
+    out = []
+    for node in nodes:
+        copy = onnx.NodeProto.FromString(node.SerializeToString())
+        copy.name = prefix + (node.name or node.output[0])
+        copy.input[:] = [rename(name) for name in node.input]
+        copy.output[:] = [rename(name) for name in node.output]
+        out.append(copy)
+    return out
+
+
+def _inference_only(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto]
+) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """``nodes`` with BatchNormalization spelled out as Mul/Add and Dropout as Identity, plus the
+    constants that adds.
+
+    ONNX Runtime's training graph runs BatchNormalization on the batch's statistics and Dropout
+    as dropout; the brought model was trained to run them in inference mode, always.
+    """
+    from onnx import shape_inference
+
+    ranks: dict[str, int] = {}
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+        for info in [*inferred.value_info, *inferred.input, *inferred.output]:
+            if info.type.tensor_type.HasField("shape"):
+                ranks[info.name] = len(info.type.tensor_type.shape.dim)
+    except Exception:  # shapes are a help here, not a requirement
+        pass
+    out: list[onnx.NodeProto] = []
+    added: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if node.op_type == "Dropout":
+            out.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+            continue
+        if node.op_type != "BatchNormalization":
+            out.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("training_mode") or len([o for o in node.output if o]) > 1:
+            raise ModelError(
+                f"BatchNormalization {node.name!r} is in training mode; export the model for inference"
+            )
+        x, scale, bias, mean, var = node.input
+        rank = ranks.get(x)
+        if rank is None or rank < 2:
+            raise ModelError(
+                f"cannot train through BatchNormalization {node.name!r}: its input's rank is unknown"
+            )
+        y, t = node.output[0], f"{node.output[0]}.bn"
+        added[f"{t}.eps"] = np.array(attrs.get("epsilon", 1e-5), np.float32)
+        added[f"{t}.shape"] = np.array([-1] + [1] * (rank - 2), np.int64)
+        out += [
+            helper.make_node("Add", [var, f"{t}.eps"], [f"{t}.var"]),
+            helper.make_node("Sqrt", [f"{t}.var"], [f"{t}.std"]),
+            helper.make_node("Div", [scale, f"{t}.std"], [f"{t}.a"]),
+            helper.make_node("Mul", [mean, f"{t}.a"], [f"{t}.ma"]),
+            helper.make_node("Sub", [bias, f"{t}.ma"], [f"{t}.c"]),
+            helper.make_node("Reshape", [f"{t}.a", f"{t}.shape"], [f"{t}.ar"]),
+            helper.make_node("Reshape", [f"{t}.c", f"{t}.shape"], [f"{t}.cr"]),
+            helper.make_node("Mul", [x, f"{t}.ar"], [f"{t}.xa"]),
+            helper.make_node("Add", [f"{t}.xa", f"{t}.cr"], [y], name=node.name),
+        ]
+    return out, added
+
+
+def build_features(
+    model: onnx.ModelProto,
+    branch: Any,
+    head: Any,
+    cut_shape: tuple[int, ...],
+    thresholds: tuple[float, ...],
+) -> onnx.ModelProto:
+    """The head's feature part: "embedding" (the flattened cut) → FEATURES ``[N, 2D + J]``.
+
+    ``branch`` is a byo_graph.Branch and ``head`` the byo_graph.Head of ``model``; ``cut_shape``
+    is the cut tensor's shape without its batch dimension.
+    """
+    from . import margin_gate
+    from .byo_graph import constants
+
+    graph = model.graph
+    const = constants(model)
+    region, added = _inference_only(model, [graph.node[i] for i in branch.nodes])
+    const.update(added)
+    used = {name for node in region for name in node.input if name in const}
+    for name in {n for node in graph.node for n in [*node.input, *node.output]}:
+        if name.startswith((FROZEN_PREFIX, TRAINABLE_PREFIX, "branch.", "mlp_gate.")):
+            raise ModelError(f"the model has a tensor named {name!r}; rename it and try again")
+    nodes = [
+        helper.make_node("Reshape", ["embedding", "branch.cut_shape"], [CUT], name="branch_cut"),
+        *_copy_nodes(region, branch.cut, set(const), FROZEN_PREFIX, ()),
+        helper.make_node("Flatten", [FROZEN_PREFIX + head.embedding], ["branch.e0"], axis=1),
+        *_copy_nodes(region, branch.cut, set(const), TRAINABLE_PREFIX, branch.params),
+        helper.make_node("Flatten", [TRAINABLE_PREFIX + head.embedding], ["branch.e1"], axis=1),
+    ]
+    blocks = ["branch.e1", "branch.e0"]
+    gate_nodes: list[onnx.NodeProto] = []
+    gate_inits: list[onnx.TensorProto] = []
+    if thresholds:  # a one-label model has no margin, so no gate
+        gate_nodes, gate_inits = margin_gate.gate_parts(
+            "branch.e0", "branch.gate", head.weight, head.bias, thresholds
+        )
+        blocks.append("branch.gate")
+    nodes += gate_nodes
+    nodes.append(helper.make_node("Concat", blocks, [FEATURES], axis=1))
+    inits = [numpy_helper.from_array(np.array([-1, *cut_shape], np.int64), "branch.cut_shape")]
+    inits += [numpy_helper.from_array(np.asarray(const[name]), FROZEN_PREFIX + name) for name in sorted(used)]
+    inits += [
+        numpy_helper.from_array(np.asarray(const[name], np.float32), trainable_name(name))
+        for name in branch.params
+    ]
+    inits += gate_inits
+    dim = int(np.prod(cut_shape))
+    width = 2 * int(head.weight.shape[1]) + len(thresholds)
+    features = helper.make_graph(
+        nodes,
+        "features",
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
+    out = helper.make_model(features, opset_imports=_opsets(model))
+    out.ir_version = max(model.ir_version, 8)
+    return out
+
+
+def _opsets(model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
+    from .head import OPSET
+
+    default = max([OPSET] + [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    return [helper.make_opsetid("", default)] + [
+        o for o in model.opset_import if o.domain not in ("", "ai.onnx", "ai.onnx.ml")
+    ]
+
+
+def features_model(head: onnx.ModelProto, branch: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The feature part of a branch head.onnx (see build_features), with ``branch``'s parameter values."""
+    from .byo_graph import _ancestors
+
+    graph = head.graph
+    keep, seen = _ancestors(graph, FEATURES)
+    nodes = [graph.node[i] for i in sorted(keep)]
+    inits = []
+    for init in graph.initializer:
+        if init.name in seen:
+            if branch and init.name in branch:
+                init = numpy_helper.from_array(np.asarray(branch[init.name], np.float32), init.name)
+            inits.append(init)
+    features = helper.make_graph(
+        nodes,
+        "features",
+        list(graph.input),
+        [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["N", None])],
+        inits,
+    )
+    out = helper.make_model(features, opset_imports=list(head.opset_import))
+    out.ir_version = head.ir_version
+    return out
+
+
+def branch_params(features: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The trainable layers' parameters in a feature part, by their head.onnx names."""
+    return {
+        init.name: numpy_helper.to_array(init).astype(np.float32)
+        for init in features.graph.initializer
+        if init.name.startswith(TRAINABLE_PREFIX)
+    }
+
+
+def head_parts(
+    features: onnx.ModelProto, aug: np.ndarray, frozen_rows: int, fixed_columns: int, output: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The feature part's nodes and initializers followed by the linear rows over FEATURES."""
+    nodes, inits = linear_head.head_parts(aug, frozen_rows, FEATURES, output, fixed_columns)
+    return [*features.graph.node, *nodes], [*features.graph.initializer, *inits]
+
+
+def build_head(
+    features: onnx.ModelProto, aug: np.ndarray, frozen_rows: int, fixed_columns: int
+) -> onnx.ModelProto:
+    """head.onnx: "embedding" (the flattened cut) → "logits"."""
+    nodes, inits = head_parts(features, aug, frozen_rows, fixed_columns, "logits")
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        list(features.graph.input),
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", int(aug.shape[0])])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=list(features.opset_import))
+    model.ir_version = features.ir_version
+    return model
+
+
+def generate_artifacts(
+    features: onnx.ModelProto,
+    aug: np.ndarray,
+    frozen_rows: int,
+    fixed_columns: int,
+    params: UpdateParams,
+    directory: Any,
+) -> None:
+    """Training artifacts where the added rows' own weights and the branch's parameters train."""
+    from . import _ort
+    from .head import optimizer_block
+
+    _ort.generate_head_artifacts(
+        build_head(features, aug, frozen_rows, fixed_columns),
+        [linear_head.WEIGHT, linear_head.BIAS, *branch_params(features)],
+        directory,
+        optimizer_block(params),
+        ("logits",),
+    )
+
+
+class BranchTrainer(LinearTrainer):
+    """The joint pass: added rows and the branch's layers, through the whole head graph."""
+
+    def __init__(
+        self,
+        features: onnx.ModelProto,
+        weight: np.ndarray,
+        params: UpdateParams,
+        frozen_rows: int,
+        fixed: int,
+    ) -> None:
+        self.features = features
+        super().__init__(weight, 1.0, params, frozen_rows, fixed)
+
+    def _generate(self, weight: np.ndarray, folder: Any) -> None:
+        generate_artifacts(self.features, weight, self.frozen_rows, self.fixed_columns, self.params, folder)
+
+    @property
+    def branch(self) -> dict[str, np.ndarray]:
+        return {
+            name: np.array(self.state.parameters[name].data, dtype=np.float32)
+            for name in branch_params(self.features)
+        }
+
+
+class BranchHead(BroughtHead):
+    """A brought head with a trainable branch: fit the added rows on the branch's features as a
+    linear head does, then train rows and branch together (see the module docstring)."""
+
+    kind = KIND
+
+    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
+        from . import _ort
+        from .package import HEAD_FILE
+
+        head = onnx.load(str(package.path / HEAD_FILE))
+        self.features_graph = features_model(head)
+        self.branch = branch_params(self.features_graph)
+        self._session = _ort.inference_session(self.features_graph.SerializeToString())
+        self.dim = int(package.manifest.training["brought"]["branch"]["features"])
+        self.new_columns = self.dim
+        self.fixed_columns = self.dim  # the e0 block, while the rows are fitted without the gate
+        super().__init__(package, labels, params)
+
+    def features(self, emb: np.ndarray, session: Any = None) -> np.ndarray:
+        """``[e1, e0, gate]`` of backbone embeddings (the flattened cut)."""
+        if not len(emb):
+            return np.zeros((0, self.old_weight.shape[1] - 1), np.float32)
+        session = session or self._session
+        parts = [
+            session.run([FEATURES], {"embedding": np.ascontiguousarray(emb[i : i + 256], np.float32)})[0]
+            for i in range(0, len(emb), 256)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def fit(
+        self,
+        emb: np.ndarray,
+        idx: np.ndarray,
+        rows: list[int],
+        rehearse: tuple[np.ndarray, np.ndarray],
+        real: tuple[np.ndarray, np.ndarray],
+        params: UpdateParams,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        rehearse_emb, rehearse_idx = rehearse
+        rows_fit = super().fit(
+            self.features(emb),
+            idx,
+            rows,
+            (self.features(rehearse_emb), rehearse_idx),
+            (self.features(real[0]), real[1]),
+            params,
+        )
+        if params.epochs == 0 or not rows_fit.finite or len(rows_fit.weight) == self.frozen:
+            rows_fit.branch = dict(self.branch)
+            return rows_fit
+        # Examples the margin gate turns away from their own row (the model is surer of them than
+        # the rung) are left out: no branch could win them back, and chasing them would pull the
+        # branch without limit. They are the QUANTILE's remainder (see margin_gate.py).
+        gate = slice(2 * self.dim, 2 * self.dim + len(self.gate))
+        new_emb = self.features(emb)
+        penalty = -np.einsum("nj,nj->n", new_emb[:, gate], rows_fit.weight[idx, gate])
+        kept = np.flatnonzero((idx < len(self.old_weight)) | (penalty < 1.0))
+        joint = params.replace(learning_rate=params.learning_rate * BRANCH_RATE)
+        trainer = BranchTrainer(
+            self.features_graph, rows_fit.weight, joint, self.frozen, self.dim + len(self.gate)
+        )
+        with trainer:
+            result = trainer.fit(
+                np.concatenate([rehearse_emb, emb[kept]]),
+                np.concatenate([rehearse_idx, idx[kept]]),
+                0,
+                on_epoch,
+            )
+            result.branch = trainer.branch
+        result.weight[: self.frozen] = self.old_weight[: self.frozen]  # exactly as brought
+        return result
+
+    def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
+        from . import _ort
+
+        if len(emb) == 0:
+            return np.zeros(0, np.int64)
+        if result is None:
+            return np.argmax(linear_head.logits(self.features(emb), self.old_weight), axis=1)
+        graph = features_model(self.features_graph, result.branch)
+        session = _ort.inference_session(graph.SerializeToString())
+        return np.argmax(linear_head.logits(self.features(emb, session), result.weight), axis=1)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,17 +33,25 @@ def describe_os_error(exc: OSError) -> str:
     return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
 
 
-def read_bounded(handle: BinaryIO, limit: int, size: int | None = None) -> bytes:
+def read_bounded(handle: BinaryIO | int, limit: int, size: int | None = None) -> bytes:
     """A file's bytes, at most ``limit + 1`` (one more than the limit shows it is over).
 
     Sized by ``size`` (the caller's fstat) or fstat: asking for the limit itself allocates a
     buffer of that size (20 us a file at 100 MiB), and ``Path.read_bytes()[:limit]`` reads a
     file of any size whole. A file that grew since it was measured is still read to the limit.
+    ``handle`` may also be the descriptor of a regular file, read with ``os.read`` (whose read
+    is short only at the file's end): a file object adds three system calls and a read at the
+    end, 18 us of the 300 us an image takes to read, decode and preprocess.
     """
-    known = os.fstat(handle.fileno()).st_size if size is None else size
-    data = handle.read(min(known, limit) + 1)
+    read: Callable[[int], bytes]
+    if isinstance(handle, int):
+        fd, read = handle, partial(os.read, handle)
+    else:
+        fd, read = handle.fileno(), handle.read
+    known = os.fstat(fd).st_size if size is None else size
+    data = read(min(known, limit) + 1)
     if min(known, limit) < len(data) <= limit:
-        data += handle.read(limit + 1 - len(data))
+        data += read(limit + 1 - len(data))
     return data
 
 

@@ -116,13 +116,15 @@ def read_image_file(path: Path | str, nofollow: bool = False) -> bytes:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
+        try:
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ImageError("not a regular file")
             if info.st_size > MAX_FILE_BYTES:
                 raise ImageError(f"larger than {MAX_FILE_BYTES // 1024**2} MiB")
-            data = read_bounded(handle, MAX_FILE_BYTES, info.st_size)
+            data = read_bounded(fd, MAX_FILE_BYTES, info.st_size)  # the descriptor: no file object
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ImageError(f"cannot read: {describe_os_error(exc)}") from exc
     if not data:
@@ -263,18 +265,17 @@ DRAWING_RESAMPLE = Image.Resampling.BICUBIC
 
 
 def _median_level(levels: np.ndarray) -> int:
-    """``int(np.median(levels))`` for uint8 levels, by counting (np.median sorts: 4x slower)."""
-    counts = np.bincount(levels, minlength=256).cumsum()
+    """``int(np.median(levels))`` for uint8 levels, by partial sort (np.median: 4x slower)."""
     middle = len(levels) // 2
-    upper = int(np.searchsorted(counts, middle + 1))
     if len(levels) % 2:
-        return upper
-    return (int(np.searchsorted(counts, middle)) + upper) // 2
+        return int(np.partition(levels, middle)[middle])
+    low, high = np.partition(levels, (middle - 1, middle))[middle - 1 : middle + 1]
+    return (int(low) + int(high)) // 2
 
 
-@functools.cache  # one table per background level: at most 256
-def _ink_table(background: int) -> tuple[np.ndarray, int]:
-    """Gray level -> stroke strength (uint8), and the distance from the background that counts.
+@functools.cache  # one entry per background level: at most 256
+def _ink_table(background: int) -> tuple[np.ndarray, int, int]:
+    """Gray level -> stroke strength (uint8), and the levels ``low..high`` that are ground.
 
     Strength is the distance from the background stretched to 0..255, so light-on-dark and
     dark-on-light drawings come out the same. A level is a stroke when its strength exceeds
@@ -283,7 +284,22 @@ def _ink_table(background: int) -> tuple[np.ndarray, int]:
     span = max(1, background, 255 - background)
     strength = np.abs(np.arange(256) - background) * 255.0 / span
     reach = INK_THRESHOLD * span // 255 + 1
-    return np.minimum(255, strength).astype(np.uint8), reach
+    low, high = max(0, background - reach + 1), min(255, background + reach - 1)
+    return np.minimum(255, strength).astype(np.uint8), low, high
+
+
+def _strokes_box(pixels: np.ndarray, low: int, high: int) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the levels outside ``low..high``; None if there are none.
+
+    One subtraction and one comparison over the image, then Pillow's bounding box of the mask:
+    17 us for a 256-pixel drawing, where two comparisons and numpy's ``any`` along the rows and
+    the columns took 28.
+    """
+    # uint8 wraps around: levels below ``low`` land above ``high - low`` as the ones above do
+    shifted = pixels - np.uint8(low) if low else pixels
+    mask = np.greater(shifted, high - low).view(np.uint8)
+    height, width = mask.shape
+    return Image.frombuffer("L", (width, height), mask, "raw", "L", 0, 1).getbbox()
 
 
 def _strength(pixels: np.ndarray, background: int, table: np.ndarray) -> np.ndarray:
@@ -292,7 +308,7 @@ def _strength(pixels: np.ndarray, background: int, table: np.ndarray) -> np.ndar
         return pixels
     if background == 255:  # the table is 255 - level
         return 255 - pixels
-    return table[pixels]
+    return table.take(pixels)  # half the time of table[pixels], which makes an index array
 
 
 def _drawing(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
@@ -304,25 +320,22 @@ def _drawing(image: Image.Image, constraint: ImageConstraint) -> np.ndarray:
     pixels = np.asarray(image if image.mode == "L" else image.convert("L"))
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     background = _median_level(border)
-    strength, reach = _ink_table(background)
-    mask = np.zeros(pixels.shape, dtype=bool)  # comparisons, not a table lookup: 5x cheaper
-    if background - reach >= 0:
-        mask |= pixels <= background - reach
-    if background + reach <= 255:
-        mask |= pixels >= background + reach
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size:
-        band = mask[rows[0] : rows[-1] + 1]  # columns only within the rows that have ink
-        cols = np.flatnonzero(band.any(axis=0))
-        pixels = pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    ink = Image.fromarray(_strength(pixels, background, strength), "L")
-    side = max(ink.size)
+    table, low, high = _ink_table(background)
+    box = _strokes_box(pixels, low, high)
+    if box is not None:
+        left, top, right, bottom = box
+        pixels = pixels[top:bottom, left:right]
+    ink = np.ascontiguousarray(_strength(pixels, background, table))
+    height, width = ink.shape
+    side = max(width, height)
     scale = min(constraint.width, constraint.height) / (side + 2 * max(1, round(side * DRAWING_MARGIN)))
-    size = (max(1, round(ink.width * scale)), max(1, round(ink.height * scale)))
-    resized = ink.resize(size, DRAWING_RESAMPLE, reducing_gap=DRAWING_REDUCING_GAP)
-    canvas = Image.new("L", (constraint.width, constraint.height), 0)
-    canvas.paste(resized, ((constraint.width - size[0]) // 2, (constraint.height - size[1]) // 2))
-    out = np.asarray(canvas, dtype=np.uint8)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    strokes = Image.frombuffer("L", (width, height), ink, "raw", "L", 0, 1)  # shares ink's memory
+    resized = strokes.resize(size, DRAWING_RESAMPLE, reducing_gap=DRAWING_REDUCING_GAP)
+    # what pasting onto a black canvas gives, without a canvas image and a copy out of it
+    out = np.zeros((constraint.height, constraint.width), dtype=np.uint8)
+    x, y = (constraint.width - size[0]) // 2, (constraint.height - size[1]) // 2
+    out[y : y + size[1], x : x + size[0]] = np.asarray(resized)
     if constraint.ink == "dark":
         out = 255 - out
     if constraint.color == "rgb":

@@ -195,19 +195,30 @@ def test_drawing_keeps_its_aspect_and_a_margin_on_a_wide_canvas() -> None:
     assert abs((cols[0] + cols[-1]) / 2 - 27.5) <= 1.5  # centred on the long side
 
 
-def test_bounded_read_reads_whole_files_and_stops_one_byte_past_the_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["file object", "descriptor"])
+def test_bounded_read_reads_whole_files_and_stops_one_byte_past_the_limit(tmp_path: Path, kind: str) -> None:
+    import os
+
     from mlpersonalize.fsio import read_bounded
 
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 300)
-    with path.open("rb") as handle:
-        assert read_bounded(handle, 1000) == b"x" * 300
-    with path.open("rb") as handle:
-        assert len(read_bounded(handle, 100)) == 101  # over the limit shows as one byte more
-    with path.open("rb") as handle:
-        assert read_bounded(handle, 1000, size=100) == b"x" * 300  # grew since it was measured
-    with path.open("rb") as handle:
-        assert len(read_bounded(handle, 200, size=100)) == 201
+
+    def read(limit: int, size: int | None = None) -> bytes:
+        if kind == "file object":
+            with path.open("rb") as handle:
+                return read_bounded(handle, limit, size)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return read_bounded(fd, limit, size)
+        finally:
+            os.close(fd)
+
+    assert read(1000) == b"x" * 300
+    assert len(read(100)) == 101  # over the limit shows as one byte more
+    assert read(1000, size=100) == b"x" * 300  # grew since it was measured
+    assert len(read(200, size=100)) == 201
+    assert read(1000, size=500) == b"x" * 300  # shrank since it was measured
 
 
 def test_large_jpeg_photo_is_decoded_at_a_reduced_scale_with_the_same_result() -> None:

@@ -152,7 +152,7 @@ def _walk(data_dir: Path, root_real: str, top: str, label: str, folder: str, out
         subfolders = []
         for entry in _entries(data_dir, rel_dir, out):
             rel = os.path.join(rel_dir, entry.name)
-            shown = escape(os.path.join(str(data_dir), rel))
+            shown = escape(entry.path)  # DATA_DIR/rel, joined by scandir in C
             if entry.name.startswith("."):
                 out.skipped.append(Skipped(shown, "hidden", "ignored"))
             elif entry.is_symlink():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from functools import partial
 from typing import Any
@@ -30,12 +30,51 @@ Decoded = tuple[bool, "np.ndarray | None", str]  # (ok, pixels, sha256 or "" / t
 Task = tuple[str, bool]  # (path, do not follow a final link)
 
 
+READ_AHEAD_BYTES = 1024 * 1024  # files read before the first of them is decoded (see decode_files)
+
+
 def decode_file(
     path: str, nofollow: bool, constraint: images.ImageConstraint, digest: bool = True
 ) -> Decoded:
     """Read one file (never a link unless asked, never a FIFO) and preprocess it; never raises."""
+    return _decode_read(_read(path, nofollow), constraint, digest)
+
+
+def decode_files(
+    tasks: Iterable[Task], constraint: images.ImageConstraint, digest: bool = True
+) -> Iterator[Decoded]:
+    """:func:`decode_file` of each task in order, the files read a few at a time before decoding.
+
+    Reading each file just before decoding it cost every image 17 us more (of 275 for a
+    256-pixel doodle PNG): the system calls between two decodes leave the next one's caches
+    cold. Up to READ_AHEAD_BYTES are read ahead, so large photos are still read one by one.
+    """
+    pending: list[bytes | str] = []
+    size = 0
+    for path, nofollow in tasks:
+        data = _read(path, nofollow)
+        pending.append(data)
+        size += len(data)
+        if size >= READ_AHEAD_BYTES:
+            yield from (_decode_read(read, constraint, digest) for read in pending)
+            pending, size = [], 0
+    yield from (_decode_read(read, constraint, digest) for read in pending)
+
+
+def _read(path: str, nofollow: bool) -> bytes | str:
+    """The file's bytes, or why it cannot be read."""
     try:
-        data = images.read_image_file(path, nofollow)
+        return images.read_image_file(path, nofollow)
+    except ImageError as exc:
+        return str(exc)
+    except Exception as exc:  # one hostile file must not stop the run; it is reported instead
+        return f"could not be decoded ({type(exc).__name__})"
+
+
+def _decode_read(data: bytes | str, constraint: images.ImageConstraint, digest: bool) -> Decoded:
+    if isinstance(data, str):
+        return False, None, data
+    try:
         pixels = images.load(data, constraint)
     except ImageError as exc:  # from bytes: the reason alone
         return False, None, str(exc)
@@ -44,8 +83,8 @@ def decode_file(
     return True, pixels, hashlib.sha256(data).hexdigest() if digest else ""
 
 
-def _decode_task(task: Task, constraint: images.ImageConstraint, digest: bool) -> Decoded:
-    return decode_file(task[0], task[1], constraint, digest)
+def _decode_chunk(tasks: Sequence[Task], constraint: images.ImageConstraint, digest: bool) -> list[Decoded]:
+    return list(decode_files(tasks, constraint, digest))
 
 
 def _worker_init() -> None:
@@ -78,7 +117,8 @@ class Decoder:
     ) -> None:
         wanted = default_workers() if workers is None else workers
         self.workers = wanted if wanted > 1 and count >= PARALLEL_MIN_FILES else 0
-        self._work = partial(_decode_task, constraint=constraint, digest=digest)
+        self._constraint, self._digest = constraint, digest
+        self._work = partial(_decode_chunk, constraint=constraint, digest=digest)
         self._pool: Executor | None = None
 
     def __enter__(self) -> Decoder:
@@ -101,10 +141,12 @@ class Decoder:
     def map(self, tasks: Sequence[Task]) -> Iterator[Decoded]:
         """Decoded results in input order."""
         if self._pool is None:
-            yield from map(self._work, tasks)
+            yield from decode_files(tasks, self._constraint, self._digest)
             return
-        chunk = max(1, min(64, len(tasks) // (self.workers * 8)))
-        yield from self._pool.map(self._work, tasks, chunksize=chunk)
+        size = max(1, min(64, len(tasks) // (self.workers * 8)))
+        chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+        for results in self._pool.map(self._work, chunks):
+            yield from results
 
 
 def decode_all(

@@ -320,6 +320,26 @@ def test_decode_file_matches_the_predict_path(tmp_path: Path) -> None:
     assert ok and np.array_equal(pixels, load(path, ImageConstraint(28, 28))) and len(digest) == 64
 
 
+@pytest.mark.parametrize("read_ahead", [1, 300, 1 << 20])
+def test_reading_ahead_gives_each_file_its_own_result_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_ahead: int
+) -> None:
+    from mlpersonalize import decoding
+
+    paths = [str(save(tmp_path / f"{i}.png", drawing(size=30 + i))) for i in range(5)]
+    (tmp_path / "bad.png").write_bytes(b"bad")
+    paths[1:1] = [str(tmp_path / "bad.png"), str(tmp_path / "missing.png"), str(tmp_path)]
+    tasks = [(path, True) for path in paths]
+    constraint = ImageConstraint(28, 28)
+    one_by_one = [decode_file(path, True, constraint) for path in paths]
+    monkeypatch.setattr(decoding, "READ_AHEAD_BYTES", read_ahead)
+    ahead = list(decoding.decode_files(tasks, constraint))
+    assert [r[0] for r in ahead] == [True, False, False, False, True, True, True, True]
+    for (ok, pixels, info), (ok1, pixels1, info1) in zip(ahead, one_by_one, strict=True):
+        assert ok == ok1 and info == info1
+        assert (pixels is None and pixels1 is None) or np.array_equal(pixels, pixels1)
+
+
 def test_concurrent_appends_to_one_batch_lose_nothing(tiny_model: Path, tmp_path: Path) -> None:
     """Appends are serialized by a lock beside the batch: every run's examples end up in it."""
     import subprocess

@@ -114,15 +114,20 @@ def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median wall time of each function, run in turns so a change in load hits them all alike."""
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Wall time of each function per round, run in turns so a change in load hits them all alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(max(1, repeats)):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time of each function, run in turns (see interleaved_times)."""
+    return {name: statistics.median(values) for name, values in interleaved_times(fns, repeats).items()}
 
 
 # Runs the CLI with torch made unimportable: what a machine without torch sees. With torch

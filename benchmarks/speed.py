@@ -31,6 +31,7 @@ from .common import (
     copy_model,
     doodles,
     interleaved,
+    interleaved_times,
     novel_and_named,
     run_child,
     write_batch,
@@ -346,13 +347,7 @@ def prepare_timings(files_dir: Path, model: Path, work: Path, rounds: int) -> di
     }
     for fn in fns.values():  # warm every side alike: imports, plugins, the page cache
         fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, rounds)):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+    return interleaved_times(fns, rounds)
 
 
 def prepare(data: Data, sizes: Sizes, files_dir: Path, work: Path, log: Log) -> dict[str, Any]:

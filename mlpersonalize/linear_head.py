@@ -246,9 +246,17 @@ class BroughtHead(CosineHead):
     its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
 
     kind = "linear"
+    trains_as = "linear"
     new_columns: int | None = None  # the embedding columns added rows are imprinted on (None: all)
 
-    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
+    def __init__(
+        self,
+        package: Any,
+        labels: tuple[str, ...],
+        params: UpdateParams,
+        head: onnx.ModelProto | None = None,
+    ) -> None:
+        """``head``: the package's head.onnx when the caller has it loaded already."""
         from . import margin_gate
         from .package import BACKBONE_FILE, HEAD_FILE, gate_thresholds
         from .training import embed
@@ -257,7 +265,7 @@ class BroughtHead(CosineHead):
         self.scale = manifest.logit_scale
         self.frozen = manifest.frozen_labels
         self.gate = gate_thresholds(manifest.training)
-        self.old_weight = read_weight(onnx.load(str(package.path / HEAD_FILE)))
+        self.old_weight = read_weight(head if head is not None else onnx.load(str(package.path / HEAD_FILE)))
         self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
         self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
         self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))

@@ -297,6 +297,8 @@ class CosineHead:
     """The bundled kind: rehearse the exemplar memory, imprint new rows, train every row."""
 
     kind = "cosine"
+    trains_as = "cosine"  # which train_head / _predict formula the rows follow
+    fixed_columns = 0  # a linear head's trailing weights of added rows that are set, not trained
 
     def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
         import onnx
@@ -348,18 +350,16 @@ class CosineHead:
             params,
             len(self.old_weight),  # the known labels' rows are anchored
             on_epoch,
-            "linear" if self.kind != "cosine" else "cosine",
+            self.trains_as,
             self.frozen,
             self.fixed_columns,
         )
         self.finish(result, np.concatenate([real[0], emb]), np.concatenate([real[1], idx]), idx)
         return result
 
-    fixed_columns = 0  # a linear head's trailing weights of added rows that are set, not trained
-
     def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
         """Top-1 row per embedding, with the trained ``result`` or (None) the head as it was."""
-        return _predict(emb, self.old_weight if result is None else result.weight, self.scale, self.kind)
+        return _predict(emb, self.old_weight if result is None else result.weight, self.scale, self.trains_as)
 
 
 def head_for(package: Any, labels: tuple[str, ...], params: UpdateParams) -> CosineHead:

@@ -229,14 +229,12 @@ def _alive(pid: int) -> bool:
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a batch file's bytes."""
-    digest = hashlib.sha256()
+    from .manifest import sha256_file
+
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_file(path)
     except OSError as exc:
         raise BatchError(f"cannot read batch {path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
 
 
 def check_batch_fits(batch: Batch, manifest: Any, where: str) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -109,34 +107,6 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         fsync_file(fd)
     finally:
         os.close(fd)
-
-
-@contextmanager
-def temp_path_beside(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A fresh temporary file name in target's folder; removed on failure."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    os.unlink(name)
-    temp = Path(name)
-    try:
-        yield temp
-    except BaseException:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write(target: Path, data: bytes) -> None:
-    """Replace ``target`` with ``data`` so a reader or a crash sees the old or the new bytes."""
-    try:
-        with temp_path_beside(target) as temp:
-            write_bytes_synced(temp, data)
-            os.replace(temp, target)
-        fsync_dir(target.parent)
-    except OSError as exc:
-        raise storage_error("write", target, exc) from exc
 
 
 class FileLock:

@@ -154,13 +154,6 @@ def head_weight(head: onnx.ModelProto) -> np.ndarray:
     raise ValueError(f"head model has no initializer named {WEIGHT}")
 
 
-def head_scale(head: onnx.ModelProto) -> float:
-    for init in head.graph.initializer:
-        if init.name == "head.scale":
-            return float(numpy_helper.to_array(init))
-    raise ValueError("head model has no initializer named head.scale")
-
-
 def optimizer_block(params: UpdateParams) -> Any:
     """The optimizer graph for ``params`` (ORT's enum optimizers fix betas/eps/decay; this does not)."""
     from . import _ort

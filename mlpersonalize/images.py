@@ -240,10 +240,6 @@ def _flatten(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def _gray(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
 def _fit(image: Image.Image, width: int, height: int, fill: int | tuple[int, ...]) -> Image.Image:
     """Scale to fit inside width x height keeping the aspect ratio, centred, padded with fill."""
     scale = min(width / image.width, height / image.height)

@@ -56,10 +56,6 @@ class ResolvedModel:
     path: Path
     source: Source
 
-    @property
-    def is_bundled(self) -> bool:
-        return self.source == "bundled"
-
 
 def resolve_model(flag: Path | None = None) -> ResolvedModel:
     """The package a command uses (flag, environment, personalized copy, bundled original)."""

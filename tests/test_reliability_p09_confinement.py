@@ -91,7 +91,10 @@ def test_p9_listed_external_data_inside_the_package_loads(tiny_model: Path) -> N
     (tiny_model / "manifest.json").write_text(json.dumps(manifest))
     from mlpersonalize.inference import Classifier
 
-    Classifier(load_package(tiny_model))  # ORT reads model.data from inside the package
+    package = load_package(tiny_model)
+    pixels = np.zeros((2, *package.manifest.constraint.shape), np.uint8)
+    probabilities = Classifier(package).probabilities(pixels)  # ORT reads model.data from the package
+    assert probabilities.shape == (2, len(package.manifest.labels))
 
 
 def _drawing(path: Path, size: int) -> None:

@@ -1,0 +1,174 @@
+"""Training time of the two engines on the same head and the same mini-batches, same run.
+
+Run ``python -m benchmarks.engines [--repeats N]``. Data: the bundled doodles model's cosine head
+(43 rows, 128-d) with 3 imprinted rows, and its exemplar memory's embeddings (860). Three
+bundled labels' exemplars (3 each) stand in for the new labels' examples: the step time does
+not depend on what the numbers are. The linear head is the brought-model kind: the same rows
+as ``[W | b]`` with the 43 old rows frozen (``linear_head.build_head``).
+
+Cases: the seed's update (the rehearsal set and 9 new examples, label-balanced epochs of batch
+16, 10 epochs x 2 passes: ~1,200 steps) and 1,000 examples x 10 epochs. Each engine is timed
+from opening (building its graphs or artifacts) and over the steps alone; the ratio is of the
+steps' times. The ORT engine needs onnxruntime-training-cpu; without it only the portable
+engine is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mlpersonalize import linear_head
+from mlpersonalize.engines.portable import PortableEngine
+from mlpersonalize.head import WEIGHT, build_head, head_weight, optimizer_block
+from mlpersonalize.params import UpdateParams
+from mlpersonalize.training import balanced_order, imprint
+
+
+class OrtReference:
+    """ONNX Runtime's on-device training over ``head``, stepped as ``training.HeadTrainer`` does."""
+
+    name = "ort"
+
+    def __init__(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
+        from mlpersonalize import _ort
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="mlp-bench-")
+        folder = Path(self._tmp.name)
+        _ort.generate_head_artifacts(head, list(trainable), folder, optimizer_block(params))
+        api = _ort.training_api()
+        self.trainable = list(trainable)
+        self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+        self.module = api.Module(
+            str(folder / "training_model.onnx"), self.state, str(folder / "eval_model.onnx"), device="cpu"
+        )
+        self.optimizer = api.Optimizer(str(folder / "optimizer_model.onnx"), self.module)
+        self.optimizer.set_learning_rate(float(params.learning_rate))
+        self.module.train()
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        out = self.module(x, y)
+        self.optimizer.step()
+        self.module.lazy_reset_grad()
+        return float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {n: np.array(self.state.parameters[n].data, np.float32) for n in self.trainable}
+
+    def set_parameter(self, name: str, value: np.ndarray) -> None:
+        self.state.parameters[name] = np.ascontiguousarray(value, np.float32)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def ort_available() -> bool:
+    try:
+        from mlpersonalize import _ort
+
+        _ort.training_api()
+    except ImportError:
+        return False
+    return True
+
+
+def bundled_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(head weight [43, 128], exemplar embeddings [860, 128], their labels)."""
+    from mlpersonalize.package import load_package
+    from mlpersonalize.store import bundled_model_path
+
+    package = load_package(bundled_model_path())
+    emb, idx = package.exemplars()
+    return head_weight(onnx.load(str(package.path / "head.onnx"))), emb, idx
+
+
+def cases(weight: np.ndarray, emb: np.ndarray, idx: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """The heads and batch sequences to time."""
+    rng = np.random.default_rng(seed)
+    old = len(weight)
+    new_emb = np.concatenate([emb[idx == k][:3] for k in range(3)])
+    new_idx = np.repeat(np.arange(old, old + 3), 3)
+    rows = imprint(new_emb, new_idx, list(range(old, old + 3)))
+    cosine = np.concatenate([weight, rows])
+    aug = np.concatenate([cosine, np.zeros((len(cosine), 1), np.float32)], axis=1)
+    heads = {
+        "cosine": (build_head(cosine, 20.0), [WEIGHT]),
+        "linear": (linear_head.build_head(aug, old), [linear_head.WEIGHT, linear_head.BIAS]),
+    }
+    all_emb = np.concatenate([emb, new_emb]).astype(np.float32)
+    all_idx = np.concatenate([idx, new_idx]).astype(np.int64)
+
+    def batches(e: np.ndarray, i: np.ndarray, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for _ in range(epochs):
+            order = balanced_order(i, rng)
+            out += [(e[order[s : s + 16]], i[order[s : s + 16]]) for s in range(0, len(order), 16)]
+        return out
+
+    picked = rng.integers(0, len(all_emb), 1000)  # 1,000 examples drawn from the same data
+    shuffled = []
+    for _ in range(10):
+        order = picked[rng.permutation(1000)]
+        shuffled += [(all_emb[order[s : s + 16]], all_idx[order[s : s + 16]]) for s in range(0, 1000, 16)]
+    return {
+        "heads": heads,
+        "batches": {
+            "seed update (10 epochs x 2 passes)": batches(all_emb, all_idx, 20),
+            "1,000 examples x 10 epochs": shuffled,
+        },
+    }
+
+
+def time_engine(
+    make: Any, head: onnx.ModelProto, trainable: list[str], params: UpdateParams, batches: list
+) -> tuple[float, float]:
+    """(seconds to open, seconds for the steps)."""
+    start = time.perf_counter()
+    session = make(head, trainable, params)
+    opened = time.perf_counter()
+    for x, y in batches:
+        session.step(x, y)
+    done = time.perf_counter()
+    session.close()
+    return opened - start, done - opened
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timings per engine and case (median shown)")
+    args = parser.parse_args(argv)
+    weight, emb, idx = bundled_data()
+    data = cases(weight, emb, idx)
+    params = UpdateParams()
+    engines: dict[str, Any] = {"portable": PortableEngine().open}
+    if ort_available():
+        engines["ort"] = OrtReference
+    else:
+        print("onnxruntime-training-cpu is not installed: timing the portable engine only")
+    print(f"{'head':8} {'case':38} {'steps':>5} {'engine':8} {'open s':>7} {'steps s':>8} {'ms/step':>8}")
+    for head_name, (head, trainable) in data["heads"].items():
+        for case, batches in data["batches"].items():
+            times = {}
+            for engine, make in engines.items():
+                runs = [time_engine(make, head, trainable, params, batches) for _ in range(args.repeats)]
+                opened = statistics.median(r[0] for r in runs)
+                stepped = statistics.median(r[1] for r in runs)
+                times[engine] = stepped
+                print(
+                    f"{head_name:8} {case:38} {len(batches):5d} {engine:8} {opened:7.3f} {stepped:8.3f} "
+                    f"{stepped / len(batches) * 1000:8.3f}"
+                )
+            if "ort" in times:
+                print(f"{'':8} {'':38} {'':5} portable/ort steps: {times['portable'] / times['ort']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

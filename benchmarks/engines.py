@@ -156,11 +156,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'head':8} {'case':38} {'steps':>5} {'engine':8} {'open s':>7} {'steps s':>8} {'ms/step':>8}")
     for head_name, (head, trainable) in data["heads"].items():
         for case, batches in data["batches"].items():
+            runs: dict[str, list[tuple[float, float]]] = {engine: [] for engine in engines}
+            for _ in range(args.repeats):  # engines alternate, so load on the machine hits both
+                for engine, make in engines.items():
+                    runs[engine].append(time_engine(make, head, trainable, params, batches))
             times = {}
-            for engine, make in engines.items():
-                runs = [time_engine(make, head, trainable, params, batches) for _ in range(args.repeats)]
-                opened = statistics.median(r[0] for r in runs)
-                stepped = statistics.median(r[1] for r in runs)
+            for engine, timings in runs.items():
+                opened = statistics.median(r[0] for r in timings)
+                stepped = statistics.median(r[1] for r in timings)
                 times[engine] = stepped
                 print(
                     f"{head_name:8} {case:38} {len(batches):5d} {engine:8} {opened:7.3f} {stepped:8.3f} "

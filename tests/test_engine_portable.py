@@ -287,3 +287,15 @@ def test_trains_where_the_training_package_is_absent(tmp_path: Path) -> None:
     first, last, accuracy = (float(v) for v in out.stdout.split())
     assert last < first / 2
     assert accuracy > 0.9
+
+
+def test_the_engine_benchmark_runs_and_reports_each_head_and_case(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import engines
+
+    engines.main(["--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    timed = [line.split() for line in lines if line.startswith(("cosine", "linear"))]
+    assert {(row[0], row[-4]) for row in timed} >= {("cosine", "portable"), ("linear", "portable")}
+    assert {int(row[-5]) for row in timed} == {1160, 630}  # the seed's update; 1,000 x 10 epochs
+    if ort_available():
+        assert sum("portable/ort steps" in line for line in lines) == 4

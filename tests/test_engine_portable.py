@@ -252,6 +252,13 @@ def test_an_op_without_a_gradient_is_refused_naming_it_and_the_ort_engine() -> N
         build_train_step(head, ["w"], UpdateParams())
 
 
+def test_a_trainable_the_logits_do_not_read_is_refused() -> None:
+    head = build_head(np.eye(3, 4, dtype=np.float32), 10.0)
+    head.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    with pytest.raises(UnsupportedOpError, match=r"does not depend on the trainable 'unused'.*--engine ort"):
+        build_train_step(head, [WEIGHT, "unused"], UpdateParams())
+
+
 def test_trains_where_the_training_package_is_absent(tmp_path: Path) -> None:
     """A fresh interpreter where ``onnxruntime.training`` cannot be imported still trains."""
     script = textwrap.dedent(

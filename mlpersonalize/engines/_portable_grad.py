@@ -48,13 +48,22 @@ class UnsupportedOpError(ModelError):
     """The head uses an op the portable engine cannot differentiate."""
 
 
+ORT_HINT = (
+    "The ONNX Runtime engine (--engine ort, with onnxruntime-training-cpu "
+    "on CPython <= 3.12 x86_64) trains it"
+)
+
+
 def unsupported(op: str, why: str = "") -> UnsupportedOpError:
     detail = f" ({why})" if why else ""
     return UnsupportedOpError(
         f"the portable training engine cannot train this head: it has no gradient for the ONNX op "
-        f"{op!r}{detail}; it supports {', '.join(SUPPORTED_OPS)}. The ONNX Runtime engine "
-        "(--engine ort, with onnxruntime-training-cpu on CPython <= 3.12 x86_64) trains it"
+        f"{op!r}{detail}; it supports {', '.join(SUPPORTED_OPS)}. {ORT_HINT}"
     )
+
+
+def cannot_train(why: str) -> UnsupportedOpError:
+    return UnsupportedOpError(f"the portable training engine cannot train this head: {why}. {ORT_HINT}")
 
 
 def value_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
@@ -145,7 +154,7 @@ class Reverse:
 
     def shape(self, name: str) -> Shape:
         if name not in self.shapes:
-            raise unsupported("?", f"the shape of {name!r} is unknown")
+            raise cannot_train(f"the shape of {name!r} is unknown")
         return self.shapes[name]
 
     def shape_tensor(self, name: str) -> str:
@@ -319,7 +328,7 @@ class Reverse:
         for name in wrt:
             parts = pending.get(name)
             if not parts:
-                raise unsupported("?", f"the loss does not depend on the trainable {name!r}")
+                raise cannot_train(f"the loss does not depend on the trainable {name!r}")
             result[name] = self._total(parts)
         return result
 

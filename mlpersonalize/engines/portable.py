@@ -133,10 +133,10 @@ def build_train_step(
         for name in trainable:
             g = grads[name]
             m_in, v_in = name + EXP_AVG, name + EXP_AVG_SQ
-            m = b.op("Add", [b.op("Mul", [m_in, c_b1]), b.op("Mul", [g, c_1b1])])
-            v = b.op("Add", [b.op("Mul", [v_in, c_b2]), b.op("Mul", [b.op("Mul", [g, g]), c_1b2])])
-            b.nodes.append(helper.make_node("Identity", [m], [m_in + NEXT]))
-            b.nodes.append(helper.make_node("Identity", [v], [v_in + NEXT]))
+            m, v = m_in + NEXT, v_in + NEXT
+            b.nodes.append(helper.make_node("Add", [b.op("Mul", [m_in, c_b1]), b.op("Mul", [g, c_1b1])], [m]))
+            g2 = b.op("Mul", [b.op("Mul", [g, g]), c_1b2])
+            b.nodes.append(helper.make_node("Add", [b.op("Mul", [v_in, c_b2]), g2], [v]))
             denom = b.op("Add", [b.op("Sqrt", [v]), c_eps])
             target = b.name("stepped") if decay else name + NEXT
             b.nodes.append(

@@ -124,6 +124,51 @@ def test_set_parameter_keeps_the_optimizer_state_as_ort_does(data) -> None:
     ort.close()
 
 
+@needs_ort
+@pytest.mark.parametrize("kind", ["cosine", "linear-frozen-gated"])
+def test_an_update_s_epochs_end_with_the_same_head_and_predictions(data, kind: str) -> None:
+    """Label-balanced epochs with the known rows pulled back after each (as HeadTrainer.fit does)."""
+    from mlpersonalize.training import ANCHOR, balanced_order
+
+    head, trainable = heads(data)[kind]
+    _, emb, idx = data
+    new_emb, new_idx = _new_examples(emb, idx)
+    all_emb, all_idx = np.concatenate([emb, new_emb]), np.concatenate([idx, new_idx])
+    params = UpdateParams()
+    ort = OrtReference(head, trainable, params)
+    portable = PortableEngine().open(head, trainable, params)
+    start = portable.parameters()[trainable[0]]
+    rng = np.random.default_rng(params.seed)
+    try:
+        for _ in range(3):
+            order = balanced_order(all_idx, rng)
+            for s in range(0, len(order), params.batch_size):
+                batch = order[s : s + params.batch_size]
+                assert portable.step(all_emb[batch], all_idx[batch]) == pytest.approx(
+                    ort.step(all_emb[batch], all_idx[batch]), abs=1e-4
+                )
+            if kind == "cosine":
+                pulled = portable.parameters()[WEIGHT]
+                pulled[:OLD] = start[:OLD] + (1 - ANCHOR) * (pulled[:OLD] - start[:OLD])
+                ort.set_parameter(WEIGHT, pulled)
+                portable.set_parameter(WEIGHT, pulled)
+        expected = ort.parameters()
+        for name, value in portable.parameters().items():
+            np.testing.assert_allclose(value, expected[name], atol=1e-4)
+        ort_head = onnx.ModelProto()
+        ort_head.CopyFrom(head)
+        for init in ort_head.graph.initializer:
+            if init.name in expected:
+                init.CopyFrom(numpy_helper.from_array(expected[init.name], init.name))
+        from mlpersonalize import _ort
+
+        ort_logits = _ort.inference_session(ort_head.SerializeToString()).run(None, {"embedding": all_emb})[0]
+        np.testing.assert_array_equal(portable.logits(all_emb).argmax(1), ort_logits.argmax(1))
+    finally:
+        ort.close()
+        portable.close()
+
+
 def _loss(head: onnx.ModelProto, trainable: str, value: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Mean cross-entropy of ``head`` with ``trainable`` set to ``value``, in float64 numpy."""
     from onnx.reference import ReferenceEvaluator

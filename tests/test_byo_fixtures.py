@@ -1,0 +1,288 @@
+"""Bring your own model, with real trained classifiers (tests/fixtures/byo, PyTorch-trained ONNX).
+
+Each fixture is made updatable and updated through the CLI as a user would; the data are
+generated doodles (``mlpersonalize.sample.doodles``), held-out from seeds the models never saw.
+The retention goals of issue 14 are asserted too: the ones today's update misses are marked
+``xfail(strict=True)``, so they fail loudly the day they pass and the mark must go.
+Updates run with ``--force``: a guard refusal would hide what the update does to the labels.
+``python -m benchmarks.byo`` measures the same over several seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from benchmarks.byo import Fixture, LastLayer, fixtures, ncm_predict
+from mlpersonalize.cli.app import main
+from mlpersonalize.images import load, to_model_input
+from mlpersonalize.sample.doodles import write_folder
+
+FIXTURES = fixtures()
+HELDOUT = 20  # held-out drawings per label
+SHOTS = 3  # drawings of each new label in the batch
+OLD_SHOTS = 5  # drawings of each own label in the batch of the "with old data" update
+KEEP = 0.97  # issue 14: share of the original accuracy kept without old data
+KEEP_WITH_OLD = 0.99  # ... with 5 examples per own label in the batch
+NCM_MARGIN = 0.05  # new labels reach nearest-class-mean accuracy, less this
+
+
+@contextlib.contextmanager
+def _env(home: Path) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("MLPERSONALIZE_HOME", "MLPERSONALIZE_MODEL")}
+    os.environ["MLPERSONALIZE_HOME"] = str(home)
+    os.environ.pop("MLPERSONALIZE_MODEL", None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cli(home: Path, *args: str) -> str:
+    """The console entry point in-process with its own data dir; stdout (asserting exit 0)."""
+    out, err = io.StringIO(), io.StringIO()
+    with _env(home), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+    assert exit_info.value.code in (0, None), (args, err.getvalue())
+    return out.getvalue()
+
+
+def predictions(home: Path, model: str, folder: Path) -> dict[str, dict]:
+    """``predict --json`` of every drawing in ``folder``, by file path."""
+    rows = [
+        json.loads(line)
+        for line in cli(home, "predict", str(folder), "--model", model, "--json").splitlines()
+    ]
+    return {str(Path(r["file"]).resolve()): r for r in rows}
+
+
+def top1_accuracy(rows: dict[str, dict], labels: tuple[str, ...]) -> float:
+    hits = [
+        r["top"][0]["label"] == Path(f).parent.name for f, r in rows.items() if Path(f).parent.name in labels
+    ]
+    return float(np.mean(hits))
+
+
+@dataclass
+class Scenario:
+    fixture: Fixture
+    work: Path
+    package: Path
+    heldout: Path
+    before: dict[str, dict]
+    after: dict[str, dict]  # after an update with 3 drawings of each of 5 new labels
+    after_with_old: dict[str, dict]  # the same batch plus 5 drawings of each own label
+    ncm_old: float
+    ncm_new: float
+
+
+_SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """Make the fixture updatable, predict, update twice (once per data dir); cached per module."""
+    if name in _SCENARIOS:
+        return _SCENARIOS[name]
+    fx = FIXTURES[name]
+    work = tmp_path_factory.mktemp(f"byo-{name}")
+    package = work / "pkg"
+    cli(work / "home", "make-updatable", str(fx.path), "-o", str(package), *fx.make_updatable_args())
+    heldout = work / "heldout"
+    write_folder(heldout, fx.labels + fx.new_labels, HELDOUT, seed=4242)
+    before = predictions(work / "home", str(package), heldout)
+    new_files = write_folder(work / "batch" / "new", fx.new_labels, SHOTS, seed=31)
+    old_files = write_folder(work / "batch" / "old", fx.labels, OLD_SHOTS, seed=32)
+    after = {}
+    for kind, folders in (("new", ["new"]), ("old", ["new", "old"])):
+        home = work / f"home-{kind}"
+        batch = work / f"{kind}.npz"
+        cli(
+            home,
+            "prepare",
+            *[str(work / "batch" / f) for f in folders],
+            "-o",
+            str(batch),
+            "--model",
+            str(package),
+        )
+        cli(home, "update", str(batch), "--model", str(package), "--seed", "0", "--force")
+        after[kind] = predictions(home, fx.name, heldout)
+    # Nearest class mean in the model's own features, 3 drawings of every label.
+    layer = LastLayer(fx.path)
+    all_labels = fx.labels + fx.new_labels
+    train = new_files + [f for f in old_files if int(f.stem) < SHOTS]
+    test = sorted(heldout.rglob("*.png"))
+
+    def feats(files: list[Path]) -> np.ndarray:
+        return layer.run(to_model_input(np.stack([load(f, fx.constraint) for f in files]), fx.constraint))[1]
+
+    def ids(files: list[Path]) -> np.ndarray:
+        return np.array([all_labels.index(f.parent.name) for f in files])
+
+    right = ncm_predict(feats(train), ids(train), feats(test), len(all_labels)) == ids(test)
+    old = ids(test) < len(fx.labels)
+    made = Scenario(
+        fx,
+        work,
+        package,
+        heldout,
+        before,
+        after["new"],
+        after["old"],
+        float(right[old].mean()),
+        float(right[~old].mean()),
+    )
+    _SCENARIOS[name] = made
+    print(  # `pytest -s` shows what the retention tests judge
+        f"{name}: own labels {top1_accuracy(before, fx.labels):.3f} before, "
+        f"{top1_accuracy(after['new'], fx.labels):.3f} after, {top1_accuracy(after['old'], fx.labels):.3f} "
+        f"with old examples; new labels {top1_accuracy(after['new'], fx.new_labels):.3f} "
+        f"(NCM {made.ncm_new:.3f}, own labels {made.ncm_old:.3f})"
+    )
+    return made
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_fixture_is_a_trained_classifier(name: str, tmp_path: Path) -> None:
+    """The committed file runs in plain ONNX Runtime and knows its labels on fresh drawings."""
+    fx = FIXTURES[name]
+    assert fx.path.stat().st_size < 1_000_000
+    labels = fx.labels_file.read_text(encoding="utf-8").split()
+    session = ort.InferenceSession(str(fx.path), providers=["CPUExecutionProvider"])
+    files = write_folder(tmp_path, fx.labels, 10, seed=777)
+    x = to_model_input(np.stack([load(f, fx.constraint) for f in files]), fx.constraint)
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert out.shape == (len(files), len(fx.labels)) and len(labels) == len(set(labels))
+    accuracy = np.mean([fx.labels[k] == f.parent.name for k, f in zip(out.argmax(1), files, strict=True)])
+    assert accuracy >= min(0.85, fx.heldout_accuracy - 0.05), accuracy
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_made_package_predicts_what_the_original_does(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    s = scenario(name, tmp_path_factory)
+    fx = s.fixture
+    manifest = json.loads((s.package / "manifest.json").read_text(encoding="utf-8"))
+    assert tuple(manifest["labels"]) == fx.labels
+    assert manifest["input"]["image"]["layout"] == fx.constraint.layout
+    assert manifest["input"]["image"]["ink"] == fx.constraint.ink
+    files = sorted(s.before)
+    x = to_model_input(np.stack([load(f, fx.constraint) for f in files]), fx.constraint)
+    session = ort.InferenceSession(str(fx.path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float64)
+    if not np.allclose(out.sum(1), 1, atol=1e-4):  # a logits model: the package adds the softmax
+        out = np.exp(out - out.max(1, keepdims=True))
+        out /= out.sum(1, keepdims=True)
+    for f, probs in zip(files, out, strict=True):
+        top = s.before[f]["top"][0]
+        assert top["label"] == fx.labels[int(probs.argmax())], f
+        assert top["probability"] == pytest.approx(probs.max(), abs=1e-4), f
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_update_adds_the_new_labels(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    s = scenario(name, tmp_path_factory)
+    fx = s.fixture
+    info = json.loads(cli(s.work / "home-new", "inspect", "--model", fx.name, "--json"))
+    labels = tuple(info["labels"])
+    assert labels[: len(fx.labels)] == fx.labels and sorted(labels[len(fx.labels) :]) == sorted(fx.new_labels)
+    predicted = {r["top"][0]["label"] for r in s.after.values()}
+    assert set(fx.new_labels) <= predicted  # each new label is predicted for some drawing
+    assert top1_accuracy(s.after, fx.new_labels) > 2 / (len(fx.labels) + len(fx.new_labels))
+    # The original package is untouched: it still predicts what it did.
+    again = predictions(s.work / "home-new", str(s.package), s.heldout)
+    assert {f: r["top"][0]["label"] for f, r in again.items()} == {
+        f: r["top"][0]["label"] for f, r in s.before.items()
+    }
+
+
+# Where today's update (imprinted, gated new rows; frozen brought rows) misses the goals in this
+# test's run (`pytest -s` prints it; `python -m benchmarks.byo` measures over seeds). Own labels
+# before / after / with 5 old examples, new labels vs NCM: resnet 0.994 / 0.825 / 0.988, 0.820
+# vs 0.930; mobilenet 0.906 / 0.619 / 0.812, 0.660 vs 0.600; mlp 0.994 / 0.375 / 0.938, 0.680
+# vs 0.640; nhwc 0.925 / 0.592 / 0.917, 0.680 vs 0.660. resnet and nhwc with old examples pass
+# by one drawing.
+_KEEP_FAILS = {"resnet", "mobilenet", "mlp", "nhwc"}
+_KEEP_WITH_OLD_FAILS = {"mobilenet", "mlp"}
+_NCM_FAILS = {"resnet"}
+
+
+def _mark(name: str, failing: set[str], reason: str) -> object:
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if name in failing else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [_mark(n, _KEEP_FAILS, "issue 14 item 2: the update forgets the brought labels") for n in FIXTURES],
+)
+def test_update_keeps_the_brought_accuracy_without_old_data(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    s = scenario(name, tmp_path_factory)
+    before, after = top1_accuracy(s.before, s.fixture.labels), top1_accuracy(s.after, s.fixture.labels)
+    assert after >= KEEP * before, (before, after)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        _mark(n, _KEEP_WITH_OLD_FAILS, "issue 14 item 3: old labels in the batch do not keep them")
+        for n in FIXTURES
+    ],
+)
+def test_update_keeps_the_brought_accuracy_with_five_old_examples(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    s = scenario(name, tmp_path_factory)
+    before, after = (
+        top1_accuracy(s.before, s.fixture.labels),
+        top1_accuracy(s.after_with_old, s.fixture.labels),
+    )
+    assert after >= KEEP_WITH_OLD * before, (before, after)
+
+
+@pytest.mark.parametrize(
+    "name", [_mark(n, _NCM_FAILS, "issue 14 item 2: new labels below the features' NCM") for n in FIXTURES]
+)
+def test_new_labels_reach_nearest_class_mean(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    s = scenario(name, tmp_path_factory)
+    new = top1_accuracy(s.after, s.fixture.new_labels)
+    assert new >= s.ncm_new - NCM_MARGIN, (new, s.ncm_new)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m benchmarks.byo` with tiny sizes: every method measured, the table printed."""
+    from benchmarks import byo
+
+    out = tmp_path / "byo.json"
+    assert byo.main(["--seeds", "1", "--heldout", "2", "--fixture", "mlp", "--json", str(out)]) == 0
+    record = json.loads(out.read_text(encoding="utf-8"))["fixtures"]["mlp"]
+    assert record["before"] == pytest.approx(record["before_direct_onnx"])
+    methods = {(r["method"], r["old_shots"]) for r in record["runs"]}
+    assert {
+        ("update", 0),
+        ("update", 3),
+        ("update", 5),
+        ("naive", 5),
+        ("naive-new", 0),
+        ("ncm", 3),
+    } <= methods
+    table = capsys.readouterr().out
+    assert "| mlp (8, " in table and table.count("\n|") == len(byo.ROWS) + 2

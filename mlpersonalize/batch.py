@@ -25,7 +25,7 @@ from .errors import BatchError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, fsync_file, storage_error
 from .images import ImageConstraint
-from .package import normalize_label
+from .manifest import normalize_label, sha256_file
 
 SCHEMA_VERSION = 1
 MEMBERS = ("pixels", "labels", "sources", "sha256", "meta")
@@ -229,8 +229,6 @@ def _alive(pid: int) -> bool:
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a batch file's bytes."""
-    from .manifest import sha256_file
-
     try:
         return sha256_file(path)
     except OSError as exc:

@@ -112,8 +112,8 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     model_id: str = ""
     format_version: int = FORMAT_VERSION
-    # "linear": a brought model's last layer (linear_head.py); "branch": that and earlier layers
-    # that train in a copy serving added labels (branch_head.py)
+    # "linear": a brought model's last layer (heads/linear.py); "branch": that and earlier layers
+    # that train in a copy serving added labels (heads/branch.py)
     head_kind: str = "cosine"
     frozen_labels: int = 0  # linear and branch heads: the first rows (the brought model's labels) never train
 

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpersonalize import engines, fitting
+from mlpersonalize.fitting import balanced_order
+from mlpersonalize.heads import FitResult, StoredHead
+from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, imprint, normalize
 from mlpersonalize.params import UpdateParams
-from mlpersonalize.training import (
-    HeadTrainer,
-    balanced_order,
-    cosine_logits,
-    imprint,
-    normalize,
-    select_exemplars,
-    split_holdout,
-    train_head,
-)
+from mlpersonalize.update_algorithm import select_exemplars, split_holdout
+
+
+def train_cosine(
+    start: np.ndarray,
+    scale: float,
+    emb: np.ndarray,
+    idx: np.ndarray,
+    params: UpdateParams,
+    anchor_rows: int = 0,
+) -> FitResult:
+    """A cosine head trained by the ORT engine through the shared loop."""
+    head = StoredHead(start, scale)
+    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), params)
+    try:
+        losses = fitting.train(session, emb, idx, params, {WEIGHT: anchor_rows})
+        return FitResult(session.parameters()[WEIGHT], losses)
+    finally:
+        session.close()
 
 
 def test_imprint_is_the_normalised_mean() -> None:
@@ -47,8 +60,12 @@ def test_engine_eval_logits_match_the_head_formula() -> None:
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 8)).astype(np.float32)
     emb = rng.standard_normal((10, 8)).astype(np.float32)
-    with HeadTrainer(weight, 10.0, UpdateParams()) as trainer:
-        np.testing.assert_allclose(trainer.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
+    head = StoredHead(weight, 10.0)
+    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), UpdateParams())
+    try:
+        np.testing.assert_allclose(session.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
+    finally:
+        session.close()
 
 
 def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
@@ -58,8 +75,8 @@ def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
     emb = centres[idx] + 0.3 * rng.standard_normal((30, 16)).astype(np.float32)
     start = rng.standard_normal((3, 16)).astype(np.float32)
     params = UpdateParams(epochs=15, learning_rate=0.05, batch_size=8)
-    free = train_head(start, 16.0, emb, idx, params)
-    anchored = train_head(start, 16.0, emb, idx, params, anchor_rows=2)
+    free = train_cosine(start, 16.0, emb, idx, params)
+    anchored = train_cosine(start, 16.0, emb, idx, params, anchor_rows=2)
     assert free.finite and free.losses[-1] < free.losses[0]
     assert np.mean(np.argmax(cosine_logits(emb, free.weight, 16.0), 1) == idx) > 0.9
     moved_free = np.abs(free.weight[:2] - start[:2]).mean()

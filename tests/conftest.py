@@ -109,9 +109,7 @@ def tiny_model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_model(tiny_model_template: Path, tmp_path: Path) -> Path:
     """A fresh, writable copy of the tiny package for one test."""
-    target = tmp_path / "tiny"
-    shutil.copytree(tiny_model_template, target)
-    return target
+    return Path(shutil.copytree(tiny_model_template, tmp_path / "tiny"))
 
 
 def build_doodle_package(directory: Path) -> Path:
@@ -143,6 +141,4 @@ def doodle_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def doodle_model(doodle_template: Path, tmp_path: Path) -> Path:
     """A fresh, writable copy of the doodle package for one test."""
-    target = tmp_path / "original"
-    shutil.copytree(doodle_template, target)
-    return target
+    return Path(shutil.copytree(doodle_template, tmp_path / "original"))

@@ -25,13 +25,14 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import __version__
 from .errors import ModelError
 from .fsio import fsync_dir, write_bytes_synced
+from .heads import StoredHead, kind_named, kind_of
 from .images import ImageConstraint
 from .manifest import (
     BACKBONE_FILE,
@@ -49,9 +50,6 @@ from .manifest import (
     sha256_file,
 )
 from .params import DEFAULT_RANGES, UpdateParams
-
-if TYPE_CHECKING:
-    from . import heads
 
 
 @dataclass(frozen=True)
@@ -93,6 +91,7 @@ def verify_files(path: Path, manifest: Manifest) -> dict[str, bool]:
 def load_package(path: Path, verify: bool = True) -> ModelPackage:
     """Read and check a package; with ``verify`` every file's hash must match its manifest entry."""
     manifest = read_manifest(path)
+    kind_of(manifest, str(path / MANIFEST))  # a kind this tool has, and what that kind needs
     if verify:
         for name, ok in verify_files(path, manifest).items():
             if not ok:
@@ -202,7 +201,7 @@ def _replace(manifest: Manifest, **changes: Any) -> Manifest:
 
 def build_contents(
     backbone_bytes: bytes,
-    head: heads.StoredHead,
+    head: StoredHead,
     head_kind: str,
     labels: list[str],
     exemplar_embeddings: np.ndarray,
@@ -213,13 +212,11 @@ def build_contents(
 
     The training artifacts are ONNX Runtime's (engines/ort.py), the format a package stores.
     """
-    # onnx, the head kinds and ONNX Runtime's training modules: only writing a package needs
-    # them (loading one, as predict and inspect do, stays light).
+    # ONNX Runtime's training modules: only writing a package needs them.
     import onnx
 
     from .classifier import build_inference_model
     from .engines.ort import artifact_files
-    from .heads import kind_named
 
     kind = kind_named(head_kind)
     backbone = onnx.load_from_string(backbone_bytes)
@@ -275,8 +272,6 @@ def create_package(
     params = (params or UpdateParams()).validate()
     if head_weight.shape[0] != len(labels):
         raise ValueError(f"head_weight has {head_weight.shape[0]} rows for {len(labels)} labels")
-    from .heads import StoredHead, kind_named  # onnx: only writing a package needs it
-
     head = StoredHead(
         np.asarray(head_weight, np.float32),
         float(logit_scale),
@@ -284,7 +279,8 @@ def create_package(
         len(gate_thresholds(training)),
         features,
     )
-    dim = kind_named(head_kind).embedding_dim(head, backbone)
+    kind = kind_named(head_kind)
+    dim = kind.embedding_dim(head, backbone)
     per_label = max((len(v) for v in exemplars.values()), default=0)
     emb = [np.asarray(exemplars[label], np.float32) for label in labels if label in exemplars]
     idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
@@ -314,6 +310,7 @@ def create_package(
         model_id=hashlib.sha256(contents[BACKBONE_FILE]).hexdigest()[:16],  # stays across updates
         head_kind=head_kind,
         frozen_labels=frozen_labels,
+        updatable=tuple(kind.updatable(head)),
     )
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):

@@ -20,6 +20,7 @@ from .batch import Batch, check_batch_fits, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, publish, signals_deferred, storage_error
+from .heads import kind_named
 from .manifest import BACKBONE_FILE, UNKNOWN, normalize_label
 from .names import escape
 from .package import ModelPackage, build_contents, load_package, now_iso, producer, write_package
@@ -122,6 +123,7 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     new_manifest = dataclasses.replace(
         manifest,
         labels=tuple(outcome.labels),
+        updatable=tuple(kind_named(manifest.head_kind).updatable(outcome.head)),
         history=(*manifest.history, outcome.history),
         metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
         producer=outcome.history["producer"],

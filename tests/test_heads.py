@@ -7,6 +7,7 @@ as a "linear" head and, with its hidden layer trainable, as a "branch" head.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import byo_models as bm
@@ -64,10 +65,19 @@ def _head_logits(stored: StoredHead, kind: type, emb: np.ndarray) -> np.ndarray:
 
 
 def test_registry_maps_every_manifest_kind_to_its_class(linear_package: ModelPackage) -> None:
-    assert KINDS == {"cosine": CosineHead, "linear": LinearHead, "branch": BranchHead}
+    assert {name: kind_named(name) for name in KINDS} == {
+        "cosine": CosineHead,
+        "linear": LinearHead,
+        "branch": BranchHead,
+    }
+    assert all(kind_named(name).kind == name for name in KINDS)
     assert kind_of(linear_package.manifest) is LinearHead
-    with pytest.raises(ModelError, match="unknown head kind 'conv'"):
-        kind_named("conv")
+    with pytest.raises(ModelError, match="m.json: head.kind 'conv' is not one of cosine, linear, branch"):
+        kind_named("conv", "m.json")
+    # A kind checks what it needs of a manifest: a branch head without its branch record is refused.
+    bare = dataclasses.replace(linear_package.manifest, head_kind="branch")
+    with pytest.raises(ModelError, match="a branch head needs training.brought.branch.features"):
+        kind_of(bare, "m.json")
 
 
 # --- the margin gate -----------------------------------------------------------------------------

@@ -10,30 +10,34 @@ A fourth kind is a subclass of :class:`HeadKind` and one line in ``KINDS``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
 
 from ..errors import ModelError
-from .base import FitResult, HeadKind, StoredHead
-from .branch import BranchHead
-from .cosine import CosineHead
-from .linear import LinearHead
+from ..manifest import Manifest
+from .base import FitResult, HeadKind, PackageView, StoredHead
 
-if TYPE_CHECKING:
-    from ..manifest import Manifest
+# name -> (module, class). A kind's module is imported when a package of that kind is loaded:
+# the linear kinds bring ONNX Runtime with them, which `inspect` of a cosine package never needs.
+KINDS: dict[str, tuple[str, str]] = {
+    "cosine": ("cosine", "CosineHead"),
+    "linear": ("linear", "LinearHead"),
+    "branch": ("branch", "BranchHead"),
+}
 
-KINDS: dict[str, type[HeadKind]] = {kind.kind: kind for kind in (CosineHead, LinearHead, BranchHead)}
-
-__all__ = ["KINDS", "FitResult", "HeadKind", "StoredHead", "kind_of", "kind_named"]
-
-
-def kind_named(name: str) -> type[HeadKind]:
-    """The head kind called ``name``."""
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ModelError(f"unknown head kind {name!r}; known: {', '.join(KINDS)}") from None
+__all__ = ["KINDS", "FitResult", "HeadKind", "PackageView", "StoredHead", "kind_named", "kind_of"]
 
 
-def kind_of(manifest: Manifest) -> type[HeadKind]:
-    """The head kind of a package's manifest."""
-    return kind_named(manifest.head_kind)
+def kind_named(name: str, where: str = "head") -> type[HeadKind]:
+    """The head kind called ``name``; ModelError (naming ``where``) for a name no kind has."""
+    if name not in KINDS:
+        raise ModelError(f"{where}: head.kind {name!r} is not one of {', '.join(KINDS)}")
+    module, cls = KINDS[name]
+    kind: type[HeadKind] = getattr(importlib.import_module(f".{module}", __name__), cls)
+    return kind
+
+
+def kind_of(manifest: Manifest, where: str = "head") -> type[HeadKind]:
+    """The head kind of a manifest, after it checked that the manifest has what it needs."""
+    kind = kind_named(manifest.head_kind, where)
+    kind.check(manifest, where)
+    return kind

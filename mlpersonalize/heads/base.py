@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import onnx
@@ -110,6 +110,16 @@ class HeadKind(ABC):
     @abstractmethod
     def read(cls, package: PackageView) -> StoredHead:
         """The head the package stores."""
+
+    @classmethod  # noqa: B027  (a hook: most kinds need nothing more of a manifest)
+    def check(cls, manifest: Manifest, where: str) -> None:
+        """ModelError (naming ``where``) when ``manifest`` lacks what this kind needs."""
+
+    @classmethod
+    def updatable(cls, stored: StoredHead) -> list[dict[str, Any]]:
+        """The trainable parameters with their shapes (the manifest's ``updatable``)."""
+        shapes = {init.name: [int(n) for n in init.dims] for init in cls.graph(stored).graph.initializer}
+        return [{"name": name, "shape": shapes[name]} for name in cls.trainable(stored)]
 
     # --- one update -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from .. import _ort, fitting, margin_gate
 from ..byo_graph import ancestors, constants
 from ..classifier import OPSET
 from ..errors import ModelError
-from ..manifest import HEAD_FILE
+from ..manifest import HEAD_FILE, Manifest
 from ..params import UpdateParams
 from . import linear
 from .base import FitResult, PackageView, Parts, StoredHead
@@ -255,6 +255,13 @@ def build_head(
     return model
 
 
+def branch_record(training: dict[str, Any]) -> dict[str, Any] | None:
+    """What the manifest records about a branch head's trainable layers (None when it lacks it)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    branch = brought.get("branch") if isinstance(brought, dict) else None
+    return branch if isinstance(branch, dict) and isinstance(branch.get("features"), int) else None
+
+
 def fixed_columns(stored: StoredHead) -> int:
     """The trained rows' weights that are set, not trained: the ``e0`` block and the gate."""
     return (stored.weight.shape[1] - 1 - stored.gate_columns) // 2 + stored.gate_columns
@@ -284,6 +291,11 @@ class BranchHead(LinearHead):
     @staticmethod
     def embedding_dim(stored: StoredHead, backbone: onnx.ModelProto) -> int:
         return int(backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+
+    @classmethod
+    def check(cls, manifest: Manifest, where: str) -> None:
+        if branch_record(manifest.training) is None:
+            raise ModelError(f"{where}: a branch head needs training.brought.branch.features")
 
     @classmethod
     def read(cls, package: PackageView, head: onnx.ModelProto | None = None) -> StoredHead:

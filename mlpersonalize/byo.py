@@ -60,7 +60,7 @@ class ByoResult:
     """The package made and how its head was found."""
 
     path: Path
-    manifest: Any
+    manifest: Manifest
     head: dict[str, Any]
 
 
@@ -92,11 +92,11 @@ def read_labels(path: Path, classes: int) -> list[str]:
     return labels
 
 
-def _dim(value: Any) -> int | None:
+def _dim(value: onnx.TensorShapeProto.Dimension) -> int | None:
     return int(value.dim_value) if value.HasField("dim_value") and value.dim_value > 0 else None
 
 
-def image_constraint(image_input: Any, options: ByoOptions) -> ImageConstraint:
+def image_constraint(image_input: onnx.ValueInfoProto, options: ByoOptions) -> ImageConstraint:
     """The constraint from the input's shape (NCHW or NHWC, 1 or 3 channels) and the flags."""
     dims = [_dim(d) for d in image_input.type.tensor_type.shape.dim]
     if len(dims) != 4:
@@ -141,7 +141,7 @@ def _values(options: ByoOptions, channels: int) -> tuple[float, tuple[float, ...
     return 1.0 / (255.0 * std[0]), tuple(-m / std[0] for m in mean)
 
 
-def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None:
+def _check_split(model: onnx.ModelProto, package: Path, constraint: ImageConstraint) -> None:
     """The package must predict what the brought model predicts (a wrong cut is caught here)."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (4, *constraint.shape), dtype=np.uint8)
@@ -159,7 +159,7 @@ def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None
         )
 
 
-def _gate(backbone: Any, head: Any, constraint: ImageConstraint) -> tuple[float, ...]:
+def _gate(backbone: onnx.ModelProto, head: byo_graph.Head, constraint: ImageConstraint) -> tuple[float, ...]:
     """The margin gate's thresholds, scaled to the brought head's margins on noise images."""
     noise = linear_head.noise_images(constraint, GATE_NOISE_IMAGES, seed=1)
     return margin_gate.ladder(embed(backbone.SerializeToString(), noise, constraint), head.weight, head.bias)
@@ -173,7 +173,7 @@ def _with_gate_columns(weight: np.ndarray, columns: int, branch_columns: int = 0
     return np.concatenate([zeros[0], weight, zeros[1]], axis=1)
 
 
-def _cut_shape(backbone: Any, cut: str, constraint: ImageConstraint) -> tuple[int, ...]:
+def _cut_shape(backbone: onnx.ModelProto, cut: str, constraint: ImageConstraint) -> tuple[int, ...]:
     """The cut tensor's shape without the batch dimension, measured on one blank image."""
     x = to_model_input(np.zeros((1, *constraint.shape), np.uint8), constraint)
     if cut == backbone.graph.input[0].name:
@@ -185,8 +185,12 @@ def _cut_shape(backbone: Any, cut: str, constraint: ImageConstraint) -> tuple[in
 
 
 def _branch_parts(
-    model: Any, head: Any, branch: Any, backbone: Any, constraint: ImageConstraint
-) -> tuple[Any, tuple[float, ...], dict[str, Any]]:
+    model: onnx.ModelProto,
+    head: byo_graph.Head,
+    branch: byo_graph.Branch,
+    backbone: onnx.ModelProto,
+    constraint: ImageConstraint,
+) -> tuple[onnx.ModelProto, tuple[float, ...], dict[str, Any]]:
     """(feature part of the head, gate thresholds, manifest record) of a branch head."""
     cut_shape = _cut_shape(backbone, branch.cut, constraint)
     backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value = int(np.prod(cut_shape))

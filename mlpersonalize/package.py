@@ -25,7 +25,7 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .manifest import (
     sha256_file,
 )
 from .params import DEFAULT_RANGES, UpdateParams
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,7 @@ def build_contents(
 def create_package(
     directory: Path,
     *,
-    backbone: Any,
+    backbone: onnx.ModelProto,
     head_weight: np.ndarray,
     labels: list[str],
     constraint: ImageConstraint,
@@ -261,7 +264,7 @@ def create_package(
     unknown_threshold: float = 0.0,
     head_kind: str = "cosine",
     frozen_labels: int = 0,
-    features: Any = None,
+    features: onnx.ModelProto | None = None,
 ) -> Manifest:
     """Build a new package in ``directory`` (created; must not exist or be empty).
 

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from .. import _ort, fitting, margin_gate
-from ..byo_graph import ancestors, constants
+from ..byo_graph import Branch, Head, ancestors, constants
 from ..classifier import OPSET
 from ..errors import ModelError
 from ..manifest import HEAD_FILE, Manifest
@@ -36,6 +36,8 @@ from .base import FitResult, PackageView, Parts, StoredHead
 from .linear import LinearHead
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from ..engines import Engine
 
 KIND = "branch"
@@ -135,8 +137,8 @@ def _inference_only(
 
 def build_features(
     model: onnx.ModelProto,
-    branch: Any,
-    head: Any,
+    branch: Branch,
+    head: Head,
     cut_shape: tuple[int, ...],
     thresholds: tuple[float, ...],
 ) -> onnx.ModelProto:
@@ -321,7 +323,7 @@ class BranchHead(LinearHead):
         self.fixed_columns = self.dim  # the e0 block, while the rows are fitted without the gate
         super().__init__(package, labels, params, engine, head)
 
-    def features(self, emb: np.ndarray, session: Any = None) -> np.ndarray:
+    def features(self, emb: np.ndarray, session: ort.InferenceSession | None = None) -> np.ndarray:
         """``[e1, e0, gate]`` of backbone embeddings (the flattened cut)."""
         if not len(emb):
             return np.zeros((0, self.old_weight.shape[1] - 1), np.float32)

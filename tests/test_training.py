@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mlpersonalize import engines, fitting
 from mlpersonalize.fitting import balanced_order
@@ -81,3 +82,54 @@ def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
     assert np.mean(np.argmax(cosine_logits(emb, free.weight, 16.0), 1) == idx) > 0.9
     moved_free = np.abs(free.weight[:2] - start[:2]).mean()
     assert np.abs(anchored.weight[:2] - start[:2]).mean() < moved_free
+
+
+class _Stepper:
+    """A TrainSession that moves every parameter by +1 per step and reports a scripted loss."""
+
+    def __init__(self, losses: list[float]) -> None:
+        self.values = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)}
+        self.losses = iter(losses)
+        self.steps = 0
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.steps += 1
+        for value in self.values.values():
+            value += 1
+        return next(self.losses)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.values.items()}
+
+    def set_parameter(self, name: str, value: np.ndarray) -> None:
+        self.values[name] = np.array(value, np.float32)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        raise AssertionError("the loop never asks for logits")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_anchors_known_rows_and_stops_on_nan_whatever_the_engine() -> None:
+    emb = np.zeros((4, 2), np.float32)
+    idx = np.array([0, 0, 1, 1])
+    params = UpdateParams(epochs=3, batch_size=2, shuffle=False)
+    session = _Stepper([1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])  # two steps an epoch
+    epochs: list[tuple[int, float]] = []
+    losses = fitting.train(session, emb, idx, params, {"w": 2}, lambda e, loss: epochs.append((e, loss)))
+    assert session.steps == 4 and len(losses) == 2 and np.isnan(losses[1])  # stopped after epoch 2
+    assert [e for e, _ in epochs] == [1, 2]
+    # Each epoch moves every parameter by 2; then the first 2 rows of "w" are pulled back by ANCHOR
+    # towards their start (0): (0 + 2) * .5 = 1 after epoch 1, (1 + 2) * .5 = 1.5 after epoch 2.
+    assert fitting.ANCHOR == 0.5
+    np.testing.assert_array_equal(session.values["w"][:2], np.full((2, 2), 1.5))
+    np.testing.assert_array_equal(session.values["w"][2:], np.full((1, 2), 4.0))
+    np.testing.assert_array_equal(session.values["b"], np.full(3, 4.0))
+
+
+def test_engine_lookup() -> None:
+    assert engines.get(None).name == "ort"  # onnxruntime-training is installed here
+    assert engines.get("ort") is engines.get(None)
+    with pytest.raises(ValueError, match="unknown training engine 'tpu'"):
+        engines.get("tpu")

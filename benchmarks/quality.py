@@ -1,12 +1,12 @@
 """Quality: teach new doodle labels from 1, 3 or 5 drawings; compare three ways of updating.
 
-(a) ``shipped``: :func:`mlpersonalize.training.personalize`, the core ``mlpersonalize update``
-    calls (imprinting, rehearsal of the exemplar memory, anchor, guard pass and final pass), with
+(a) ``shipped``: :func:`mlpersonalize.update` (the public API; what ``mlpersonalize update``
+    runs: imprinting, rehearsal of the exemplar memory, anchor, guard pass and final pass), with
     the manifest's update defaults, as the CLI uses them. Its guard verdict is recorded: a refused
-    update leaves the model unchanged unless ``--force``.
+    update leaves the model unchanged unless ``--force`` (here forced, to measure it anyway).
 (b) ``naive``: a plain updatable layer: new rows random-initialised, the head fine-tuned on the
     new examples only (no imprinting, no rehearsal, no anchor), same epochs / rate / batch size,
-    through the same ORT training artifacts (``training.HeadTrainer``).
+    through the same engine and training loop (``engines``, ``fitting``).
 (c) ``knn``: k-nearest neighbours over embeddings (k=3, inverse-distance weights) as Apple's
     drawing sample does; every example kept: the package's exemplars of the old labels plus the
     new drawings.
@@ -34,7 +34,7 @@ def knn_predict(
     memory: np.ndarray, memory_idx: np.ndarray, query: np.ndarray, n_classes: int, k: int = K
 ) -> np.ndarray:
     """Inverse-distance-weighted k-NN vote (Euclidean distance on unit embeddings)."""
-    from mlpersonalize.training import normalize
+    from mlpersonalize.heads.cosine import normalize
 
     mem, q = normalize(memory), normalize(query)
     dist = np.sqrt(np.maximum(2.0 - 2.0 * (q @ mem.T), 0.0))
@@ -51,26 +51,42 @@ def _acc(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    import tempfile
+
     import onnx
 
-    from mlpersonalize import training
-    from mlpersonalize.head import head_weight
-    from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, load_package
+    import mlpersonalize
+    from mlpersonalize import engines, fitting
+    from mlpersonalize.batch import save_batch
+    from mlpersonalize.heads import FitResult, StoredHead
+    from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, head_weight
+    from mlpersonalize.manifest import HEAD_FILE
     from mlpersonalize.params import UpdateParams
-    from mlpersonalize.training import HeadTrainer, _predict, embed, personalize
     from mlpersonalize.updater import DEFAULT_MAX_DROP, UpdateOptions
 
-    package = load_package(model)
+    shipped_model = mlpersonalize.load_model(model)
+    package = shipped_model.package
     manifest = package.manifest
-    constraint = manifest.constraint
-    backbone = (package.path / BACKBONE_FILE).read_bytes()
     old_weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
     scale = manifest.logit_scale
+
+    def cosine_predict(emb: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return np.argmax(cosine_logits(emb, weight, scale), axis=1)
+
+    def fine_tune(weight: np.ndarray, emb: np.ndarray, idx: np.ndarray, params: UpdateParams) -> FitResult:
+        head = StoredHead(weight, scale)
+        session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), params)
+        try:
+            losses = fitting.train(session, emb, idx, params)
+            return FitResult(session.parameters()[WEIGHT], losses)
+        finally:
+            session.close()
+
     n_old = len(manifest.labels)
     params = UpdateOptions().params(manifest.update_defaults, manifest.update_ranges)  # as the CLI
     # The recommended new-label parameters (training.RECOMMENDED in older trees, else the tool's
     # UpdateParams defaults), measured too when they differ from the manifest's defaults.
-    RECOMMENDED = getattr(training, "RECOMMENDED", UpdateParams())  # noqa: N806
+    RECOMMENDED = UpdateParams()  # noqa: N806
     recommended = UpdateOptions(
         epochs=RECOMMENDED.epochs, learning_rate=RECOMMENDED.learning_rate, batch_size=RECOMMENDED.batch_size
     ).params(manifest.update_defaults, manifest.update_ranges)
@@ -82,8 +98,10 @@ def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]
     old_pos = np.array([manifest.labels.index(label) for label in old_test_labels], np.int64)
     from .common import doodles
 
-    def emb_of(pixels: np.ndarray) -> np.ndarray:
-        return embed(backbone, pixels, constraint)
+    constraint = manifest.constraint
+    emb_of = shipped_model.embed
+    scratch = tempfile.TemporaryDirectory(prefix="bench-quality-")
+    runs = 0
 
     max_new = max(sizes.new_label_counts)
     max_shots = max(sizes.shots)
@@ -97,7 +115,7 @@ def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]
         test_emb = emb_of(test_px)
         train_px, train_ids = doodles(chosen, max_shots, 7000 + seed, constraint)
         train_emb = emb_of(train_px)
-        old_before = _acc(_predict(old_emb, old_weight, scale), old_truth)
+        old_before = _acc(shipped_model.predict_embeddings(old_emb), old_truth)
         for n_new in sizes.new_label_counts:
             labels = chosen[:n_new]
             test_mask = test_ids < n_new
@@ -115,18 +133,30 @@ def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]
                 }
 
                 # (a) the shipped update path (and with the recommended parameters)
-                batch = make_batch(px, [labels[i] for i in ids], manifest)
+                batch_file = Path(scratch.name) / f"batch{runs}.npz"
+                save_batch(batch_file, make_batch(px, [labels[i] for i in ids], manifest), force=True)
                 for name, chosen_params in variants.items():
-                    outcome = personalize(package, [batch], [], chosen_params, DEFAULT_MAX_DROP)
-                    position = {label: i for i, label in enumerate(outcome.labels)}
+                    runs += 1
+                    updated = mlpersonalize.update(
+                        batch_file,
+                        package.path,
+                        output=Path(scratch.name) / f"model{runs}",
+                        epochs=chosen_params.epochs,
+                        learning_rate=chosen_params.learning_rate,
+                        batch_size=chosen_params.batch_size,
+                        force=True,  # a refused update is measured too; its verdict is recorded
+                        max_drop=DEFAULT_MAX_DROP,
+                    )
+                    after = mlpersonalize.load_model(updated.model)
+                    position = {label: i for i, label in enumerate(after.labels)}
                     truth_a = np.array([position[labels[i - n_old]] for i in t_truth], np.int64)
-                    guard = outcome.history["guard"]
+                    guard = updated.history["guard"]
                     result[name] = {
-                        "new_top1": _acc(_predict(t_emb, outcome.weight, scale), truth_a),
-                        "old_after": _acc(_predict(old_emb, outcome.weight, scale), old_truth),
+                        "new_top1": _acc(after.predict_embeddings(t_emb), truth_a),
+                        "old_after": _acc(after.predict_embeddings(old_emb), old_truth),
                         "guard_passed": bool(guard["passed"]),
                         "guard_reason": guard["reason"],
-                        "final_loss": outcome.history["final_loss"],
+                        "final_loss": updated.history["final_loss"],
                     }
 
                 # (b) naive fine-tuning of a plain layer: random new rows, new examples only
@@ -135,11 +165,10 @@ def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]
                 # the same budget, and a 10x learning rate (how far the naive way can be pushed)
                 naive_lr10 = params.replace(learning_rate=min(1.0, 10 * params.learning_rate))
                 for name, chosen_params in (("naive", params), ("naive_lr10", naive_lr10)):
-                    with HeadTrainer(weight0, scale, chosen_params) as trainer:
-                        fitted = trainer.fit(train_emb[pick], new_idx)
+                    fitted = fine_tune(weight0, train_emb[pick], new_idx, chosen_params)
                     result[name] = {
-                        "new_top1": _acc(_predict(t_emb, fitted.weight, scale), t_truth),
-                        "old_after": _acc(_predict(old_emb, fitted.weight, scale), old_truth),
+                        "new_top1": _acc(cosine_predict(t_emb, fitted.weight), t_truth),
+                        "old_after": _acc(cosine_predict(old_emb, fitted.weight), old_truth),
                     }
 
                 # (c) k-NN over embeddings: old exemplars + the new drawings
@@ -152,6 +181,7 @@ def run(model: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]
                 }
                 records.append(result)
         log(f"quality: seed {seed + 1}/{sizes.seeds} done")
+    scratch.cleanup()
     return {
         "params": params.to_dict(),
         "recommended_params": recommended.to_dict() if "shipped_recommended" in variants else None,

@@ -77,16 +77,18 @@ def full_graph_artifacts(
     import onnx
 
     from mlpersonalize import _ort
-    from mlpersonalize.head import WEIGHT, build_head, optimizer_block
+    from mlpersonalize.engines.ort import MAX_IR_VERSION, optimizer_block
+    from mlpersonalize.heads import StoredHead
+    from mlpersonalize.heads.cosine import WEIGHT, CosineHead
 
     backbone = onnx.load(str(package_path / "backbone.onnx"))
-    head = build_head(weight, scale)
+    head = CosineHead.graph(StoredHead(weight, scale))
     out_name = backbone.graph.output[0].name
     merged = onnx.compose.merge_models(backbone, head, io_map=[(out_name, "embedding")])
     frozen = [i.name for i in backbone.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.dims]
     artifacts = _ort.artifacts_api()
     out.mkdir(parents=True, exist_ok=True)
-    with _ort._stderr_captured():  # generate_artifacts logs at INFO to fd 2
+    with _ort.stderr_captured():  # generate_artifacts logs at INFO to fd 2
         artifacts.generate_artifacts(
             merged,
             requires_grad=[WEIGHT],
@@ -95,18 +97,18 @@ def full_graph_artifacts(
             optimizer=optimizer_block(params),
             artifact_directory=str(out),
         )
-    _ort._quiet_logs()
+    _ort.quiet_logs()
     opt = onnx.load(str(out / "optimizer_model.onnx"))
-    if opt.ir_version > _ort.MAX_IR_VERSION:
-        opt.ir_version = _ort.MAX_IR_VERSION
+    if opt.ir_version > MAX_IR_VERSION:
+        opt.ir_version = MAX_IR_VERSION
         onnx.save(opt, str(out / "optimizer_model.onnx"))
 
 
 def naive_full_graph(data: Data, weight: np.ndarray, params: Any) -> dict[str, float]:
     """Every epoch runs the backbone inside the training graph (the plain ORT way)."""
     from mlpersonalize import _ort
+    from mlpersonalize.fitting import balanced_order
     from mlpersonalize.images import to_model_input
-    from mlpersonalize.training import balanced_order
 
     manifest = data.manifest
     start = time.perf_counter()
@@ -136,14 +138,22 @@ def naive_full_graph(data: Data, weight: np.ndarray, params: Any) -> dict[str, f
 
 def ours_cached(data: Data, weight: np.ndarray, params: Any) -> dict[str, float]:
     """What update does: the backbone once (InferenceSession), then head epochs on embeddings."""
-    from mlpersonalize.package import BACKBONE_FILE
-    from mlpersonalize.training import embed, train_head
+    from mlpersonalize import engines, fitting
+    from mlpersonalize.embedding import embed
+    from mlpersonalize.heads import StoredHead
+    from mlpersonalize.heads.cosine import CosineHead
+    from mlpersonalize.manifest import BACKBONE_FILE
 
     manifest = data.manifest
     start = time.perf_counter()
     emb = embed(data.package.path / BACKBONE_FILE, data.pixels, manifest.constraint)
     embed_s = time.perf_counter() - start
-    train_head(weight, manifest.logit_scale, emb, data.ids + len(manifest.labels), params)
+    head = StoredHead(weight, manifest.logit_scale)
+    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), params)
+    try:
+        fitting.train(session, emb, data.ids + len(manifest.labels), params)
+    finally:
+        session.close()
     total = time.perf_counter() - start
     return {"embed_seconds": embed_s, "head_seconds": total - embed_s, "total_seconds": total}
 
@@ -151,7 +161,7 @@ def ours_cached(data: Data, weight: np.ndarray, params: Any) -> dict[str, float]
 def train(data: Data, sizes: Sizes, log: Log) -> dict[str, Any]:
     import onnx
 
-    from mlpersonalize.head import head_weight
+    from mlpersonalize.heads.cosine import head_weight
 
     params = _params(data.manifest, sizes.train_epochs, sizes.train_batch)
     old = head_weight(onnx.load(str(data.package.path / "head.onnx")))

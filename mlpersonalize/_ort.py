@@ -63,7 +63,7 @@ ORT_VERSION: str = ort.__version__
 _QUIET = 4  # ORT severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal; errors reach us as exceptions
 
 
-def _quiet_logs() -> None:
+def quiet_logs() -> None:
     ort.set_default_logger_severity(_QUIET)
     ort.set_default_logger_verbosity(0)
 
@@ -79,9 +79,14 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 def inference_session(model: str | Path | bytes, threads: int = 0) -> ort.InferenceSession:
     """A CPU inference session over a model file or serialized model bytes."""
-    _quiet_logs()
+    quiet_logs()
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def has_training() -> bool:
+    """Whether ONNX Runtime's on-device training modules are installed."""
+    return _bare_training_package() and importlib.util.find_spec("onnxruntime.training.api") is not None
 
 
 def _training_package() -> None:
@@ -89,38 +94,35 @@ def _training_package() -> None:
         raise ImportError(
             "onnxruntime has no training support: install onnxruntime-training-cpu, not onnxruntime"
         )
-    _quiet_logs()
+    quiet_logs()
 
 
 def training_api() -> Any:
     """``onnxruntime.training.api`` (CheckpointState, Module, Optimizer), without torch."""
     _training_package()
-    import onnxruntime.training.api as api
+    import onnxruntime.training.api as api  # optional and heavy: only when a head trains
 
-    _quiet_logs()
+    quiet_logs()
     return api
 
 
 def artifacts_api() -> Any:
     """``onnxruntime.training.artifacts`` and ``onnxblock``, without torch."""
     _training_package()
-    import onnxruntime.training.artifacts as artifacts
+    import onnxruntime.training.artifacts as artifacts  # optional and heavy: when artifacts are made
 
     return artifacts
 
 
 def onnxblock_api() -> Any:
     _training_package()
-    import onnxruntime.training.onnxblock as onnxblock
+    import onnxruntime.training.onnxblock as onnxblock  # optional and heavy: when artifacts are made
 
     return onnxblock
 
 
-MAX_IR_VERSION = 10  # the newest ONNX IR version ONNX Runtime 1.19 loads
-
-
 @contextlib.contextmanager
-def _stderr_captured() -> Iterator[Callable[[], str]]:
+def stderr_captured() -> Iterator[Callable[[], str]]:
     """Send file descriptor 2 to a temporary file for the block; yield a reader of what came."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -136,46 +138,3 @@ def _stderr_captured() -> Iterator[Callable[[], str]]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def generate_head_artifacts(
-    model: Any,
-    requires_grad: list[str],
-    directory: Path,
-    optimizer: Any = "adamw",
-    extra_outputs: tuple[str, ...] = (),
-) -> None:
-    """Training, eval and optimizer models plus checkpoint for ``model`` into ``directory``.
-
-    ``optimizer`` is "adamw", "sgd" or an onnxblock optimizer block (whose hyperparameters, unlike
-    the enum's, can be set). ``generate_artifacts`` logs hundreds of C++ INFO lines to fd 2, so
-    fd 2 is captured for the call (and shown only in the error if it fails). Its optimizer model
-    gets onnx's newest IR version, which ONNX Runtime 1.19 refuses; its ops all exist at IR 10,
-    so it is stamped 10.
-    """
-    import onnx
-
-    artifacts = artifacts_api()
-    if isinstance(optimizer, str):  # an enum name, else an onnxblock optimizer block
-        optimizer = {"adamw": artifacts.OptimType.AdamW, "sgd": artifacts.OptimType.SGD}[optimizer]
-    directory.mkdir(parents=True, exist_ok=True)
-    with _stderr_captured() as captured:
-        try:
-            artifacts.generate_artifacts(
-                model,
-                requires_grad=requires_grad,
-                frozen_params=[],
-                loss=artifacts.LossType.CrossEntropyLoss,
-                optimizer=optimizer,
-                artifact_directory=str(directory),
-                additional_output_names=list(extra_outputs) or None,
-            )
-        except Exception as exc:
-            tail = "\n".join(captured().splitlines()[-5:])
-            raise RuntimeError(f"could not generate training artifacts: {exc}\n{tail}") from exc
-    _quiet_logs()
-    path = directory / "optimizer_model.onnx"
-    opt_model = onnx.load(str(path))
-    if opt_model.ir_version > MAX_IR_VERSION:
-        opt_model.ir_version = MAX_IR_VERSION
-        onnx.save(opt_model, str(path))

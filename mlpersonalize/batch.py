@@ -25,7 +25,7 @@ from .errors import BatchError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, fsync_file, storage_error
 from .images import ImageConstraint
-from .package import normalize_label
+from .manifest import Manifest, normalize_label, sha256_file
 
 SCHEMA_VERSION = 1
 MEMBERS = ("pixels", "labels", "sources", "sha256", "meta")
@@ -59,7 +59,9 @@ class Batch:
         return len(self.labels)
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray, labels: tuple[str, ...] | list[str], manifest: Any) -> Batch:
+    def from_pixels(
+        cls, pixels: np.ndarray, labels: tuple[str, ...] | list[str], manifest: Manifest
+    ) -> Batch:
         """A batch of already preprocessed examples (no source files) for ``manifest``'s model.
 
         Each example's source is ``<label>/<n>.png`` and its digest that of its pixels, so
@@ -229,15 +231,13 @@ def _alive(pid: int) -> bool:
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a batch file's bytes."""
-    from .manifest import sha256_file
-
     try:
         return sha256_file(path)
     except OSError as exc:
         raise BatchError(f"cannot read batch {path}: {exc.strerror or exc}") from exc
 
 
-def check_batch_fits(batch: Batch, manifest: Any, where: str) -> None:
+def check_batch_fits(batch: Batch, manifest: Manifest, where: str) -> None:
     """BatchError unless ``batch`` was prepared for this model's backbone and image constraint."""
     if batch.model_id != manifest.model_id:
         raise BatchError(

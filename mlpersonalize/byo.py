@@ -1,7 +1,7 @@
 """Bring your own model: turn a plain ONNX image classifier into an updatable model package.
 
 Like coremltools' ``make_updatable``: the last linear layer becomes a "linear" head (see
-linear_head.py) whose original rows are frozen, the rest of the model becomes backbone.onnx, and
+heads/linear.py) whose original rows are frozen, the rest of the model becomes backbone.onnx, and
 the image constraint comes from the model's input shape plus the caller's preprocessing. The
 package is written into a temp folder beside ``output`` and renamed into place.
 """
@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
+from . import _ort, byo_graph, margin_gate
+from .embedding import embed
 from .errors import InputError, ModelError, UsageError
-from .images import ImageConstraint
+from .fsio import publish, read_bounded
+from .heads import branch as branch_head
+from .heads import linear as linear_head
+from .images import ImageConstraint, to_model_input
+from .manifest import MODEL_FILE, Manifest, check_labels
+from .package import create_package
 from .params import UpdateParams
 
 # Defaults for updates of a brought model, measured on the test architectures (tests/test_byo.py):
@@ -53,15 +60,12 @@ class ByoResult:
     """The package made and how its head was found."""
 
     path: Path
-    manifest: Any
+    manifest: Manifest
     head: dict[str, Any]
 
 
 def read_labels(path: Path, classes: int) -> list[str]:
     """``classes`` labels (NFC) from a JSON list or a text file (one per line, blank lines skipped)."""
-    from .fsio import read_bounded
-    from .package import check_labels
-
     try:
         with path.open("rb") as handle:
             raw = read_bounded(handle, MAX_LABEL_BYTES)
@@ -88,11 +92,11 @@ def read_labels(path: Path, classes: int) -> list[str]:
     return labels
 
 
-def _dim(value: Any) -> int | None:
+def _dim(value: onnx.TensorShapeProto.Dimension) -> int | None:
     return int(value.dim_value) if value.HasField("dim_value") and value.dim_value > 0 else None
 
 
-def image_constraint(image_input: Any, options: ByoOptions) -> ImageConstraint:
+def image_constraint(image_input: onnx.ValueInfoProto, options: ByoOptions) -> ImageConstraint:
     """The constraint from the input's shape (NCHW or NHWC, 1 or 3 channels) and the flags."""
     dims = [_dim(d) for d in image_input.type.tensor_type.shape.dim]
     if len(dims) != 4:
@@ -137,12 +141,8 @@ def _values(options: ByoOptions, channels: int) -> tuple[float, tuple[float, ...
     return 1.0 / (255.0 * std[0]), tuple(-m / std[0] for m in mean)
 
 
-def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None:
+def _check_split(model: onnx.ModelProto, package: Path, constraint: ImageConstraint) -> None:
     """The package must predict what the brought model predicts (a wrong cut is caught here)."""
-    from . import _ort
-    from .images import to_model_input
-    from .package import MODEL_FILE
-
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (4, *constraint.shape), dtype=np.uint8)
     x = to_model_input(pixels, constraint)
@@ -159,11 +159,8 @@ def _check_split(model: Any, package: Path, constraint: ImageConstraint) -> None
         )
 
 
-def _gate(backbone: Any, head: Any, constraint: ImageConstraint) -> tuple[float, ...]:
+def _gate(backbone: onnx.ModelProto, head: byo_graph.Head, constraint: ImageConstraint) -> tuple[float, ...]:
     """The margin gate's thresholds, scaled to the brought head's margins on noise images."""
-    from . import linear_head, margin_gate
-    from .training import embed
-
     noise = linear_head.noise_images(constraint, GATE_NOISE_IMAGES, seed=1)
     return margin_gate.ladder(embed(backbone.SerializeToString(), noise, constraint), head.weight, head.bias)
 
@@ -176,14 +173,8 @@ def _with_gate_columns(weight: np.ndarray, columns: int, branch_columns: int = 0
     return np.concatenate([zeros[0], weight, zeros[1]], axis=1)
 
 
-def _cut_shape(backbone: Any, cut: str, constraint: ImageConstraint) -> tuple[int, ...]:
+def _cut_shape(backbone: onnx.ModelProto, cut: str, constraint: ImageConstraint) -> tuple[int, ...]:
     """The cut tensor's shape without the batch dimension, measured on one blank image."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from . import _ort
-    from .images import to_model_input
-
     x = to_model_input(np.zeros((1, *constraint.shape), np.uint8), constraint)
     if cut == backbone.graph.input[0].name:
         return tuple(int(d) for d in x.shape[1:])
@@ -194,11 +185,13 @@ def _cut_shape(backbone: Any, cut: str, constraint: ImageConstraint) -> tuple[in
 
 
 def _branch_parts(
-    model: Any, head: Any, branch: Any, backbone: Any, constraint: ImageConstraint
-) -> tuple[Any, tuple[float, ...], dict[str, Any]]:
+    model: onnx.ModelProto,
+    head: byo_graph.Head,
+    branch: byo_graph.Branch,
+    backbone: onnx.ModelProto,
+    constraint: ImageConstraint,
+) -> tuple[onnx.ModelProto, tuple[float, ...], dict[str, Any]]:
     """(feature part of the head, gate thresholds, manifest record) of a branch head."""
-    from . import branch_head, byo_graph
-
     cut_shape = _cut_shape(backbone, branch.cut, constraint)
     backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value = int(np.prod(cut_shape))
     thresholds = _gate(byo_graph.split_backbone(model, head), head, constraint)
@@ -216,9 +209,6 @@ def _branch_parts(
 
 def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
     """Build a package at ``output`` (new or empty folder) from the ONNX classifier at ``model_path``."""
-    from . import byo_graph, linear_head, margin_gate
-    from .package import create_package
-
     options = options or ByoOptions()
     options.params.validate()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -254,13 +244,8 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "gate": margin_gate.record(thresholds),
         **extra,
     }
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-        temp.chmod(0o755)
-    except OSError as exc:
-        raise UsageError(f"cannot create a folder beside {output}: {exc.strerror or exc}") from exc
-    try:
+
+    def write(temp: Path) -> Manifest:
         manifest = create_package(
             temp,
             backbone=backbone,
@@ -283,15 +268,12 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
             metrics={},
             training={"brought": record},
             params=options.params,
-            head_kind=linear_head.KIND if branch is None else "branch",
+            head_kind=linear_head.KIND if branch is None else branch_head.KIND,
             frozen_labels=classes,
             features=features,
         )
         _check_split(model, temp, constraint)
-        if output.exists():
-            output.rmdir()  # empty (checked above)
-        temp.rename(output)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        return manifest
+
+    manifest = publish(output, write)
     return ByoResult(output, manifest, record)

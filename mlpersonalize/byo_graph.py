@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    _get_all_tensors,
+    load_external_data_for_model,
+    uses_external_data,
+)
 
 from .errors import ModelError, UsageError
 
@@ -27,8 +33,6 @@ MAX_MODEL_BYTES = 2 * 1024**3 - 1  # protobuf's limit for one message
 
 def _check_external(model: onnx.ModelProto, folder: Path) -> None:
     """Every external-data file must be a regular file inside the model's folder (no links out)."""
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
     root = folder.resolve()
     for tensor in _get_all_tensors(model):
         if not uses_external_data(tensor):
@@ -52,8 +56,6 @@ def _check_external(model: onnx.ModelProto, folder: Path) -> None:
 
 def load_model(path: Path) -> onnx.ModelProto:
     """The model with every weight inline; external data only from files inside its folder."""
-    from onnx.external_data_helper import load_external_data_for_model
-
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
@@ -76,8 +78,6 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def make_compatible(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """Opset within 11..21 (below 17 converted up to 17) and IR ≤ 10 (stamped down when it can be)."""
-    from onnx import version_converter
-
     opset = default_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelError(
@@ -217,7 +217,7 @@ class Branch:
     params: tuple[str, ...]
 
 
-def _ancestors(graph: onnx.GraphProto, tensor: str) -> tuple[set[int], set[str]]:
+def ancestors(graph: onnx.GraphProto, tensor: str) -> tuple[set[int], set[str]]:
     """(indices of the nodes that ``tensor`` depends on, every tensor name on the way)."""
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
     keep: set[int] = set()
@@ -250,8 +250,8 @@ def find_branch(model: onnx.ModelProto, head: Head, trainable: tuple[str, ...]) 
     if [name for name in extra if name not in floats]:
         bad = ", ".join(name for name in extra if name not in floats)
         raise UsageError(f"--trainable {bad}: not a float32 weight initializer; only those can train")
-    ancestors, _ = _ancestors(graph, head.embedding)
-    used = {name for i in ancestors for name in graph.node[i].input}
+    before, _ = ancestors(graph, head.embedding)
+    used = {name for i in before for name in graph.node[i].input}
     unused = [name for name in extra if name not in used]
     if unused:
         raise UsageError(
@@ -259,8 +259,8 @@ def find_branch(model: onnx.ModelProto, head: Head, trainable: tuple[str, ...]) 
             f"{head.embedding!r}; candidates: {_describe_candidates(model)}"
         )
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    region = {i for i in ancestors if set(graph.node[i].input) & set(extra)}
-    for i in sorted(ancestors):  # graph order is topological: one pass finds every descendant
+    region = {i for i in before if set(graph.node[i].input) & set(extra)}
+    for i in sorted(before):  # graph order is topological: one pass finds every descendant
         if any(producers.get(t) in region for t in graph.node[i].input):
             region.add(i)
     while True:
@@ -291,7 +291,7 @@ def split_backbone(model: onnx.ModelProto, head: Head, branch: Branch | None = N
     """
     graph = model.graph
     tensor = branch.cut if branch is not None else head.embedding
-    keep, seen = _ancestors(graph, tensor)
+    keep, seen = ancestors(graph, tensor)
     inits = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits and i.name in seen | {tensor}]
     if len(inputs) != 1:

@@ -35,7 +35,7 @@ def run(*args: str, env: dict[str, str], capture: bool = False) -> str:
 
 def draw(workspace: Path) -> tuple[Path, Path]:
     """Training drawings per sticker folder, and a test folder of unseen drawings."""
-    from .sample.doodles import render, sample_rng
+    from .sample.doodles import render, sample_rng  # numpy and PIL: after the demo's first steps ran
 
     train, test = workspace / "drawings", workspace / "test"
     for emoji, subject in STICKERS.items():

@@ -7,15 +7,20 @@ reason in words; a failed fsync is never retried as if it had succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import signal
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-from .errors import StorageError
+from .errors import BusyError, StorageError
 
 _REASONS = {
     errno.ENOSPC: "the disk is full",
@@ -109,6 +114,74 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (``root`` included), deepest folders first."""
+    folders = [root]
+    for top, dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(top, name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                fsync_file(fd)
+            finally:
+                os.close(fd)
+        folders += [Path(top) / name for name in dirs]
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM off while a publish or swap commits: once begun, it finishes.
+
+    An interrupt here would otherwise report "nothing was changed" after the name moved.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+T = TypeVar("T")
+
+
+def publish(output: Path, write: Callable[[Path], T]) -> T:
+    """Make the folder ``output`` (absent or empty) appear whole or not at all; return what ``write`` did.
+
+    ``write(temp)`` fills a temp folder beside ``output``; every file and folder in it is then
+    fsynced, the temp folder is renamed to ``output`` with signals deferred and the parent folder
+    is fsynced. On any failure (Ctrl-C included) the temp folder is removed; an OSError becomes a
+    StorageError (exit 7) naming ``output``.
+    """
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+        temp.chmod(0o755)
+    except OSError as exc:
+        raise storage_error("create a folder beside", output, exc) from exc
+    try:
+        result = write(temp)
+        fsync_tree(temp)
+        fsync_dir(temp.parent)
+        with signals_deferred():
+            if output.exists():
+                output.rmdir()  # empty (the caller checked); rename cannot replace it everywhere
+            temp.rename(output)
+            fsync_dir(output.parent)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise storage_error("write", output, exc) from exc
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return result
+
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``; the kernel frees it if the holder dies.
 
@@ -121,9 +194,7 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, wait: bool = True, on_wait: Callable[[], None] | None = None) -> FileLock:
-        import fcntl
-
-        from .errors import BusyError
+        import fcntl  # POSIX only: the rest of this module runs on Windows too
 
         try:
             makedirs_durable(self.path.parent)  # the folder's entry must outlive a power cut

@@ -7,6 +7,7 @@ pretraining all call :func:`preprocess`, so training and prediction never see di
 from __future__ import annotations
 
 import functools
+import io
 import os
 import stat
 import warnings
@@ -149,8 +150,6 @@ def open_image(source: Path | str | bytes, draft: tuple[int, int] | None = None)
 
 
 def _decode(data: bytes, draft: tuple[int, int] | None) -> Image.Image:
-    import io
-
     if not data:
         raise ImageError("empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:

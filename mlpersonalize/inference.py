@@ -12,7 +12,8 @@ import numpy as np
 from . import _ort, images
 from .decoding import Decoded, decode_file
 from .errors import InputError, ModelError
-from .package import MODEL_FILE, UNKNOWN, ModelPackage
+from .manifest import MODEL_FILE, UNKNOWN
+from .package import ModelPackage
 
 RUN_BATCH = 64  # examples per session run: big enough to amortise the call, small for latency
 

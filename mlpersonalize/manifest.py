@@ -35,7 +35,6 @@ TRAINING_FILES = (
 REQUIRED_FILES = (MODEL_FILE, BACKBONE_FILE, HEAD_FILE, EXEMPLARS_FILE, *TRAINING_FILES)
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 UNKNOWN = "unknown"
-HEAD_KINDS = ("cosine", "linear", "branch")
 
 
 def sha256_file(path: Path) -> str:
@@ -75,13 +74,6 @@ def gate_thresholds(training: dict[str, Any]) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def branch_record(training: dict[str, Any]) -> dict[str, Any] | None:
-    """What the manifest records about a branch head's trainable layers (None for other kinds)."""
-    brought = training.get("brought") if isinstance(training, dict) else None
-    branch = brought.get("branch") if isinstance(brought, dict) else None
-    return branch if isinstance(branch, dict) and isinstance(branch.get("features"), int) else None
-
-
 @dataclass(frozen=True)
 class FileEntry:
     sha256: str
@@ -112,25 +104,12 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     model_id: str = ""
     format_version: int = FORMAT_VERSION
-    # "linear": a brought model's last layer (linear_head.py); "branch": that and earlier layers
-    # that train in a copy serving added labels (branch_head.py)
+    # Which head kind reads this package (the registry in heads/ maps the name to its class).
     head_kind: str = "cosine"
-    frozen_labels: int = 0  # linear and branch heads: the first rows (the brought model's labels) never train
-
-    @property
-    def updatable(self) -> list[dict[str, Any]]:
-        if self.head_kind in ("linear", "branch"):
-            rows = len(self.labels) - self.frozen_labels
-            gate = gate_thresholds(self.training)
-            branch = branch_record(self.training)
-            width = int(branch["features"]) if branch else self.embedding_dim - len(gate)
-            layers = branch.get("trainable", {}) if branch else {}
-            return [
-                {"name": "head.weight", "shape": [rows, width]},
-                {"name": "head.bias", "shape": [rows]},
-                *({"name": f"branch/{name}", "shape": list(shape)} for name, shape in layers.items()),
-            ]
-        return [{"name": "head.weight", "shape": [len(self.labels), self.embedding_dim]}]
+    frozen_labels: int = 0  # the first rows (a brought model's labels) never train
+    # The trainable parameters with their shapes, as the head kind's training graph has them
+    # (HeadKind.updatable); written with every package.
+    updatable: tuple[dict[str, Any], ...] = ()
 
     def head_dict(self) -> dict[str, Any]:
         head: dict[str, Any] = {
@@ -138,7 +117,7 @@ class Manifest:
             "embedding_dim": self.embedding_dim,
             "logit_scale": self.logit_scale,
         }
-        if self.head_kind in ("linear", "branch"):
+        if self.frozen_labels:
             head["frozen_labels"] = self.frozen_labels
         return head
 
@@ -161,7 +140,7 @@ class Manifest:
             "unknown_label": UNKNOWN,
             "unknown_threshold": self.unknown_threshold,
             "head": self.head_dict(),
-            "updatable": self.updatable,
+            "updatable": [dict(p) for p in self.updatable],
             "update_defaults": self.update_defaults.to_dict(),
             "update_ranges": {k: [v[0], v[1]] for k, v in self.update_ranges.items()},
             "exemplars_per_label": self.exemplars_per_label,
@@ -210,6 +189,7 @@ class Manifest:
                 model_id=str(data.get("model_id", "")),
                 head_kind=str(head.get("kind", "cosine")),
                 frozen_labels=int(head.get("frozen_labels", 0)),
+                updatable=tuple(_parameter(p) for p in data.get("updatable", [])),
             )
         except ModelError as exc:
             if str(exc).startswith(where):
@@ -221,20 +201,19 @@ class Manifest:
             raise ModelError(f"{where}: unknown_threshold must be in [0, 1)")
         if manifest.embedding_dim < 1 or not np.isfinite(manifest.logit_scale):
             raise ModelError(f"{where}: head.embedding_dim and head.logit_scale are invalid")
-        if manifest.head_kind not in HEAD_KINDS:
-            raise ModelError(
-                f"{where}: head.kind {manifest.head_kind!r} is not one of {', '.join(HEAD_KINDS)}"
-            )
         if not 0 <= manifest.frozen_labels <= len(manifest.labels):
             raise ModelError(f"{where}: head.frozen_labels must be within [0, number of labels]")
-        if manifest.head_kind == "branch" and branch_record(manifest.training) is None:
-            raise ModelError(f"{where}: a branch head needs training.brought.branch.features")
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")
         for name in files:
             check_relative(name, where)
         return manifest
+
+
+def _parameter(entry: Any) -> dict[str, Any]:
+    """One ``updatable`` entry: a parameter's name and shape."""
+    return {"name": str(entry["name"]), "shape": [int(n) for n in entry["shape"]]}
 
 
 def check_relative(name: str, where: str) -> None:

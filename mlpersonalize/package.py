@@ -16,69 +16,43 @@ and that labels, head shape and exemplars agree. Any mismatch is a ModelError na
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
-import tempfile
+import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
 from .errors import ModelError
+from .fsio import fsync_dir, write_bytes_synced
+from .heads import StoredHead, kind_named, kind_of
 from .images import ImageConstraint
-from .manifest import (  # re-exported: the package's names live here for its users
+from .manifest import (
     BACKBONE_FILE,
     EXEMPLARS_FILE,
-    FORMAT_VERSION,
     HEAD_FILE,
-    HEAD_KINDS,
     MANIFEST,
     MODEL_FILE,
-    REQUIRED_FILES,
     TRAINING_FILES,
-    UNKNOWN,
     FileEntry,
     Manifest,
     check_labels,
     check_relative,
     gate_thresholds,
-    normalize_label,
     read_manifest,
     sha256_file,
 )
 from .params import DEFAULT_RANGES, UpdateParams
 
-__all__ = [
-    "BACKBONE_FILE",
-    "EXEMPLARS_FILE",
-    "FORMAT_VERSION",
-    "HEAD_FILE",
-    "HEAD_KINDS",
-    "MANIFEST",
-    "MODEL_FILE",
-    "REQUIRED_FILES",
-    "TRAINING_FILES",
-    "UNKNOWN",
-    "FileEntry",
-    "Manifest",
-    "ModelPackage",
-    "build_contents",
-    "check_labels",
-    "create_package",
-    "describe",
-    "load_package",
-    "gate_thresholds",
-    "normalize_label",
-    "read_manifest",
-    "sha256_file",
-    "verify_files",
-    "write_package",
-]
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -120,6 +94,7 @@ def verify_files(path: Path, manifest: Manifest) -> dict[str, bool]:
 def load_package(path: Path, verify: bool = True) -> ModelPackage:
     """Read and check a package; with ``verify`` every file's hash must match its manifest entry."""
     manifest = read_manifest(path)
+    kind_of(manifest, str(path / MANIFEST))  # a kind this tool has, and what that kind needs
     if verify:
         for name, ok in verify_files(path, manifest).items():
             if not ok:
@@ -137,8 +112,7 @@ def check_external_data(path: Path, manifest: Manifest) -> None:
     ONNX Runtime opens whatever path a tensor's ``location`` names (``../../etc/passwd``, an
     absolute path, a link), so this runs before any session is created.
     """
-    import posixpath
-
+    # onnx takes ~0.1 s to import: loaded when a package is, not when the CLI starts.
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
@@ -184,6 +158,7 @@ def exemplars_bytes(embeddings: np.ndarray, label_index: np.ndarray) -> bytes:
 
 
 def producer() -> dict[str, str]:
+    # onnx and onnxruntime: only a command that writes a package needs their versions
     import onnx
 
     from . import _ort
@@ -206,8 +181,6 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
     Every file and folder is fsynced; the manifest (with the hashes of what was written) is last,
     so a folder without a valid manifest is never mistaken for a package.
     """
-    from .fsio import fsync_dir, write_bytes_synced
-
     entries: dict[str, FileEntry] = {}
     folders = {directory}
     for name, data in sorted(contents.items()):
@@ -226,69 +199,56 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
 
 
 def _replace(manifest: Manifest, **changes: Any) -> Manifest:
-    import dataclasses
-
     return dataclasses.replace(manifest, **changes)
 
 
 def build_contents(
     backbone_bytes: bytes,
-    weight: np.ndarray,
-    logit_scale: float,
+    head: StoredHead,
+    head_kind: str,
     labels: list[str],
     exemplar_embeddings: np.ndarray,
     exemplar_labels: np.ndarray,
     params: UpdateParams,
-    head_kind: str = "cosine",
-    frozen_labels: int = 0,
-    gate_columns: int = 0,
-    features: Any = None,
 ) -> dict[str, bytes]:
-    """All package files except the manifest, from a backbone and head weights.
+    """All package files except the manifest, from a backbone and a head of kind ``head_kind``.
 
-    For ``head_kind`` "linear", ``weight`` is ``[C, D + 1]`` (bias last) and its first
-    ``frozen_labels`` rows are constants of the training artifacts, and so are the last
-    ``gate_columns`` weights of the other rows (a brought model's margin gate). "branch" also
-    takes the head's ``features`` part (branch_head.py) and fixes the ``e0`` block too.
+    The training artifacts are ONNX Runtime's (engines/ort.py), the format a package stores.
     """
+    # ONNX Runtime's training modules: only writing a package needs them.
     import onnx
 
-    from . import branch_head, linear_head
-    from .head import build_head, build_inference_model, generate_artifacts
+    from .classifier import build_inference_model
+    from .engines.ort import artifact_files
 
+    kind = kind_named(head_kind)
     backbone = onnx.load_from_string(backbone_bytes)
-    linear = head_kind == "linear"
-    fixed = gate_columns
-    if head_kind == "branch":
-        fixed = (weight.shape[1] - 1 - gate_columns) // 2 + gate_columns  # the e0 block and the gate
-        head = branch_head.build_head(features, weight, frozen_labels, fixed)
-    elif linear:
-        head = linear_head.build_head(weight, frozen_labels, gate_columns)
-    else:
-        head = build_head(weight, logit_scale)
-    model = build_inference_model(backbone, weight, logit_scale, labels, kind=head_kind, features=features)
+    classes = int(head.weight.shape[0])
+    model = build_inference_model(
+        backbone,
+        kind.classifier_parts(head, "embedding", "head.logits"),
+        classes,
+        kind.embedding_dim(head, backbone),
+        labels,
+        features=head.features,
+    )
+    graph = kind.graph(head)
     contents = {
         BACKBONE_FILE: backbone_bytes,
-        HEAD_FILE: head.SerializeToString(),
+        HEAD_FILE: graph.SerializeToString(),
         MODEL_FILE: model.SerializeToString(),
         EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
     }
-    with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
-        if head_kind == "branch":
-            branch_head.generate_artifacts(features, weight, frozen_labels, fixed, params, Path(tmp))
-        elif linear:
-            linear_head.generate_artifacts(weight, frozen_labels, params, Path(tmp), gate_columns)
-        else:
-            generate_artifacts(weight, logit_scale, params, Path(tmp))
-        for name in TRAINING_FILES:
-            contents[name] = (Path(tmp) / os.path.basename(name)).read_bytes()
+    files = artifact_files(graph, kind.trainable(head), params)
+    for name in TRAINING_FILES:
+        contents[name] = files[os.path.basename(name)]
     return contents
 
 
 def create_package(
     directory: Path,
     *,
-    backbone: Any,
+    backbone: onnx.ModelProto,
     head_weight: np.ndarray,
     labels: list[str],
     constraint: ImageConstraint,
@@ -304,37 +264,33 @@ def create_package(
     unknown_threshold: float = 0.0,
     head_kind: str = "cosine",
     frozen_labels: int = 0,
-    features: Any = None,
+    features: onnx.ModelProto | None = None,
 ) -> Manifest:
     """Build a new package in ``directory`` (created; must not exist or be empty).
 
-    ``head_kind`` "linear": ``head_weight`` is ``[C, D + 1]`` (bias last), see linear_head.py;
-    "branch" also takes the head's ``features`` part and embeds the cut, see branch_head.py.
+    ``head_kind`` "linear": ``head_weight`` is ``[C, D + 1]`` (bias last), see heads/linear.py;
+    "branch" also takes the head's ``features`` part and embeds the cut, see heads/branch.py.
     """
     labels = check_labels(list(labels), "create_package")
     params = (params or UpdateParams()).validate()
     if head_weight.shape[0] != len(labels):
         raise ValueError(f"head_weight has {head_weight.shape[0]} rows for {len(labels)} labels")
-    dim = int(head_weight.shape[1]) - (1 if head_kind == "linear" else 0)
-    if head_kind == "branch":
-        dim = int(backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+    head = StoredHead(
+        np.asarray(head_weight, np.float32),
+        float(logit_scale),
+        frozen_labels,
+        len(gate_thresholds(training)),
+        features,
+    )
+    kind = kind_named(head_kind)
+    dim = kind.embedding_dim(head, backbone)
     per_label = max((len(v) for v in exemplars.values()), default=0)
     emb = [np.asarray(exemplars[label], np.float32) for label in labels if label in exemplars]
     idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
     exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, dim), np.float32)
     exemplar_labels = np.concatenate(idx) if idx else np.zeros(0, np.int64)
     contents = build_contents(
-        backbone.SerializeToString(),
-        head_weight,
-        logit_scale,
-        labels,
-        exemplar_embeddings,
-        exemplar_labels,
-        params,
-        head_kind,
-        frozen_labels,
-        len(gate_thresholds(training)),
-        features,
+        backbone.SerializeToString(), head, head_kind, labels, exemplar_embeddings, exemplar_labels, params
     )
     manifest = Manifest(
         name=name,
@@ -357,6 +313,7 @@ def create_package(
         model_id=hashlib.sha256(contents[BACKBONE_FILE]).hexdigest()[:16],  # stays across updates
         head_kind=head_kind,
         frozen_labels=frozen_labels,
+        updatable=tuple(kind.updatable(head)),
     )
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):

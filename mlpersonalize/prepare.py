@@ -25,8 +25,8 @@ from .batch import Batch, check_batch_fits, load_batch, save_batch
 from .decoding import decode_all
 from .errors import InputError, UsageError
 from .fsio import FileLock, describe_os_error
+from .manifest import normalize_label
 from .names import escape
-from .package import normalize_label
 
 Progress = Callable[[int, int], None]
 

@@ -341,7 +341,7 @@ def _replaced_by(root: Path, version: str) -> str | None:
     older version stands in.
     """
     from .errors import ModelError
-    from .package import read_manifest
+    from .manifest import read_manifest
 
     try:
         history = read_manifest(versions_dir(root) / version).history

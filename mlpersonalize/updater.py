@@ -10,20 +10,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import signal
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import store
+from .batch import Batch, check_batch_fits, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
-from .fsio import fsync_dir, storage_error
-from .package import BACKBONE_FILE, UNKNOWN, ModelPackage, load_package, normalize_label
+from .fsio import fsync_dir, publish, signals_deferred, storage_error
+from .heads import kind_named
+from .manifest import BACKBONE_FILE, UNKNOWN, normalize_label
+from .names import escape
+from .package import ModelPackage, build_contents, load_package, now_iso, producer, write_package
 from .params import UpdateParams
-from .training import Outcome, personalize
+from .update_algorithm import Outcome, personalize
 
 Event = Callable[[dict[str, Any]], None]
 DEFAULT_MAX_DROP = 0.02  # known labels may lose at most 2 accuracy points before the guard refuses
@@ -68,18 +70,14 @@ class UpdateResult:
     pruned: tuple[str, ...] = ()
 
 
-def _load_batches(paths: Sequence[Path]) -> list[Any]:
-    from .batch import load_batch
-
+def _load_batches(paths: Sequence[Path]) -> list[Batch]:
     if not paths:
         raise UsageError("give at least one batch file (made by `mlpersonalize prepare`)")
     return [load_batch(Path(p)) for p in paths]
 
 
-def _check_batches(batches: list[Any], paths: Sequence[Path], package: ModelPackage) -> None:
+def _check_batches(batches: list[Batch], paths: Sequence[Path], package: ModelPackage) -> None:
     """Every batch must fit the model's image constraint and identity, before any training."""
-    from .batch import check_batch_fits
-
     for batch, path in zip(batches, paths, strict=True):
         check_batch_fits(batch, package.manifest, str(path))
         for label in batch.labels:
@@ -98,24 +96,6 @@ def _check_options(options: UpdateOptions) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C / SIGTERM off while the swap commits: once begun, the update finishes.
-
-    An interrupt here would otherwise report "nothing was changed" after the pointer moved.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    saved = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
 def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]:
     """Delete the temp folder if the block fails (Ctrl-C included); OS errors become StorageError."""
     try:
@@ -130,33 +110,20 @@ def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]
 
 def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
-    from .package import build_contents, gate_thresholds, write_package
-
     manifest = package.manifest
-    features = None
-    if manifest.head_kind == "branch":
-        import onnx
-
-        from .branch_head import features_model
-        from .package import HEAD_FILE
-
-        features = features_model(onnx.load(str(package.path / HEAD_FILE)), outcome.branch)
     contents = build_contents(
         (package.path / BACKBONE_FILE).read_bytes(),
-        outcome.weight,
-        manifest.logit_scale,
+        outcome.head,
+        manifest.head_kind,
         list(outcome.labels),
         outcome.exemplar_embeddings,
         outcome.exemplar_labels,
         outcome.params,
-        manifest.head_kind,
-        manifest.frozen_labels,
-        len(gate_thresholds(manifest.training)),
-        features,
     )
     new_manifest = dataclasses.replace(
         manifest,
         labels=tuple(outcome.labels),
+        updatable=tuple(kind_named(manifest.head_kind).updatable(outcome.head)),
         history=(*manifest.history, outcome.history),
         metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
         producer=outcome.history["producer"],
@@ -177,13 +144,21 @@ def _emit(on_event: Event | None, event: dict[str, Any]) -> None:
 
 def _train(
     package: ModelPackage,
-    batches: list[Any],
+    batches: list[Batch],
     paths: Sequence[Path],
     options: UpdateOptions,
     on_event: Event | None,
 ) -> Outcome:
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
-    outcome = personalize(package, batches, paths, params, options.max_drop, on_event)
+    outcome = personalize(package, batches, params, options.max_drop, on_event)
+    # The history entry's I/O: what the batches were, when, and what wrote the package.
+    outcome.history = {
+        "time": now_iso(),
+        "kind": "update",
+        "batches": [{"file": escape(Path(p).name), "sha256": file_sha256(Path(p))} for p in paths],
+        **outcome.history,
+        "producer": producer(),
+    }
     guard = outcome.history["guard"]
     if not guard["passed"]:
         if not options.force:
@@ -194,22 +169,8 @@ def _train(
 
 
 def _to_output(package: ModelPackage, outcome: Outcome, output: Path) -> Path:
-    """Write a new package at ``output`` via a temp folder beside it and one rename."""
-    import tempfile
-
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-        temp.chmod(0o755)
-    except OSError as exc:
-        raise storage_error("create a folder beside", output, exc) from exc
-    with _removed_on_failure(temp, "write", output):
-        _write_package(temp, package, outcome)
-        with _signals_deferred():
-            if output.exists():
-                output.rmdir()  # empty (checked); rename cannot replace it on every platform
-            temp.rename(output)
-            fsync_dir(output.parent)
+    """Write a new package at ``output`` (fsio.publish: a temp folder beside it and one rename)."""
+    publish(output, lambda temp: _write_package(temp, package, outcome))
     return output
 
 
@@ -268,9 +229,9 @@ def update(
             raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
         with _removed_on_failure(temp, "swap in the updated model at", root):
             _write_package(temp, base, outcome)
-            with _signals_deferred():
+            with signals_deferred():
                 version = store.commit(root, temp, fault_point)
-        with _signals_deferred():
+        with signals_deferred():
             try:
                 pruned = store.prune(root, options.keep, fault_point)
             except OSError:

@@ -236,7 +236,8 @@ def measure(
     from mlpersonalize import updater
     from mlpersonalize.batch import Batch, save_batch
     from mlpersonalize.byo import ByoOptions, make_updatable
-    from mlpersonalize.package import MODEL_FILE, load_package
+    from mlpersonalize.manifest import MODEL_FILE
+    from mlpersonalize.package import load_package
 
     _, channels, layout, _ = ARCHS[arch]
     jitter = 0.3 if arch == "mlp" else np.pi  # the MLP is not shift-invariant: gratings in phase

@@ -1,7 +1,14 @@
-"""Shared fixtures: an isolated data dir for every test, and small model packages built on the spot."""
+"""Shared fixtures: an isolated data dir for every test, and small model packages built on the spot.
+
+* ``tiny_model``: a package over a fixed pooled-pixel backbone with random rows (fast, knows nothing).
+* ``doodle_model``: the same backbone with rows and exemplars imprinted from rendered drawings of
+  OLD, so updates with drawings of NEW really learn and really can forget. Built once per session
+  (``doodle_template``); each test gets a fresh copy.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +16,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from mlpersonalize.batch import Batch, save_batch
+from mlpersonalize.embedding import embed
+from mlpersonalize.heads.cosine import imprint
 from mlpersonalize.images import ImageConstraint
-from mlpersonalize.package import create_package
+from mlpersonalize.package import create_package, load_package
+from mlpersonalize.sample.doodles import make_dataset
+
+CONSTRAINT = ImageConstraint(28, 28)
+OLD = ["circle", "square", "cross", "triangle", "heart", "star"]  # what doodle_model knows
+NEW = ["umbrella", "key", "envelope"]  # what updates teach it
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +109,36 @@ def tiny_model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_model(tiny_model_template: Path, tmp_path: Path) -> Path:
     """A fresh, writable copy of the tiny package for one test."""
-    import shutil
+    return Path(shutil.copytree(tiny_model_template, tmp_path / "tiny"))
 
-    target = tmp_path / "tiny"
-    shutil.copytree(tiny_model_template, target)
-    return target
+
+def build_doodle_package(directory: Path) -> Path:
+    """A tiny model that really knows OLD: head and exemplars imprinted from rendered drawings."""
+    pixels, ids = make_dataset(OLD, 20, seed=1, constraint=CONSTRAINT)
+    emb = embed(pooled_pixel_backbone().SerializeToString(), pixels, CONSTRAINT)
+    return make_tiny_package(
+        directory,
+        OLD,
+        weight=imprint(emb, ids, list(range(len(OLD)))),
+        exemplars={label: emb[ids == i] for i, label in enumerate(OLD)},
+    )
+
+
+def write_batch(path: Path, package: Path, labels: list[str], per_label: int = 3, seed: int = 7) -> Path:
+    """A batch file of ``per_label`` rendered drawings per label, made for ``package``."""
+    manifest = load_package(package).manifest
+    pixels, ids = make_dataset(labels, per_label, seed=seed, constraint=manifest.constraint)
+    names = tuple(np.array(labels)[ids].tolist())
+    save_batch(path, Batch.from_pixels(pixels, names, manifest), force=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def doodle_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_doodle_package(tmp_path_factory.mktemp("doodle") / "tiny")
+
+
+@pytest.fixture
+def doodle_model(doodle_template: Path, tmp_path: Path) -> Path:
+    """A fresh, writable copy of the doodle package for one test."""
+    return Path(shutil.copytree(doodle_template, tmp_path / "original"))

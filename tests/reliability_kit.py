@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from clirun import run_cli
-from test_update import NEW, build_doodle_package, write_batch
+from conftest import NEW, build_doodle_package, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.package import ModelPackage, load_package

@@ -29,7 +29,7 @@ from mlpersonalize.batch import (
 )
 from mlpersonalize.errors import BatchError, UsageError
 from mlpersonalize.images import ImageConstraint
-from mlpersonalize.package import read_manifest
+from mlpersonalize.manifest import read_manifest
 
 C28 = ImageConstraint(28, 28)
 

@@ -15,10 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from mlpersonalize import margin_gate, updater
 from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.byo import ByoOptions, make_updatable
+from mlpersonalize.embedding import embed
 from mlpersonalize.errors import InputError, ModelError, UsageError
-from mlpersonalize.linear_head import read_weight
-from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, gate_thresholds, load_package
-from mlpersonalize.training import embed
+from mlpersonalize.heads.linear import read_weight
+from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, gate_thresholds
+from mlpersonalize.package import load_package
 
 # Measured retention (share of held-out old-class predictions unchanged) and new-label accuracy
 # with the defaults (docs/bring-your-own-model.md): 1.000/0.92, 0.992/0.88, 1.000/0.60, 1.000/0.75
@@ -233,9 +234,10 @@ def test_stored_training_artifacts_train_only_the_added_rows_own_weights(tmp_pat
 BRANCH_FLOORS = {"mobilenet": (0.95, 0.8), "resnet": (0.95, 0.7), "mlp": (0.95, 0.55), "nhwc": (0.95, 0.7)}
 
 
+@pytest.mark.slow  # 33 s for the four (make test-all); test_heads.py runs the branch kind in 3 s
 @pytest.mark.parametrize("arch", list(bm.ARCHS))
 def test_earlier_layers_train_in_a_branch_that_serves_only_added_labels(arch: str, tmp_path: Path) -> None:
-    from mlpersonalize.branch_head import FROZEN_PREFIX, TRAINABLE_PREFIX
+    from mlpersonalize.heads.branch import FROZEN_PREFIX, TRAINABLE_PREFIX
 
     _, channels, layout, _ = bm.ARCHS[arch]
     m = bm.measure(arch, tmp_path, trainable=bm.BRANCH[arch])
@@ -299,6 +301,7 @@ def test_branch_refusals_name_the_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow  # 10 s (make test-all)
 def test_branch_package_updates_twice_and_keeps_earlier_labels(tmp_path: Path) -> None:
     """The second update starts from the branch the first one trained and keeps its label."""
     made = make_updatable(

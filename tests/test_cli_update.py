@@ -6,15 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import test_update
 from clirun import main_cli as run
-from test_update import NEW, write_batch
+from conftest import NEW, write_batch
 
 from mlpersonalize import store
-
-# The doodle model fixtures are shared with test_update.py.
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 def test_update_json_events_then_rollback_and_reset(
@@ -100,16 +95,16 @@ def test_busy_and_rejected_exit_codes(
         code, _, err = run(["update", str(batch), "--model", str(home), "--no-wait"], capsys)
     assert code == 5 and err.startswith("Error: another update")
 
-    from mlpersonalize import training
+    from mlpersonalize.heads.cosine import CosineHead
 
-    real = training.train_head
+    real = CosineHead.train
 
-    def diverging(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = real(*args, **kwargs)
+    def diverging(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(self, *args, **kwargs)
         result.losses.append(float("inf"))
         return result
 
-    monkeypatch.setattr(training, "train_head", diverging)
+    monkeypatch.setattr(CosineHead, "train", diverging)
     code, _, err = run(["update", str(batch), "--model", str(home)], capsys)
     assert code == 6 and "update refused" in err and err.count("\n") == 1
     assert store.current_version(home) == "000001"

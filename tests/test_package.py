@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from mlpersonalize import _ort
 from mlpersonalize.errors import ModelError
-from mlpersonalize.package import MANIFEST, REQUIRED_FILES, describe, load_package, read_manifest
+from mlpersonalize.manifest import MANIFEST, REQUIRED_FILES, read_manifest
+from mlpersonalize.package import describe, load_package
 
 
 def edit_manifest(package: Path, change) -> None:  # type: ignore[no-untyped-def]

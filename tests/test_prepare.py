@@ -17,7 +17,7 @@ from mlpersonalize.batch import load_batch
 from mlpersonalize.decoding import decode_file
 from mlpersonalize.errors import BatchError, UsageError
 from mlpersonalize.images import ImageConstraint
-from mlpersonalize.package import read_manifest
+from mlpersonalize.manifest import read_manifest
 from mlpersonalize.prepare import PrepareError, prepare
 
 

@@ -12,12 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import test_update
 from PIL import Image, ImageDraw
 from reliability_kit import NEW, ROOT, personalized, write_batch
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 READER = """
 import json, sys, time

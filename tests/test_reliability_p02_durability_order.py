@@ -16,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_update
 from reliability_kit import NEW, personalized, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.batch import Batch, save_batch
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 class Recorder:

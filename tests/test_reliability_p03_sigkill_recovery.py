@@ -15,15 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_update
 from PIL import Image
 from reliability_kit import NEW, ROOT, assert_healthy, cli, personalized, stale_entries, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.batch import load_batch
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 @pytest.mark.parametrize("point", ["rollback:before-swap", "rollback:after-swap"])

@@ -13,14 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import test_update
 from reliability_kit import NEW, ROOT, assert_healthy, cli, lock_is_free, personalized, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.package import load_package
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 GATED = """
 import json, os, sys, time

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_update
 from clirun import main_cli as run
 from PIL import Image
 from reliability_kit import NEW, ROOT, assert_healthy, personalized, stale_entries, tree, write_batch
 
 from mlpersonalize import store
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 class Injector:

@@ -12,13 +12,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import test_update
 from reliability_kit import NEW, assert_healthy, cli, personalized, stale_entries, write_batch
 
 from mlpersonalize import store, updater
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 def test_p6_the_version_current_names_survives_a_kill_at_the_start_of_cleanup(

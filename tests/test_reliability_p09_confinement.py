@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import test_update
 from PIL import Image, ImageDraw
 from reliability_kit import tree
 
@@ -26,9 +25,6 @@ from mlpersonalize import updater
 from mlpersonalize.errors import BatchError, ModelError
 from mlpersonalize.package import load_package
 from mlpersonalize.prepare import prepare
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
 
 
 def _externalize(package: Path, location: str, listed: str | None = None) -> None:

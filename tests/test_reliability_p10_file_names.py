@@ -12,15 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
-import test_update
 from PIL import Image, ImageDraw
 from reliability_kit import write_batch
 
 from mlpersonalize.cli.app import main
-from mlpersonalize.package import MANIFEST
-
-doodle_template = test_update.doodle_template
-doodle_model = test_update.doodle_model
+from mlpersonalize.manifest import MANIFEST
 
 
 def _draw(path: str | bytes) -> None:

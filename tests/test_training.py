@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from mlpersonalize import engines, fitting
+from mlpersonalize.fitting import balanced_order
+from mlpersonalize.heads import FitResult, StoredHead
+from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, imprint, normalize
 from mlpersonalize.params import UpdateParams
-from mlpersonalize.training import (
-    HeadTrainer,
-    balanced_order,
-    cosine_logits,
-    imprint,
-    normalize,
-    select_exemplars,
-    split_holdout,
-    train_head,
-)
+from mlpersonalize.update_algorithm import select_exemplars, split_holdout
+
+
+def train_cosine(
+    start: np.ndarray,
+    scale: float,
+    emb: np.ndarray,
+    idx: np.ndarray,
+    params: UpdateParams,
+    anchor_rows: int = 0,
+) -> FitResult:
+    """A cosine head trained by the ORT engine through the shared loop."""
+    head = StoredHead(start, scale)
+    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), params)
+    try:
+        losses = fitting.train(session, emb, idx, params, {WEIGHT: anchor_rows})
+        return FitResult(session.parameters()[WEIGHT], losses)
+    finally:
+        session.close()
 
 
 def test_imprint_is_the_normalised_mean() -> None:
@@ -47,8 +61,12 @@ def test_engine_eval_logits_match_the_head_formula() -> None:
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((4, 8)).astype(np.float32)
     emb = rng.standard_normal((10, 8)).astype(np.float32)
-    with HeadTrainer(weight, 10.0, UpdateParams()) as trainer:
-        np.testing.assert_allclose(trainer.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
+    head = StoredHead(weight, 10.0)
+    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), UpdateParams())
+    try:
+        np.testing.assert_allclose(session.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
+    finally:
+        session.close()
 
 
 def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
@@ -58,9 +76,60 @@ def test_training_fits_separable_classes_and_anchors_old_rows() -> None:
     emb = centres[idx] + 0.3 * rng.standard_normal((30, 16)).astype(np.float32)
     start = rng.standard_normal((3, 16)).astype(np.float32)
     params = UpdateParams(epochs=15, learning_rate=0.05, batch_size=8)
-    free = train_head(start, 16.0, emb, idx, params)
-    anchored = train_head(start, 16.0, emb, idx, params, anchor_rows=2)
+    free = train_cosine(start, 16.0, emb, idx, params)
+    anchored = train_cosine(start, 16.0, emb, idx, params, anchor_rows=2)
     assert free.finite and free.losses[-1] < free.losses[0]
     assert np.mean(np.argmax(cosine_logits(emb, free.weight, 16.0), 1) == idx) > 0.9
     moved_free = np.abs(free.weight[:2] - start[:2]).mean()
     assert np.abs(anchored.weight[:2] - start[:2]).mean() < moved_free
+
+
+class _Stepper:
+    """A TrainSession that moves every parameter by +1 per step and reports a scripted loss."""
+
+    def __init__(self, losses: list[float]) -> None:
+        self.values = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)}
+        self.losses = iter(losses)
+        self.steps = 0
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.steps += 1
+        for value in self.values.values():
+            value += 1
+        return next(self.losses)
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self.values.items()}
+
+    def set_parameter(self, name: str, value: np.ndarray) -> None:
+        self.values[name] = np.array(value, np.float32)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        raise AssertionError("the loop never asks for logits")
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_anchors_known_rows_and_stops_on_nan_whatever_the_engine() -> None:
+    emb = np.zeros((4, 2), np.float32)
+    idx = np.array([0, 0, 1, 1])
+    params = UpdateParams(epochs=3, batch_size=2, shuffle=False)
+    session = _Stepper([1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])  # two steps an epoch
+    epochs: list[tuple[int, float]] = []
+    losses = fitting.train(session, emb, idx, params, {"w": 2}, lambda e, loss: epochs.append((e, loss)))
+    assert session.steps == 4 and len(losses) == 2 and np.isnan(losses[1])  # stopped after epoch 2
+    assert [e for e, _ in epochs] == [1, 2]
+    # Each epoch moves every parameter by 2; then the first 2 rows of "w" are pulled back by ANCHOR
+    # towards their start (0): (0 + 2) * .5 = 1 after epoch 1, (1 + 2) * .5 = 1.5 after epoch 2.
+    assert fitting.ANCHOR == 0.5
+    np.testing.assert_array_equal(session.values["w"][:2], np.full((2, 2), 1.5))
+    np.testing.assert_array_equal(session.values["w"][2:], np.full((1, 2), 4.0))
+    np.testing.assert_array_equal(session.values["b"], np.full(3, 4.0))
+
+
+def test_engine_lookup() -> None:
+    assert engines.get(None).name == "ort"  # onnxruntime-training is installed here
+    assert engines.get("ort") is engines.get(None)
+    with pytest.raises(ValueError, match="unknown training engine 'tpu'"):
+        engines.get("tpu")

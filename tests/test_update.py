@@ -12,19 +12,16 @@ import numpy as np
 import onnx
 import pytest
 from clirun import run_cli
+from conftest import CONSTRAINT, NEW, OLD, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.batch import Batch, save_batch
+from mlpersonalize.embedding import embed
 from mlpersonalize.errors import BatchError, RejectedError, UsageError
-from mlpersonalize.head import head_weight
-from mlpersonalize.images import ImageConstraint
+from mlpersonalize.heads.cosine import cosine_logits, head_weight
 from mlpersonalize.package import load_package
 from mlpersonalize.sample.doodles import make_dataset
-from mlpersonalize.training import cosine_logits, embed, imprint
 
-CONSTRAINT = ImageConstraint(28, 28)
-OLD = ["circle", "square", "cross", "triangle", "heart", "star"]
-NEW = ["umbrella", "key", "envelope"]
 FAULTS = [
     "update:after-temp-write",
     "update:after-fsync",
@@ -32,29 +29,6 @@ FAULTS = [
     "update:after-swap",
     "update:during-cleanup",
 ]
-
-
-def build_doodle_package(directory: Path) -> Path:
-    """A tiny model that really knows OLD: head and exemplars imprinted from rendered drawings."""
-    from conftest import make_tiny_package, pooled_pixel_backbone
-
-    pixels, ids = make_dataset(OLD, 20, seed=1, constraint=CONSTRAINT)
-    emb = embed(pooled_pixel_backbone().SerializeToString(), pixels, CONSTRAINT)
-    return make_tiny_package(
-        directory,
-        OLD,
-        weight=imprint(emb, ids, list(range(len(OLD)))),
-        exemplars={label: emb[ids == i] for i, label in enumerate(OLD)},
-    )
-
-
-def write_batch(path: Path, package: Path, labels: list[str], per_label: int = 3, seed: int = 7) -> Path:
-    """A batch file of ``per_label`` rendered drawings per label, made for ``package``."""
-    manifest = load_package(package).manifest
-    pixels, ids = make_dataset(labels, per_label, seed=seed, constraint=manifest.constraint)
-    names = tuple(np.array(labels)[ids].tolist())
-    save_batch(path, Batch.from_pixels(pixels, names, manifest), force=True)
-    return path
 
 
 def tree_hashes(folder: Path) -> dict[str, str]:
@@ -77,20 +51,6 @@ def accuracy(package_path: Path, labels: list[str], per_label: int = 30) -> dict
         label: float(np.mean(pred[ids == i] == known.index(label))) if label in known else 0.0
         for i, label in enumerate(labels)
     }
-
-
-@pytest.fixture(scope="session")
-def doodle_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_doodle_package(tmp_path_factory.mktemp("doodle") / "tiny")
-
-
-@pytest.fixture
-def doodle_model(doodle_template: Path, tmp_path: Path) -> Path:
-    import shutil
-
-    target = tmp_path / "original"
-    shutil.copytree(doodle_template, target)
-    return target
 
 
 def test_three_drawings_teach_new_labels_without_forgetting(doodle_model: Path, tmp_path: Path) -> None:
@@ -128,8 +88,9 @@ def test_three_drawings_teach_new_labels_without_forgetting(doodle_model: Path, 
 
 def test_model_onnx_matches_training_engine(doodle_model: Path, tmp_path: Path) -> None:
     """The exported model.onnx gives the probabilities the engine's eval model gives (atol 1e-5)."""
-    from mlpersonalize import _ort
-    from mlpersonalize.training import HeadTrainer
+    from mlpersonalize import _ort, engines
+    from mlpersonalize.heads import StoredHead
+    from mlpersonalize.heads.cosine import CosineHead
 
     batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[:1])
     result = updater.update([batch], updater.UpdateOptions(model=doodle_model))
@@ -142,8 +103,14 @@ def test_model_onnx_matches_training_engine(doodle_model: Path, tmp_path: Path) 
         ["label", "probabilities", "embedding"], {"image": to_model_input(pixels, CONSTRAINT)}
     )
     weight = head_weight(onnx.load(str(result.model / "head.onnx")))
-    with HeadTrainer(weight, manifest.logit_scale, manifest.update_defaults) as trainer:
-        logits = trainer.logits(emb)
+    head = StoredHead(weight, manifest.logit_scale)
+    session = engines.get("ort").open(
+        CosineHead.graph(head), CosineHead.trainable(head), manifest.update_defaults
+    )
+    try:
+        logits = session.logits(emb)
+    finally:
+        session.close()
     engine = np.exp(logits - logits.max(1, keepdims=True))
     engine /= engine.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, engine, atol=1e-5)
@@ -179,16 +146,16 @@ def test_output_writes_a_new_package_elsewhere(doodle_model: Path, tmp_path: Pat
 def test_guard_refuses_divergence_and_force_overrides(
     doodle_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlpersonalize import training
+    from mlpersonalize.heads.cosine import CosineHead
 
-    real = training.train_head
+    real = CosineHead.train
 
-    def diverging(*args, **kwargs):  # type: ignore[no-untyped-def]
-        result = real(*args, **kwargs)
+    def diverging(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real(self, *args, **kwargs)
         result.losses[-1] = float("nan")
         return result
 
-    monkeypatch.setattr(training, "train_head", diverging)
+    monkeypatch.setattr(CosineHead, "train", diverging)
     batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[:1])
     with pytest.raises(RejectedError, match="NaN"):
         updater.update([batch], updater.UpdateOptions(model=doodle_model))
@@ -197,6 +164,42 @@ def test_guard_refuses_divergence_and_force_overrides(
     assert not versions.exists() or not list(versions.iterdir())  # no temp folder left
     result = updater.update([batch], updater.UpdateOptions(model=doodle_model, force=True))
     assert load_package(result.model).manifest.history[-1]["guard"]["forced"] is True
+
+
+def test_guard_refuses_an_update_that_costs_known_labels_accuracy(doodle_model: Path, tmp_path: Path) -> None:
+    """New labels drawn like known ones (a ring is a circle) take known labels' examples: a real
+    drop of known-label accuracy (95.8% to 91.7% on this batch), refused with exit 6 and nothing
+    changed; forced, the written model really is worse on the known labels' exemplars."""
+    lookalike = {"circle": "ring", "square": "box", "cross": "plus"}
+    pixels, ids = make_dataset(list(lookalike), 6, seed=11, constraint=CONSTRAINT)
+    names = [list(lookalike.values())[i] for i in ids]
+    batch = tmp_path / "lookalike.npz"
+    save_batch(batch, Batch.from_pixels(pixels, names, load_package(doodle_model).manifest), force=True)
+
+    refused = run_cli("update", str(batch), "--model", str(doodle_model))
+    assert refused.returncode == 6, refused.stderr
+    assert (
+        refused.stderr.startswith("Error: update refused")
+        and "known labels' accuracy would fall" in refused.stderr
+    )
+    versions = store.versions_dir(store.model_home("tiny"))
+    assert not versions.exists() or not list(versions.iterdir())  # nothing published, no temp left
+
+    forced = updater.update(
+        [batch], updater.UpdateOptions(model=doodle_model, output=tmp_path / "out", force=True)
+    )
+    guard = forced.history["guard"]
+    assert guard["forced"] and not guard["passed"]
+    before, after = load_package(doodle_model), load_package(forced.model)
+    ex_emb, ex_idx = before.exemplars()
+
+    def known_accuracy(package_path: Path, scale: float) -> float:
+        weight = head_weight(onnx.load(str(package_path / "head.onnx")))
+        return float(np.mean(np.argmax(cosine_logits(ex_emb, weight, scale), axis=1) == ex_idx))
+
+    scale = before.manifest.logit_scale
+    assert known_accuracy(forced.model, scale) < known_accuracy(doodle_model, scale) - 0.02
+    assert after.manifest.labels[len(OLD) :] == tuple(lookalike.values())
 
 
 def test_batches_are_checked_before_training(doodle_model: Path, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ Both give the same parameters to 1e-4 on the same inputs.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -33,7 +34,9 @@ class TrainSession(Protocol):
     """One head's training state: parameters and optimizer state, stepped one mini-batch at a time."""
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One forward/backward/optimizer step on ``x`` float32 [B, D], ``y`` int64 [B]; the batch's mean loss."""
+        """One forward/backward/optimizer step on ``x`` float32 [B, D], ``y`` int64 [B].
+
+        Returns the batch's mean loss."""
         ...
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -57,3 +60,21 @@ class Engine(Protocol):
     def open(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> TrainSession:
         """A training session over the forward graph ``head`` whose initializers ``trainable`` train."""
         ...
+
+
+def get(name: str | None = None) -> Engine:
+    """The engine called ``name``; None picks "ort" when ONNX Runtime's training modules are
+    installed, else "portable". Each engine is imported here, when asked for: "ort" pulls in
+    ONNX Runtime's training modules, which the CLI's other commands never need."""
+    if name is None:
+        from .. import _ort  # onnxruntime itself: only a command that trains needs it
+
+        name = "ort" if _ort.has_training() else "portable"
+    if name == "ort":
+        from .ort import ENGINE  # ONNX Runtime's training modules: only when this engine is asked for
+
+        return ENGINE
+    if name == "portable":
+        module = importlib.import_module(".portable", __name__)  # the portable engine's own module
+        return cast(Engine, module.ENGINE)
+    raise ValueError(f"unknown training engine {name!r}; choose one of {', '.join(ENGINES)}")

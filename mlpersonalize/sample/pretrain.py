@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _ort
+from ..engines.ort import generate_artifacts
 from ..images import ImageConstraint, to_model_input
 from . import doodles, evaluate, network
 
@@ -93,7 +94,7 @@ def train(cfg: Config, pixels: np.ndarray, ids: np.ndarray, num_classes: int) ->
     api = _ort.training_api()
     with tempfile.TemporaryDirectory(prefix="mlp-pretrain-") as tmp:
         folder = Path(tmp)
-        _ort.generate_head_artifacts(
+        generate_artifacts(
             network.build(weights, with_head=True, logit_scale=cfg.logit_scale),
             network.trainable(weights),
             folder,

@@ -10,7 +10,7 @@ into the package's embedding), and head.onnx computes everything after it, twice
 * ``branch/…``: a copy of the same layers whose named parameters train, giving ``e1``. Only the
   rows updates add read ``e1``.
 
-The linear rows (linear_head.py) read ``[e1, e0, gate]``: brought rows weigh ``e0`` only, added
+The linear rows (linear.py) read ``[e1, e0, gate]``: brought rows weigh ``e0`` only, added
 rows ``e1`` and their gate rung, so in ``[C, 2D + J + 1]`` every row has ``D + J`` weights that
 are set rather than trained. An update first fits the added rows on those features like a
 "linear" head (imprinting, stand-ins, gate), then trains the branch's layers and the added rows
@@ -19,17 +19,26 @@ together through the whole head graph, at a tenth of the learning rate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
-from . import linear_head
-from .errors import ModelError
-from .linear_head import BroughtHead, LinearTrainer
-from .params import UpdateParams
-from .training import EpochCallback, FitResult
+from .. import _ort, fitting, margin_gate
+from ..byo_graph import Branch, Head, ancestors, constants
+from ..classifier import OPSET
+from ..errors import ModelError
+from ..manifest import HEAD_FILE, Manifest
+from ..params import UpdateParams
+from . import linear
+from .base import FitResult, PackageView, Parts, StoredHead
+from .linear import LinearHead
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from ..engines import Engine
 
 KIND = "branch"
 CUT = "branch.x"  # the cut tensor, unflattened, in head.onnx
@@ -81,8 +90,6 @@ def _inference_only(
     ONNX Runtime's training graph runs BatchNormalization on the batch's statistics and Dropout
     as dropout; the brought model was trained to run them in inference mode, always.
     """
-    from onnx import shape_inference
-
     ranks: dict[str, int] = {}
     try:
         inferred = shape_inference.infer_shapes(model).graph
@@ -130,8 +137,8 @@ def _inference_only(
 
 def build_features(
     model: onnx.ModelProto,
-    branch: Any,
-    head: Any,
+    branch: Branch,
+    head: Head,
     cut_shape: tuple[int, ...],
     thresholds: tuple[float, ...],
 ) -> onnx.ModelProto:
@@ -140,9 +147,6 @@ def build_features(
     ``branch`` is a byo_graph.Branch and ``head`` the byo_graph.Head of ``model``; ``cut_shape``
     is the cut tensor's shape without its batch dimension.
     """
-    from . import margin_gate
-    from .byo_graph import constants
-
     graph = model.graph
     const = constants(model)
     region, added = _inference_only(model, [graph.node[i] for i in branch.nodes])
@@ -190,8 +194,6 @@ def build_features(
 
 
 def _opsets(model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
-    from .head import OPSET
-
     default = max([OPSET] + [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")])
     return [helper.make_opsetid("", default)] + [
         o for o in model.opset_import if o.domain not in ("", "ai.onnx", "ai.onnx.ml")
@@ -200,10 +202,8 @@ def _opsets(model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
 
 def features_model(head: onnx.ModelProto, branch: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The feature part of a branch head.onnx (see build_features), with ``branch``'s parameter values."""
-    from .byo_graph import _ancestors
-
     graph = head.graph
-    keep, seen = _ancestors(graph, FEATURES)
+    keep, seen = ancestors(graph, FEATURES)
     nodes = [graph.node[i] for i in sorted(keep)]
     inits = []
     for init in graph.initializer:
@@ -234,9 +234,9 @@ def branch_params(features: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def head_parts(
     features: onnx.ModelProto, aug: np.ndarray, frozen_rows: int, fixed_columns: int, output: str
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+) -> Parts:
     """The feature part's nodes and initializers followed by the linear rows over FEATURES."""
-    nodes, inits = linear_head.head_parts(aug, frozen_rows, FEATURES, output, fixed_columns)
+    nodes, inits = linear.head_parts(aug, frozen_rows, FEATURES, output, fixed_columns)
     return [*features.graph.node, *nodes], [*features.graph.initializer, *inits]
 
 
@@ -257,62 +257,63 @@ def build_head(
     return model
 
 
-def generate_artifacts(
-    features: onnx.ModelProto,
-    aug: np.ndarray,
-    frozen_rows: int,
-    fixed_columns: int,
-    params: UpdateParams,
-    directory: Any,
-) -> None:
-    """Training artifacts where the added rows' own weights and the branch's parameters train."""
-    from . import _ort
-    from .head import optimizer_block
-
-    _ort.generate_head_artifacts(
-        build_head(features, aug, frozen_rows, fixed_columns),
-        [linear_head.WEIGHT, linear_head.BIAS, *branch_params(features)],
-        directory,
-        optimizer_block(params),
-        ("logits",),
-    )
+def branch_record(training: dict[str, Any]) -> dict[str, Any] | None:
+    """What the manifest records about a branch head's trainable layers (None when it lacks it)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    branch = brought.get("branch") if isinstance(brought, dict) else None
+    return branch if isinstance(branch, dict) and isinstance(branch.get("features"), int) else None
 
 
-class BranchTrainer(LinearTrainer):
-    """The joint pass: added rows and the branch's layers, through the whole head graph."""
-
-    def __init__(
-        self,
-        features: onnx.ModelProto,
-        weight: np.ndarray,
-        params: UpdateParams,
-        frozen_rows: int,
-        fixed: int,
-    ) -> None:
-        self.features = features
-        super().__init__(weight, 1.0, params, frozen_rows, fixed)
-
-    def _generate(self, weight: np.ndarray, folder: Any) -> None:
-        generate_artifacts(self.features, weight, self.frozen_rows, self.fixed_columns, self.params, folder)
-
-    @property
-    def branch(self) -> dict[str, np.ndarray]:
-        return {
-            name: np.array(self.state.parameters[name].data, dtype=np.float32)
-            for name in branch_params(self.features)
-        }
+def fixed_columns(stored: StoredHead) -> int:
+    """The trained rows' weights that are set, not trained: the ``e0`` block and the gate."""
+    return (stored.weight.shape[1] - 1 - stored.gate_columns) // 2 + stored.gate_columns
 
 
-class BranchHead(BroughtHead):
+class BranchHead(LinearHead):
     """A brought head with a trainable branch: fit the added rows on the branch's features as a
     linear head does, then train rows and branch together (see the module docstring)."""
 
     kind = KIND
 
-    def __init__(self, package: Any, labels: tuple[str, ...], params: UpdateParams) -> None:
-        from . import _ort
-        from .package import HEAD_FILE
+    @staticmethod
+    def graph(stored: StoredHead) -> onnx.ModelProto:
+        assert stored.features is not None, "a branch head needs its features part"
+        return build_head(stored.features, stored.weight, stored.frozen_rows, fixed_columns(stored))
 
+    @staticmethod
+    def trainable(stored: StoredHead) -> list[str]:
+        assert stored.features is not None, "a branch head needs its features part"
+        return [linear.WEIGHT, linear.BIAS, *branch_params(stored.features)]
+
+    @staticmethod
+    def classifier_parts(stored: StoredHead, embedding: str, output: str) -> Parts:
+        assert stored.features is not None, "a branch head needs its features part"
+        return head_parts(stored.features, stored.weight, 0, 0, output)  # reads "embedding"
+
+    @staticmethod
+    def embedding_dim(stored: StoredHead, backbone: onnx.ModelProto) -> int:
+        return int(backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+
+    @classmethod
+    def check(cls, manifest: Manifest, where: str) -> None:
+        if branch_record(manifest.training) is None:
+            raise ModelError(f"{where}: a branch head needs training.brought.branch.features")
+
+    @classmethod
+    def read(cls, package: PackageView, head: onnx.ModelProto | None = None) -> StoredHead:
+        head = head if head is not None else onnx.load(str(package.path / HEAD_FILE))
+        linear_part = super().read(package, head)
+        return StoredHead(
+            linear_part.weight,
+            linear_part.logit_scale,
+            linear_part.frozen_rows,
+            linear_part.gate_columns,
+            features_model(head),
+        )
+
+    def __init__(
+        self, package: PackageView, labels: tuple[str, ...], params: UpdateParams, engine: Engine
+    ) -> None:
         head = onnx.load(str(package.path / HEAD_FILE))
         self.features_graph = features_model(head)
         self.branch = branch_params(self.features_graph)
@@ -320,9 +321,9 @@ class BranchHead(BroughtHead):
         self.dim = int(package.manifest.training["brought"]["branch"]["features"])
         self.new_columns = self.dim
         self.fixed_columns = self.dim  # the e0 block, while the rows are fitted without the gate
-        super().__init__(package, labels, params, head)
+        super().__init__(package, labels, params, engine, head)
 
-    def features(self, emb: np.ndarray, session: Any = None) -> np.ndarray:
+    def features(self, emb: np.ndarray, session: ort.InferenceSession | None = None) -> np.ndarray:
         """``[e1, e0, gate]`` of backbone embeddings (the flattened cut)."""
         if not len(emb):
             return np.zeros((0, self.old_weight.shape[1] - 1), np.float32)
@@ -341,7 +342,7 @@ class BranchHead(BroughtHead):
         rehearse: tuple[np.ndarray, np.ndarray],
         real: tuple[np.ndarray, np.ndarray],
         params: UpdateParams,
-        on_epoch: EpochCallback | None = None,
+        on_epoch: fitting.EpochCallback | None = None,
     ) -> FitResult:
         rehearse_emb, rehearse_idx = rehearse
         features = self.features(emb)
@@ -365,27 +366,39 @@ class BranchHead(BroughtHead):
         penalty = -np.einsum("nj,nj->n", features[:, gate], rows_fit.weight[idx, gate])
         kept = np.flatnonzero((idx < len(self.old_weight)) | (penalty < TURNED_AWAY))
         joint = params.replace(learning_rate=params.learning_rate * BRANCH_RATE)
-        trainer = BranchTrainer(
-            self.features_graph, rows_fit.weight, joint, self.frozen, self.dim + len(self.gate)
-        )
-        with trainer:
-            result = trainer.fit(
+        fixed = self.dim + len(self.gate)
+        stored = StoredHead(rows_fit.weight, 1.0, self.frozen, len(self.gate), self.features_graph)
+        session = self.engine.open(self.graph(stored), self.trainable(stored), joint)
+        try:
+            losses = fitting.train(
+                session,
                 np.concatenate([rehearse_emb, emb[kept]]),
                 np.concatenate([rehearse_idx, idx[kept]]),
-                0,
+                joint,
+                None,
                 on_epoch,
             )
-            result.branch = trainer.branch
+            trained = session.parameters()
+        finally:
+            session.close()
+        core = rows_fit.weight.shape[1] - 1 - fixed
+        weight = linear.assemble(
+            trained, rows_fit.weight[: self.frozen], rows_fit.weight[self.frozen :, core : core + fixed], core
+        )
+        branch = {name: trained[name] for name in self.branch}
+        result = FitResult(weight, losses, branch)
         result.weight[: self.frozen] = self.old_weight[: self.frozen]  # exactly as brought
         return result
 
     def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
-        from . import _ort
-
         if len(emb) == 0:
             return np.zeros(0, np.int64)
         if result is None:
-            return np.argmax(linear_head.logits(self.features(emb), self.old_weight), axis=1)
+            return np.argmax(linear.logits(self.features(emb), self.old_weight), axis=1)
         graph = features_model(self.features_graph, result.branch)
         session = _ort.inference_session(graph.SerializeToString())
-        return np.argmax(linear_head.logits(self.features(emb, session), result.weight), axis=1)
+        return np.argmax(linear.logits(self.features(emb, session), result.weight), axis=1)
+
+    def stored(self, result: FitResult) -> StoredHead:
+        features = features_model(self.features_graph, result.branch)
+        return StoredHead(result.weight, self.scale, self.frozen, len(self.gate), features)

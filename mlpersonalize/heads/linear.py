@@ -18,16 +18,22 @@ the update loop handles both head kinds alike.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .images import ImageConstraint
-from .params import UpdateParams
-from .training import CosineHead, FitResult, HeadTrainer
+from .. import fitting, margin_gate
+from ..classifier import head_model
+from ..embedding import embed
+from ..images import ImageConstraint
+from ..manifest import BACKBONE_FILE, HEAD_FILE, gate_thresholds
+from ..params import UpdateParams
+from .base import FitResult, HeadKind, PackageView, Parts, StoredHead
+
+if TYPE_CHECKING:
+    from ..engines import Engine
 
 KIND = "linear"
 WEIGHT = "head.weight"
@@ -59,7 +65,7 @@ def logits(emb: np.ndarray, aug: np.ndarray) -> np.ndarray:
 
 def head_parts(
     aug: np.ndarray, frozen_rows: int, embedding: str, output: str, gate_columns: int = 0
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+) -> Parts:
     """Nodes and initializers: rows below ``frozen_rows`` constant, the rest trainable except
     their last ``gate_columns`` weights (the margin gate's, set by updates, see margin_gate.py)."""
     weight, bias = split(aug)
@@ -85,8 +91,6 @@ def head_parts(
 
 def build_head(aug: np.ndarray, frozen_rows: int, gate_columns: int = 0) -> onnx.ModelProto:
     """The forward-only head: "embedding" [N, D] -> "logits" [N, C]."""
-    from .head import head_model
-
     classes, dim = aug.shape[0], aug.shape[1] - 1
     return head_model(*head_parts(aug, frozen_rows, "embedding", "logits", gate_columns), dim, classes)
 
@@ -103,22 +107,6 @@ def read_weight(head: onnx.ModelProto) -> np.ndarray:
     if FROZEN_WEIGHT in found:
         parts.insert(0, join(found[FROZEN_WEIGHT], found[FROZEN_BIAS]))
     return np.concatenate(parts)
-
-
-def generate_artifacts(
-    aug: np.ndarray, frozen_rows: int, params: UpdateParams, directory: Path, gate_columns: int = 0
-) -> None:
-    """Training artifacts where only the added rows' own weights and biases train."""
-    from . import _ort
-    from .head import optimizer_block
-
-    _ort.generate_head_artifacts(
-        build_head(aug, frozen_rows, gate_columns),
-        [WEIGHT, BIAS],
-        directory,
-        optimizer_block(params),
-        ("logits",),
-    )
 
 
 def imprint(
@@ -208,64 +196,60 @@ def stand_ins(emb: np.ndarray, aug: np.ndarray, frozen_rows: int) -> np.ndarray:
     return np.argmax(logits(emb, aug[:frozen_rows]), axis=1).astype(np.int64)
 
 
-class LinearTrainer(HeadTrainer):
-    """HeadTrainer for the linear kind: the engine holds only the trainable rows and biases
-    (without their last ``fixed_columns`` weights, which are constants of the training graph)."""
-
-    def __init__(
-        self, weight: np.ndarray, scale: float, params: UpdateParams, frozen_rows: int, fixed_columns: int = 0
-    ) -> None:
-        weight = np.asarray(weight, np.float32)
-        self.frozen_rows = frozen_rows
-        self.fixed_columns = fixed_columns
-        self._frozen = weight[:frozen_rows]
-        self._core = weight.shape[1] - 1 - fixed_columns
-        self._fixed = weight[frozen_rows:, self._core : self._core + fixed_columns]
-        super().__init__(weight, scale, params)
-
-    def _generate(self, weight: np.ndarray, folder: Path) -> None:
-        generate_artifacts(weight, self.frozen_rows, self.params, folder, self.fixed_columns)
-
-    @property
-    def weight(self) -> np.ndarray:
-        trained = np.array(self.state.parameters[WEIGHT].data, dtype=np.float32).reshape(-1, self._core)
-        trained = np.concatenate([trained, self._fixed], axis=1)
-        bias = np.array(self.state.parameters[BIAS].data, dtype=np.float32)
-        return np.concatenate([self._frozen, join(trained, bias)])
-
-    def _set_weight(self, weight: np.ndarray) -> None:
-        rows = weight[self.frozen_rows :]
-        if len(rows):  # nothing trains when every row is frozen
-            w, b = split(rows)
-            self.state.parameters[WEIGHT] = np.ascontiguousarray(w[:, : self._core])
-            self.state.parameters[BIAS] = b
+def assemble(params: dict[str, np.ndarray], frozen: np.ndarray, fixed: np.ndarray, core: int) -> np.ndarray:
+    """The whole ``[C, D + 1]`` head from an engine's parameters: the frozen rows, then the
+    trained rows' weights, their ``fixed`` last weights and their biases."""
+    trained = params[WEIGHT].reshape(-1, core)
+    return np.concatenate([frozen, join(np.concatenate([trained, fixed], axis=1), params[BIAS])])
 
 
-class BroughtHead(CosineHead):
+class LinearHead(HeadKind):
     """A brought model's linear head: its labels have no data, so noise stand-ins are rehearsed,
     its rows stay frozen, and the margin gate's weights of added rows are set, not trained."""
 
-    kind = "linear"
-    trains_as = "linear"
+    kind = KIND
     new_columns: int | None = None  # the embedding columns added rows are imprinted on (None: all)
+    fixed_columns = 0  # trailing weights of the trained rows that are set, not trained
+
+    @staticmethod
+    def graph(stored: StoredHead) -> onnx.ModelProto:
+        return build_head(stored.weight, stored.frozen_rows, stored.gate_columns)
+
+    @staticmethod
+    def trainable(stored: StoredHead) -> list[str]:
+        return [WEIGHT, BIAS]
+
+    @staticmethod
+    def classifier_parts(stored: StoredHead, embedding: str, output: str) -> Parts:
+        return head_parts(stored.weight, 0, embedding, output)
+
+    @staticmethod
+    def embedding_dim(stored: StoredHead, backbone: onnx.ModelProto) -> int:
+        return int(stored.weight.shape[1]) - 1
+
+    @classmethod
+    def read(cls, package: PackageView, head: onnx.ModelProto | None = None) -> StoredHead:
+        """``head``: the package's head.onnx when the caller has it loaded already."""
+        manifest = package.manifest
+        weight = read_weight(head if head is not None else onnx.load(str(package.path / HEAD_FILE)))
+        gate = len(gate_thresholds(manifest.training))
+        return StoredHead(weight, manifest.logit_scale, manifest.frozen_labels, gate)
 
     def __init__(
         self,
-        package: Any,
+        package: PackageView,
         labels: tuple[str, ...],
         params: UpdateParams,
+        engine: Engine,
         head: onnx.ModelProto | None = None,
     ) -> None:
-        """``head``: the package's head.onnx when the caller has it loaded already."""
-        from . import margin_gate
-        from .package import BACKBONE_FILE, HEAD_FILE, gate_thresholds
-        from .training import embed
-
+        super().__init__(package, labels, params, engine)
         manifest = package.manifest
+        self.old = self.read(package, head)
         self.scale = manifest.logit_scale
         self.frozen = manifest.frozen_labels
         self.gate = gate_thresholds(manifest.training)
-        self.old_weight = read_weight(head if head is not None else onnx.load(str(package.path / HEAD_FILE)))
+        self.old_weight = self.old.weight
         self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
         self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
         self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
@@ -286,24 +270,48 @@ class BroughtHead(CosineHead):
         fake_emb, fake_idx = self._stand_ins
         return np.concatenate([ex_emb, fake_emb]), np.concatenate([ex_idx, fake_idx])
 
-    def start(
-        self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray
-    ) -> np.ndarray:
+    def grow(self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray) -> np.ndarray:
         new = imprint(
             self.train_input(emb), idx, rows, self.old_core, self.train_input(rehearse_emb), self.new_columns
         )
         return np.concatenate([self.old_core, new])
 
     def train_input(self, emb: np.ndarray) -> np.ndarray:
-        from . import margin_gate
-
         return margin_gate.strip_embeddings(emb, self.core)
+
+    def train(
+        self,
+        start: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        params: UpdateParams,
+        on_epoch: fitting.EpochCallback | None,
+    ) -> FitResult:
+        """Train in standardised units (see ``spread``); rows below ``frozen`` never change and
+        neither do the last ``fixed_columns`` weights of the others."""
+        centre, scale = spread(x)
+        standard = to_standard(start, centre, scale)
+        frozen, fixed_columns = self.frozen, self.fixed_columns
+        core = standard.shape[1] - 1 - fixed_columns
+        fixed = standard[frozen:, core : core + fixed_columns]
+        stored = StoredHead(standard, 1.0, frozen, fixed_columns)
+        # the linear rows alone (a branch head fits its rows this way too, before its joint pass)
+        session = self.engine.open(LinearHead.graph(stored), LinearHead.trainable(stored), params)
+        try:
+            known = max(0, len(self.old_weight) - frozen)  # added rows of earlier updates: anchored
+            losses = fitting.train(
+                session, (x - centre) / scale, y, params, {WEIGHT: known, BIAS: known}, on_epoch
+            )
+            weight = assemble(session.parameters(), standard[:frozen], fixed, core)
+        finally:
+            session.close()
+        result = FitResult(from_standard(weight, centre, scale), losses)
+        result.weight[:frozen] = start[:frozen]  # exactly as brought, no round-off
+        return result
 
     def finish(
         self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, taught: np.ndarray
     ) -> None:
-        from . import margin_gate
-
         renewed = {int(row) for row in taught if row >= self.frozen}
         rungs = margin_gate.rungs(
             self.train_input(real_emb),
@@ -314,3 +322,11 @@ class BroughtHead(CosineHead):
             self.previous,
         )
         result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, len(self.gate))
+
+    def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
+        if len(emb) == 0:
+            return np.zeros(0, np.int64)
+        return np.argmax(logits(emb, self.old_weight if result is None else result.weight), axis=1)
+
+    def stored(self, result: FitResult) -> StoredHead:
+        return StoredHead(result.weight, self.scale, self.frozen, len(self.gate))

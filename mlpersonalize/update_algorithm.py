@@ -1,0 +1,230 @@
+"""One update's algorithm, top to bottom: embed once, grow, train, guard, rehearse, history.
+
+1. **Embed once.** The backbone is frozen, so each example runs through it once
+   (embedding.py); everything after works on cached embeddings.
+2. **Grow.** Every new label gets a row, imprinted from its examples (the head kind decides how:
+   ``heads``).
+3. **Train.** Label-balanced epochs over the new examples and the rehearsal set (the exemplar
+   memory of known labels, plus stand-ins where a kind has none), through a training engine.
+4. **Guard.** Two passes from the same start: the first trains on all but a held-out part of
+   the new examples and is judged (held-out accuracy; known labels' accuracy on exemplars and
+   held-out examples, before vs after); the second trains on every example, so three drawings
+   all count, and is the one written. :func:`guard_reason` says why a result must not be
+   published.
+5. **Rehearse next time.** The new exemplar memory keeps, per label, the examples closest to
+   its prototype.
+6. **History.** What was learned and measured, as the manifest's history entry; the caller
+   (updater.py) adds what needs I/O (batch file hashes, the time, the producer).
+
+No printing and no file writes here: progress goes to ``on_event``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import engines
+from .embedding import embed
+from .heads import FitResult, HeadKind, StoredHead, kind_of
+from .heads.cosine import normalize
+from .manifest import BACKBONE_FILE, normalize_label
+from .params import UpdateParams
+
+if TYPE_CHECKING:
+    from .batch import Batch
+    from .engines import Engine
+    from .package import ModelPackage
+
+Event = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    """The trained head, its labels, the new exemplar memory and the history entry."""
+
+    labels: tuple[str, ...]
+    added: tuple[str, ...]
+    head: StoredHead
+    exemplar_embeddings: np.ndarray
+    exemplar_labels: np.ndarray
+    params: UpdateParams
+    history: dict[str, Any]
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.head.weight
+
+
+def personalize(
+    package: ModelPackage,
+    batches: Sequence[Batch],
+    params: UpdateParams,
+    max_drop: float,
+    on_event: Event | None = None,
+    engine: Engine | None = None,
+) -> Outcome:
+    """Train ``package``'s head on the batches (new labels appended) and judge the result."""
+    emit = on_event or (lambda event: None)
+    manifest = package.manifest
+    old_labels = tuple(manifest.labels)
+    batch_labels = [normalize_label(label) for batch in batches for label in batch.labels]
+    added = tuple(dict.fromkeys(label for label in batch_labels if label not in old_labels))
+    labels = old_labels + added
+    position = {label: i for i, label in enumerate(labels)}
+    idx = np.array([position[label] for label in batch_labels], np.int64)
+    pixels = np.concatenate([batch.pixels for batch in batches])
+    emit(
+        {
+            "event": "began",
+            "model": str(package.path),
+            "examples": len(idx),
+            "labels_added": list(added),
+            "epochs": params.epochs,
+            "passes": 2,
+            "params": params.to_dict(),
+        }
+    )
+
+    # 1. Embed once.
+    emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)
+    head: HeadKind = kind_of(manifest)(package, labels, params, engine or engines.get(None))
+    ex_emb, ex_idx = package.exemplars()
+    rehearse = head.rehearsal(ex_emb, ex_idx)
+    train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
+    n_old = len(old_labels)
+    known_held = held_pos[idx[held_pos] < n_old]
+    new_rows = list(range(n_old, len(labels)))  # 2. Grow: one row per label added
+
+    def fit(pos: np.ndarray, pass_no: int) -> FitResult:  # 3. Train
+        return head.fit(
+            emb[pos],
+            idx[pos],
+            new_rows,
+            rehearse,
+            (ex_emb, ex_idx),
+            params,
+            lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
+        )
+
+    def accuracy_on(emb_: np.ndarray, idx_: np.ndarray, result: FitResult | None) -> float | None:
+        return overall(head.predict(emb_, result), idx_)
+
+    # 4. Guard: pass one, judged on what it did not see; pass two, on every example.
+    known_emb = np.concatenate([ex_emb, emb[known_held]])
+    known_idx = np.concatenate([ex_idx, idx[known_held]])
+    first = fit(train_pos, 1)
+    before_known = accuracy_on(known_emb, known_idx, None)
+    after_known = accuracy_on(known_emb, known_idx, first)
+    held_pred = head.predict(emb[held_pos], first)
+    held_before = accuracy_on(emb[held_pos], idx[held_pos], None)
+    final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
+    final_known = accuracy_on(ex_emb, ex_idx, final)
+    before_memory = accuracy_on(ex_emb, ex_idx, None)
+    reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
+
+    # 5. The exemplar memory the next update rehearses.
+    all_emb = np.concatenate([ex_emb, emb])
+    all_idx = np.concatenate([ex_idx, idx])
+    memory_emb, memory_idx = select_exemplars(all_emb, all_idx, manifest.exemplars_per_label)
+
+    # 6. History.
+    accuracy = {
+        "held_out_examples": len(held_pos),
+        "held_out_before": _rounded(held_before),
+        "held_out_after": _rounded(overall(held_pred, idx[held_pos])),
+        "held_out_by_label": accuracy_by_label(held_pred, idx[held_pos], labels),
+        "known_before": _rounded(before_known),
+        "known_after": _rounded(after_known),
+        "exemplars_before": _rounded(before_memory),
+        "exemplars_after": _rounded(final_known),
+    }
+    guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
+    history = _history(batch_labels, added, params, final, accuracy, guard)
+    return Outcome(labels, added, head.stored(final), memory_emb, memory_idx, params, history)
+
+
+def split_holdout(idx: np.ndarray, rng: np.random.Generator, every: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) positions: about 1 in ``every`` of each label with ≥ 2 examples is held out."""
+    train: list[int] = []
+    held: list[int] = []
+    for label in np.unique(idx):
+        members = rng.permutation(np.flatnonzero(idx == label))
+        n_held = min(max(1, len(members) // every), len(members) - 1) if len(members) >= 2 else 0
+        held += members[:n_held].tolist()
+        train += members[n_held:].tolist()
+    return np.array(sorted(train), np.int64), np.array(sorted(held), np.int64)
+
+
+def guard_reason(
+    first: FitResult,
+    final: FitResult,
+    known: tuple[float | None, float | None],
+    memory: tuple[float | None, float | None],
+    max_drop: float,
+) -> str:
+    """Why the update must not be published ("" when it may): divergence, or a drop of more than
+    ``max_drop`` in the known labels' accuracy (pass one) or the exemplar memory's (pass two)."""
+    if not (first.finite and final.finite):
+        return "training diverged (loss is NaN or infinite)"
+    for (before, after), what in (
+        (known, "known labels' accuracy"),
+        (memory, "the exemplar memory's accuracy"),
+    ):
+        if before is not None and after is not None and before - after > max_drop:
+            return f"{what} would fall from {before:.1%} to {after:.1%} (more than {max_drop * 100:g} points)"
+    return ""
+
+
+def select_exemplars(emb: np.ndarray, idx: np.ndarray, per_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep, per label, the ``per_label`` examples closest to the label's mean (its prototype)."""
+    keep: list[np.ndarray] = []
+    unit = normalize(emb)
+    for label in np.unique(idx):
+        members = np.flatnonzero(idx == label)
+        centre = normalize(unit[members].mean(axis=0, keepdims=True))[0]
+        closest = members[np.argsort(-(unit[members] @ centre), kind="stable")[:per_label]]
+        keep.append(np.sort(closest))
+    chosen = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)
+
+
+def accuracy_by_label(pred: np.ndarray, idx: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
+    """Top-1 accuracy per label that has examples."""
+    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in np.unique(idx)}
+
+
+def overall(pred: np.ndarray, idx: np.ndarray) -> float | None:
+    return float(np.mean(pred == idx)) if len(idx) else None
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def _history(
+    batch_labels: list[str],
+    added: tuple[str, ...],
+    params: UpdateParams,
+    final: FitResult,
+    accuracy: dict[str, Any],
+    guard: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's history entry of one update, without what needs I/O (see updater.py)."""
+    counts = {
+        label: int(n)
+        for label, n in zip(*np.unique(np.array(batch_labels, dtype=object), return_counts=True), strict=True)
+    }
+    return {
+        "examples_per_label": counts,
+        "labels_added": list(added),
+        "epochs": params.epochs,
+        "params": params.to_dict(),
+        "final_loss": _rounded(final.final_loss),
+        "losses": [_rounded(v) for v in final.losses],
+        "accuracy": accuracy,
+        "guard": guard,
+    }

@@ -1,0 +1,82 @@
+"""The public Python API: prepare -> update -> load_model(...).predict, as a user's script runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONSTRAINT, NEW, OLD
+from PIL import Image
+
+import mlpersonalize
+from mlpersonalize import store
+from mlpersonalize.errors import RejectedError, UsageError
+from mlpersonalize.sample.doodles import make_dataset
+
+
+def _drawings(folder: Path, labels: list[str], per_label: int, seed: int) -> Path:
+    pixels, ids = make_dataset(labels, per_label, seed=seed, constraint=CONSTRAINT)
+    for i, (image, k) in enumerate(zip(pixels, ids, strict=True)):
+        (folder / labels[k]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[:, :, 0]).save(folder / labels[k] / f"{i}.png")
+    return folder
+
+
+def test_prepare_update_predict(doodle_model: Path, tmp_path: Path) -> None:
+    data = _drawings(tmp_path / "data", NEW[:2], 3, seed=7)
+    report = mlpersonalize.prepare(data, tmp_path / "batch.npz", doodle_model)
+    assert report.to_dict()["examples"] == 6
+
+    events: list[str] = []
+    result = mlpersonalize.update(
+        tmp_path / "batch.npz", doodle_model, on_event=lambda e: events.append(e["event"])
+    )
+    assert set(result.labels_added) == set(NEW[:2]) and result.version == "000001"
+    assert events[0] == "began" and events[-1] == "completed" and "epoch_end" in events
+    assert store.current_version(store.model_home("tiny")) == "000001"
+
+    model = mlpersonalize.load_model("tiny")  # a personalized model by its name
+    assert model.path == result.model.resolve() and model.labels == tuple(OLD) + result.labels_added
+    test = _drawings(tmp_path / "test", NEW[:2], 10, seed=99)
+    predictions = model.predict(sorted(test.iterdir()))
+    right = [p.label == Path(p.file).parent.name for p in predictions]
+    assert len(predictions) == 20 and np.mean(right) >= 0.7
+    # Pixels that already fit the model give the same answers as their files.
+    pixels, _ = make_dataset(NEW[:2], 2, seed=5, constraint=CONSTRAINT)
+    from_pixels = model.predict(pixels)
+    assert [p.file for p in from_pixels] == ["#0", "#1", "#2", "#3"]
+    ids = model.predict_embeddings(model.embed(pixels))
+    assert [p.label for p in from_pixels] == [model.labels[i] for i in ids]
+    assert json.dumps([p.to_dict() for p in from_pixels])
+
+
+def test_api_errors_are_the_tools_errors(doodle_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="give at least one batch"):
+        mlpersonalize.update([], doodle_model)
+    data = _drawings(tmp_path / "data", ["circle", "square", "cross"], 6, seed=11)
+    for old, new in (("circle", "ring"), ("square", "box"), ("cross", "plus")):
+        (data / old).rename(data / new)  # look-alikes of known labels: they cost those accuracy
+    mlpersonalize.prepare(data, tmp_path / "b.npz", doodle_model)
+    with pytest.raises(RejectedError) as caught:
+        mlpersonalize.update(tmp_path / "b.npz", doodle_model, max_drop=0.0, output=tmp_path / "out")
+    assert caught.value.exit_code == 6 and not (tmp_path / "out").exists()
+
+
+def test_import_is_cheap_and_exposes_the_api() -> None:
+    code = (
+        "import sys, mlpersonalize\n"
+        "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))\n"
+        "print(sorted(mlpersonalize.__all__))\n"
+        "from mlpersonalize.prepare import scan\n"
+        "print(callable(mlpersonalize.prepare) and mlpersonalize.prepare.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [
+        "[]",
+        "['Model', '__version__', 'load_model', 'prepare', 'update']",
+        "mlpersonalize.api",
+    ]

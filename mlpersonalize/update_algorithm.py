@@ -71,12 +71,8 @@ def personalize(
     emit = on_event or (lambda event: None)
     manifest = package.manifest
     old_labels = tuple(manifest.labels)
-    batch_labels = [normalize_label(label) for batch in batches for label in batch.labels]
-    added = tuple(dict.fromkeys(label for label in batch_labels if label not in old_labels))
-    labels = old_labels + added
-    position = {label: i for i, label in enumerate(labels)}
-    idx = np.array([position[label] for label in batch_labels], np.int64)
-    pixels = np.concatenate([batch.pixels for batch in batches])
+    labels, idx = label_indices(old_labels, [batch.labels for batch in batches])
+    added = labels[len(old_labels) :]
     emit(
         {
             "event": "began",
@@ -89,20 +85,28 @@ def personalize(
         }
     )
 
-    # 1. Embed once.
-    emb = embed(package.path / BACKBONE_FILE, pixels, manifest.constraint)
+    # 1. Embed once, the examples pass one trains on first and the held-out ones last, so each
+    # pass reads a slice of one array (no copy of the embeddings per pass).
+    train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
+    idx = idx[np.concatenate([train_pos, held_pos])]
+    emb = embed(
+        package.path / BACKBONE_FILE,
+        [batch.pixels for batch in batches],
+        manifest.constraint,
+        order=np.concatenate([train_pos, held_pos]),
+    )
+    train_pos, held_pos = np.arange(len(train_pos)), np.arange(len(train_pos), len(idx))
     head: HeadKind = kind_of(manifest)(package, labels, params, engine or engines.get(None))
     ex_emb, ex_idx = package.exemplars()
     rehearse = head.rehearsal(ex_emb, ex_idx)
-    train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
     n_old = len(old_labels)
     known_held = held_pos[idx[held_pos] < n_old]
     new_rows = list(range(n_old, len(labels)))  # 2. Grow: one row per label added
 
-    def fit(pos: np.ndarray, pass_no: int) -> FitResult:  # 3. Train
+    def fit(part: slice, pass_no: int) -> FitResult:  # 3. Train
         return head.fit(
-            emb[pos],
-            idx[pos],
+            emb[part],
+            idx[part],
             new_rows,
             rehearse,
             (ex_emb, ex_idx),
@@ -116,20 +120,18 @@ def personalize(
     # 4. Guard: pass one, judged on what it did not see; pass two, on every example.
     known_emb = np.concatenate([ex_emb, emb[known_held]])
     known_idx = np.concatenate([ex_idx, idx[known_held]])
-    first = fit(train_pos, 1)
+    first = fit(slice(0, len(train_pos)), 1)
     before_known = accuracy_on(known_emb, known_idx, None)
     after_known = accuracy_on(known_emb, known_idx, first)
-    held_pred = head.predict(emb[held_pos], first)
-    held_before = accuracy_on(emb[held_pos], idx[held_pos], None)
-    final = fit(np.arange(len(idx)), 2) if len(held_pos) else first
+    held_pred = head.predict(emb[len(train_pos) :], first)
+    held_before = accuracy_on(emb[len(train_pos) :], idx[held_pos], None)
+    final = fit(slice(None), 2) if len(held_pos) else first
     final_known = accuracy_on(ex_emb, ex_idx, final)
     before_memory = accuracy_on(ex_emb, ex_idx, None)
     reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
 
     # 5. The exemplar memory the next update rehearses.
-    all_emb = np.concatenate([ex_emb, emb])
-    all_idx = np.concatenate([ex_idx, idx])
-    memory_emb, memory_idx = select_exemplars(all_emb, all_idx, manifest.exemplars_per_label)
+    memory_emb, memory_idx = select_exemplars_of([(ex_emb, ex_idx), (emb, idx)], manifest.exemplars_per_label)
 
     # 6. History.
     accuracy = {
@@ -143,8 +145,35 @@ def personalize(
         "exemplars_after": _rounded(final_known),
     }
     guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
-    history = _history(batch_labels, added, params, final, accuracy, guard)
+    history = _history(labels, idx, added, params, final, accuracy, guard)
+    history["training_steps"] = [training_steps(first), training_steps(final) if final is not first else 0]
     return Outcome(labels, added, head.stored(final), memory_emb, memory_idx, params, history)
+
+
+def label_indices(
+    old_labels: tuple[str, ...], batch_labels: Sequence[Sequence[str]]
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """(every label: the known ones, then the new ones in order of appearance; each example's
+    label index). Labels are normalised once per distinct label, not once per example."""
+    labels = list(old_labels)
+    position = {label: i for i, label in enumerate(labels)}
+    total = sum(len(b) for b in batch_labels)
+    idx = np.empty(total, np.int64)
+    row = 0
+    for names in batch_labels:
+        distinct, inverse = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+        first = np.full(len(distinct), len(names), np.int64)
+        np.minimum.at(first, inverse, np.arange(len(names)))
+        rows = np.empty(len(distinct), np.int64)
+        for k in np.argsort(first, kind="stable"):  # new labels numbered in order of appearance
+            label = normalize_label(str(distinct[k]))
+            if label not in position:
+                position[label] = len(labels)
+                labels.append(label)
+            rows[k] = position[label]
+        idx[row : row + len(names)] = rows[inverse.reshape(-1)]
+        row += len(names)
+    return tuple(labels), idx
 
 
 def split_holdout(idx: np.ndarray, rng: np.random.Generator, every: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -181,15 +210,37 @@ def guard_reason(
 
 def select_exemplars(emb: np.ndarray, idx: np.ndarray, per_label: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep, per label, the ``per_label`` examples closest to the label's mean (its prototype)."""
-    keep: list[np.ndarray] = []
-    unit = normalize(emb)
-    for label in np.unique(idx):
-        members = np.flatnonzero(idx == label)
-        centre = normalize(unit[members].mean(axis=0, keepdims=True))[0]
-        closest = members[np.argsort(-(unit[members] @ centre), kind="stable")[:per_label]]
-        keep.append(np.sort(closest))
-    chosen = np.concatenate(keep) if keep else np.zeros(0, np.int64)
-    return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)
+    return select_exemplars_of([(emb, idx)], per_label)
+
+
+def select_exemplars_of(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], per_label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`select_exemplars` over the parts taken as one (in order), one label's rows at a time:
+    no copy of all the embeddings is made."""
+    labels = (
+        np.unique(np.concatenate([part_idx for _, part_idx in parts])) if parts else np.zeros(0, np.int64)
+    )
+    kept_emb: list[np.ndarray] = []
+    kept_idx: list[np.ndarray] = []
+    for label in labels:
+        rows = np.concatenate([part_emb[part_idx == label] for part_emb, part_idx in parts])
+        rows = rows.astype(np.float32, copy=False)
+        unit = normalize(rows)
+        centre = normalize(unit.mean(axis=0, keepdims=True))[0]
+        closest = np.sort(np.argsort(-(unit @ centre), kind="stable")[:per_label])
+        kept_emb.append(rows[closest])
+        kept_idx.append(np.full(len(closest), label, np.int64))
+    if not kept_emb:
+        width = parts[0][0].shape[1] if parts and parts[0][0].ndim == 2 else 0
+        return np.zeros((0, width), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(kept_emb), np.concatenate(kept_idx)
+
+
+def training_steps(result: FitResult) -> int | None:
+    """The optimizer steps a pass took (None if the head kind's training did not count them)."""
+    steps = getattr(result.losses, "steps", None)
+    return int(steps) if steps is not None else None
 
 
 def accuracy_by_label(pred: np.ndarray, idx: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
@@ -206,7 +257,8 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _history(
-    batch_labels: list[str],
+    labels: tuple[str, ...],
+    idx: np.ndarray,
     added: tuple[str, ...],
     params: UpdateParams,
     final: FitResult,
@@ -214,10 +266,8 @@ def _history(
     guard: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest's history entry of one update, without what needs I/O (see updater.py)."""
-    counts = {
-        label: int(n)
-        for label, n in zip(*np.unique(np.array(batch_labels, dtype=object), return_counts=True), strict=True)
-    }
+    present, n = np.unique(idx, return_counts=True)
+    counts = dict(sorted((labels[k], int(c)) for k, c in zip(present, n, strict=True)))
     return {
         "examples_per_label": counts,
         "labels_added": list(added),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .batch import Batch, check_batch_fits, file_sha256, load_batch
+from .batch import Batch, check_batch_fits, check_update_size, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, publish, signals_deferred, storage_error
@@ -73,6 +73,7 @@ class UpdateResult:
 def _load_batches(paths: Sequence[Path]) -> list[Batch]:
     if not paths:
         raise UsageError("give at least one batch file (made by `mlpersonalize prepare`)")
+    check_update_size([Path(p) for p in paths])  # too many examples: refused before reading them
     return [load_batch(Path(p)) for p in paths]
 
 

@@ -83,6 +83,7 @@ class HeadKind(ABC):
     """One head kind. Class methods describe a stored head; an instance runs one update."""
 
     kind: ClassVar[str]
+    rehearsed: int = 0  # how many of the rows ``train`` gets are the rehearsal set (set by ``fit``)
 
     # --- the stored head ------------------------------------------------------------------
 
@@ -155,7 +156,9 @@ class HeadKind(ABC):
             result = FitResult(np.asarray(start, np.float32))
         else:
             x = self.train_input(np.concatenate([rehearse_emb, emb]))
+            self.rehearsed = len(rehearse_idx)  # x's first rows: fitting.train's ``rehearsed``
             result = self.train(start, x, train_idx, params, on_epoch)
+            del x  # before finish's copy: one copy of the embeddings at a time
         self.finish(result, np.concatenate([real[0], emb]), np.concatenate([real[1], idx]), idx)
         return result
 

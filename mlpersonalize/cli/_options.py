@@ -18,3 +18,13 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="Threads for ONNX Runtime (and image-decoding workers). Default: $MLPERSONALIZE_THREADS, "
+        "else one per core; 1 leaves the rest of the machine to others.",
+        show_default=False,
+    ),
+]

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, ThreadsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -44,11 +44,13 @@ def predict_command(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Classify images; a table on a terminal, tab-separated lines in a pipe, JSON Lines with --json.
 
     Example: mlpersonalize predict drawings/ --json
     """
+    from .. import threads as thread_setting
     from ..decoding import Decoder
     from ..inference import Classifier, collect_images
     from ..package import load_package
@@ -56,7 +58,9 @@ def predict_command(
 
     package = load_package(resolve_model(model).path)
     paths = list(collect_images(inputs))
-    with Decoder(package.manifest.constraint, len(paths), digest=False) as decoder:
+    thread_setting.use(threads)
+    workers = thread_setting.configured() or None
+    with Decoder(package.manifest.constraint, len(paths), workers, digest=False) as decoder:
         classifier = Classifier(package)  # after the decoding workers started: they fork without its threads
         decoded = decoder.map([(os.fspath(path), False) for path in paths])
         results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)

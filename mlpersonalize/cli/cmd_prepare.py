@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, ThreadsOpt
 
 if TYPE_CHECKING:
     from ..prepare import Progress, Report
@@ -43,6 +43,7 @@ def prepare_command(
     append: AppendOpt = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Turn labelled image folders into a batch file for `update`.
 
@@ -57,12 +58,14 @@ def prepare_command(
 
     Example: mlpersonalize prepare ~/drawings -o batch.npz
     """
+    from .. import threads as thread_setting
     from ..errors import UsageError
     from ..package import load_package
     from ..prepare import PrepareError, prepare
     from ..store import resolve_model
     from ._output import note
 
+    thread_setting.use(threads)
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
     package = load_package(resolve_model(model).path, verify=False)
@@ -74,6 +77,7 @@ def prepare_command(
                 package.manifest,
                 append=append,
                 force=force,
+                workers=thread_setting.configured() or None,
                 progress=progress,
                 on_wait=lambda: note(f"waiting: another prepare is appending to {output}"),
             )

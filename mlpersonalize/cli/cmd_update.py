@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, ThreadsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -108,12 +108,16 @@ def update_command(
     ] = False,
     no_wait: NoWaitOpt = False,
     json_out: JsonOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train the model on labelled batches; new labels are added. The original is never changed.
 
     Example: mlpersonalize update batch.npz --json
     """
+    from .. import threads as thread_setting
     from ..updater import UpdateOptions, update
+
+    thread_setting.use(threads)
     from ._output import done, safe_name
 
     options = UpdateOptions(

@@ -109,10 +109,29 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    """A forked child (a decoding worker) must not keep its parent's locks alive: a flock lives
+    as long as any descriptor of it, so a worker that outlived a killed parent held the batch."""
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``; the kernel frees it if the holder dies.
 
     Never an ``O_EXCL`` lock file: that one survives a SIGKILL and blocks the next cron run.
+    The descriptor is close-on-exec and closed in forked children, so only this process holds it.
     """
 
     def __init__(self, path: Path, busy: str) -> None:
@@ -127,7 +146,7 @@ class FileLock:
 
         try:
             makedirs_durable(self.path.parent)  # the folder's entry must outlive a power cut
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise storage_error("create the lock file in", self.path.parent, exc) from exc
         try:
@@ -143,10 +162,12 @@ class FileLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD_LOCK_FDS.discard(self._fd)
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
 

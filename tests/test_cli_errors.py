@@ -89,3 +89,14 @@ def test_no_command_writes_its_own_error_line_or_exit_code() -> None:
             path.name
         )
         assert "stderr.write" not in text and not re.search(r"(?<![\w.])print\(", text), path.name
+
+
+def test_debug_tracebacks_are_for_failures_not_for_usage_or_pipes() -> None:
+    def traceback(exc: BaseException) -> bool:
+        got = _errors.outcome(exc)
+        return bool(got and got.traceback)
+
+    assert traceback(RuntimeError("bug")) and traceback(ModelError("x")) and traceback(OSError(5, "EIO"))
+    assert (
+        not traceback(NoSuchOption("--x")) and not traceback(ClosedOutput()) and not traceback(typer.Exit(0))
+    )

@@ -18,6 +18,7 @@ class Outcome:
     code: int
     message: str | None  # the text after "Error: "; None: nothing is printed
     help: str | None = None  # printed on stdout (no command given)
+    traceback: bool = False  # MLPERSONALIZE_DEBUG=1 shows the traceback instead
 
 
 def _first_line(text: str) -> str:
@@ -27,7 +28,7 @@ def _first_line(text: str) -> str:
 
 def _ours(exc: BaseException) -> Outcome:
     assert isinstance(exc, MLPersonalizeError)
-    return Outcome(int(exc.exit_code), _first_line(str(exc)))
+    return Outcome(int(exc.exit_code), _first_line(str(exc)), traceback=True)
 
 
 def _closed(exc: BaseException) -> Outcome:
@@ -74,7 +75,7 @@ def _os_error(exc: BaseException) -> Outcome:
 
     assert isinstance(exc, OSError)
     name = quote(str(getattr(exc, "filename", "") or ""), backslash=False)
-    return Outcome(ExitCode.IO, f"{name} {describe_os_error(exc)}".strip())
+    return Outcome(ExitCode.IO, f"{name} {describe_os_error(exc)}".strip(), traceback=True)
 
 
 def _unexpected(exc: BaseException) -> Outcome:
@@ -82,6 +83,7 @@ def _unexpected(exc: BaseException) -> Outcome:
         ExitCode.ERROR,
         f"unexpected {type(exc).__name__}: {_first_line(str(exc))} "
         "(set MLPERSONALIZE_DEBUG=1 for a traceback)",
+        traceback=True,
     )
 
 

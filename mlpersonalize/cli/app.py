@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     saved = {signal.SIGTERM: signal.signal(signal.SIGTERM, _sigterm)}
     saved[signal.SIGINT] = signal.signal(signal.SIGINT, _sigint)
     debug = bool(os.environ.get("MLPERSONALIZE_DEBUG"))
+    store = sys.modules.get("mlpersonalize.store")
+    if store is not None:  # a new run (in-process callers run several) has committed nothing yet
+        store.swapped.clear()
     code = 0
     try:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         result = outcome(exc)
         if result is None:
             raise
-        if debug and result.code not in (0,) and result.message and not isinstance(exc, KeyboardInterrupt):
+        if debug and result.traceback:
             raise
         if isinstance(exc, KeyboardInterrupt) and _committed():
             result = type(result)(0, None)

@@ -151,6 +151,8 @@ def _render(data: dict[str, Any]) -> None:
         "replaced",
         title="update history",
     )
+    history.columns[0].no_wrap = True  # a timestamp is read whole, never cut to "08:05:…"
+    history.columns[0].min_width = 25
     for row in history_rows(data.get("history", [])):
         history.add_row(*(Text(cell) for cell in row))
     if data.get("history"):

@@ -586,3 +586,28 @@ def test_predict_table_wraps_long_names_instead_of_cutting_them(
     code, out, err = main_cli(["predict", str(tmp_path / "test"), "--model", str(tiny_model)], capsys)
     assert code == 0, err
     assert "0123456789-a-rather-long-drawing-name-END.png" in first_column(out) and "…" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "tty", "chatty", "tables", "live"),
+    [
+        ({}, True, True, True, True),
+        ({}, False, False, False, False),  # cron: silent on stderr, TSV on stdout
+        ({"verbose": True}, False, True, False, False),
+        ({"quiet": True}, True, False, True, False),  # stdout's data stays, messages go
+        ({"json_out": True}, True, True, False, False),
+        ({"json_out": True}, False, False, False, False),
+    ],
+)
+def test_output_modes_decide_messages_tables_and_bars(
+    monkeypatch: pytest.MonkeyPatch, flags: dict[str, bool], tty: bool, chatty: bool, tables: bool, live: bool
+) -> None:
+    monkeypatch.setattr(_output.Output, "stdout_is_terminal", staticmethod(lambda: tty))
+    monkeypatch.setattr(_output.Output, "stderr_is_terminal", staticmethod(lambda: tty))
+    out = _output.Output().configure(**flags)
+    assert (out.chatty, out.tables, out.live) == (chatty, tables, live)
+
+
+def test_quiet_and_verbose_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = main_cli(["models", "--quiet", "--verbose"], capsys)
+    assert code == 2 and err == "Error: --quiet and --verbose cannot be used together\n"

@@ -107,8 +107,8 @@ class Output:
 
     @property
     def tables(self) -> bool:
-        """Rich tables on stdout: human mode on a terminal."""
-        return self.mode == "human" and self.stdout_is_terminal()
+        """Rich tables on stdout: on a terminal, unless --json (--quiet keeps stdout's data)."""
+        return self.mode != "json" and self.stdout_is_terminal()
 
     @property
     def live(self) -> bool:

@@ -611,3 +611,35 @@ def test_output_modes_decide_messages_tables_and_bars(
 def test_quiet_and_verbose_together_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = main_cli(["models", "--quiet", "--verbose"], capsys)
     assert code == 2 and err == "Error: --quiet and --verbose cannot be used together\n"
+
+
+def test_sigterm_at_random_moments_never_reports_a_committed_update_as_failed(
+    doodle: Path, tmp_path: Path
+) -> None:
+    """The field experiment, bounded: SIGTERM an `update --json` near its end, six times."""
+    import random
+
+    batch = write_batch(tmp_path / "b.npz", doodle, NEW[:1])
+    home = store.model_home("tiny")
+    args = [sys.executable, "-m", "mlpersonalize", "update", str(batch), "--json", "--epochs", "1"]
+    start = time.monotonic()
+    first = subprocess.run([*args, "--model", str(doodle)], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    assert first.returncode == 0, first.stderr
+    rng = random.Random(16)
+    for _ in range(6):
+        before = store.current_version(home)
+        child = subprocess.Popen(
+            [*args, "--model", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(took * rng.uniform(0.6, 1.05))
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=120)
+        after = store.current_version(home)
+        if after != before:  # committed: the run must say so
+            assert child.returncode == 0, (child.returncode, err)
+            assert json.loads(out.splitlines()[-1])["version"] == after
+        else:
+            # -15: the signal came before Python installed its handler (still starting up)
+            assert child.returncode in (0, 130, -signal.SIGTERM), (child.returncode, err)
+            assert child.returncode != 130 or err == "Error: interrupted; nothing was changed\n"

@@ -109,6 +109,26 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(directory: bool = False) -> int:
+    """What a new file (0666) or folder (0777) gets under the user's umask: one policy for
+    batches and versions alike (README, "Output")."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
 _HELD_LOCK_FDS: set[int] = set()
 
 

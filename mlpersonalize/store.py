@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from . import fsio
 from .fsio import FileLock
 
 T = TypeVar("T")
@@ -27,26 +28,6 @@ Source = Literal["flag", "environment", "personalized", "bundled"]
 # Version ids whose swap (``current`` moved, or removed by reset) this process committed. Once
 # it is non-empty the run's outcome is success whatever signal comes next (cli.app reads it).
 swapped: list[str] = []
-
-
-def umask() -> int:
-    """The process's umask, read without changing it where the system allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode(directory: bool = False) -> int:
-    """What a new file (0666) or folder (0777) gets under the user's umask: one policy for
-    batches and versions alike (README, "Files")."""
-    return (0o777 if directory else 0o666) & ~umask()
 
 
 def bundled_model_path() -> Path:
@@ -238,7 +219,7 @@ def new_temp_dir(root: Path) -> Path:
     folder = versions_dir(root)
     makedirs_durable(folder)
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
-    temp.chmod(file_mode(directory=True))  # mkdtemp makes it 0700; the umask decides, as for batches
+    temp.chmod(fsio.file_mode(directory=True))  # mkdtemp makes it 0700; the umask decides, as for batches
     return temp
 
 

@@ -150,13 +150,15 @@ def _prepare_rounds(rng: random.Random, work: Path, model: Path, count: int, see
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(small / "one" / "x.png")
     env = {**os.environ, "MLPERSONALIZE_MODEL": str(model)}
     cli = [sys.executable, "-m", "mlpersonalize", "prepare"]
+    busy = 0  # rounds killed while decoding workers ran (the others ended before the kill)
     for round_no in range(1, count + 1):
-        delay = rng.uniform(0.3, 1.5)
+        delay = rng.uniform(0.2, 1.2)
         child = subprocess.Popen(
             [*cli, str(data), "-o", str(batch), "--append"], env=env, stderr=subprocess.DEVNULL
         )
         time.sleep(delay)
         workers = _children(child.pid)
+        busy += bool(workers)
         child.kill()
         child.wait()
         deadline = time.monotonic() + 10
@@ -178,7 +180,11 @@ def _prepare_rounds(rng: random.Random, work: Path, model: Path, count: int, see
                 os.kill(pid, signal.SIGKILL)
             print(f"FAILED prepare round {round_no} (delay {delay:.2f}s, seed={seed}): {exc}", flush=True)
             return 1
-    print(f"soak_kill prepare ok: {count} killed prepare --append runs, seed={seed}", flush=True)
+    print(
+        f"soak_kill prepare ok: {count} prepare --append runs killed, {busy} of them while their "
+        f"workers decoded, seed={seed}",
+        flush=True,
+    )
     return 0
 
 

@@ -70,12 +70,12 @@ def study_calibration(d: Data, seeds: int) -> None:
     print(
         "\n## Calibrated unknown: real digits, round 1 (5 digits taught next to the 43 labels, 5 not taught)"
     )
-    print("rows imprinted; thresholds from the exemplar memory + the batch (leave-one-out for the new rows)")
+    print("thresholds from the exemplar memory + the batch (the new rows' imprint optimism removed)")
     print(
-        "target | shots | top-1 new | right->unknown new | right->unknown 43 (generated)"
+        "head | target | shots | top-1 new | right->unknown new | right->unknown 43 (generated)"
         " | untaught digits rejected | oracle max-cos | fixed 0.5: rejected / right->unknown"
     )
-    for target in (0.05, 0.03):
+    for head, target in (("imprinted", 0.05), ("imprinted", 0.03), ("trained", 0.05), ("trained", 0.03)):
         for shots in (3, 5):
             rec = []
             for seed in range(seeds):
@@ -85,6 +85,10 @@ def study_calibration(d: Data, seeds: int) -> None:
                 rl = np.arange(len(rows))
                 cal_emb = np.concatenate([d.ex, d.emb[xs]])
                 cal_lab = np.concatenate([d.exi, np.repeat(np.arange(N_BASE, N_BASE + 5), shots)])
+                if head == "trained":
+                    rows = np.asarray(
+                        train_head(rows, d.scale, cal_emb, cal_lab, UpdateParams(seed=seed), N_BASE).weight
+                    )
                 imp = {N_BASE + i: len(d.ex) + np.arange(i * shots, (i + 1) * shots) for i in range(5)}
                 cal = calibrate(cal_emb, cal_lab, rows, rl, len(rows), imp, target_frr=target)
                 known = np.setdiff1d(np.flatnonzero(np.isin(d.y, a)), xs)
@@ -110,7 +114,7 @@ def study_calibration(d: Data, seeds: int) -> None:
                 )
             m, lo, hi = np.mean(rec, 0), np.min(rec, 0), np.max(rec, 0)
             print(
-                f"{target:6.2f} | {shots:5d} | "
+                f"{head:9s} | {target:6.2f} | {shots:5d} | "
                 + " | ".join(f"{m[i]:.3f} [{lo[i]:.2f}-{hi[i]:.2f}]" for i in range(5))
                 + f" | {m[5]:.3f} / {m[6]:.3f}"
             )

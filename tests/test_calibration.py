@@ -1,0 +1,105 @@
+"""Per-label `unknown` thresholds on synthetic embeddings: clusters on a sphere with known spreads."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlpersonalize.calibration import (
+    calibrate,
+    calibration_scores,
+    imprint_optimism,
+    label_probabilities,
+    normalize,
+    predict_open,
+)
+
+D = 32
+
+
+def cluster(centre: np.ndarray, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    return normalize(centre[None, :] + rng.normal(0, spread / np.sqrt(D), (n, D)))
+
+
+def centres(k: int, rng: np.random.Generator) -> np.ndarray:
+    return normalize(rng.normal(size=(k, D)))
+
+
+def test_a_label_owning_two_rows_gets_the_sum_of_their_probabilities() -> None:
+    rows = np.eye(3, D)
+    emb = normalize(np.eye(3, D) + 0.1)
+    p3 = label_probabilities(emb, rows, np.array([0, 1, 2]), 10.0, 3)
+    p2 = label_probabilities(emb, rows, np.array([0, 1, 1]), 10.0, 2)
+    np.testing.assert_allclose(p2[:, 1], p3[:, 1] + p3[:, 2])
+    np.testing.assert_allclose(p2.sum(axis=1), 1.0)
+
+
+def test_imprint_optimism_is_the_gain_of_containing_the_example() -> None:
+    rng = np.random.default_rng(0)
+    emb = cluster(np.eye(1, D)[0], 3, 1.0, rng)
+    gain = imprint_optimism(emb, np.arange(3))
+    for i in range(3):
+        full = emb[i] @ normalize(emb.mean(axis=0))
+        loo = emb[i] @ normalize(np.delete(emb, i, axis=0).mean(axis=0))
+        assert abs(gain[i] - (full - loo)) < 1e-9
+    assert np.all(gain > 0)
+
+
+def test_a_label_with_a_wider_spread_gets_a_lower_threshold() -> None:
+    rng = np.random.default_rng(1)
+    c = centres(2, rng)
+    emb = np.concatenate([cluster(c[0], 40, 0.5, rng), cluster(c[1], 40, 1.5, rng)])
+    labels = np.repeat([0, 1], 40)
+    cal = calibrate(emb, labels, c, np.array([0, 1]), 2)
+    assert cal.thresholds[1] < cal.thresholds[0] - 0.05
+
+
+def test_fresh_drawings_of_known_labels_are_kept_and_a_far_off_cluster_is_rejected() -> None:
+    rng = np.random.default_rng(2)
+    c = centres(6, rng)
+    known, far = c[:5], c[5]
+    spreads = [0.6, 0.8, 1.0, 0.7, 0.9]
+    emb = np.concatenate([cluster(known[k], 20, spreads[k], rng) for k in range(5)])
+    cal = calibrate(emb, np.repeat(np.arange(5), 20), known, np.arange(5), 5)
+    fresh = np.concatenate([cluster(known[k], 200, spreads[k], rng) for k in range(5)])
+    truth = np.repeat(np.arange(5), 200)
+    pred, _, _ = predict_open(fresh, known, np.arange(5), 20.0, cal.thresholds)
+    assert np.mean(pred[pred != -1] == truth[pred != -1]) > 0.95
+    right_to_unknown = np.mean(pred == -1)
+    assert right_to_unknown <= 0.12  # aimed at 5%, from 20 examples per label
+    unknown, _, _ = predict_open(cluster(far, 100, 0.8, rng), known, np.arange(5), 20.0, cal.thresholds)
+    assert np.all(unknown == -1)
+
+
+def test_rows_imprinted_from_the_scored_examples_are_scored_leave_one_out() -> None:
+    rng = np.random.default_rng(3)
+    c = centres(2, rng)
+    old = cluster(c[0], 20, 0.8, rng)
+    new = cluster(c[1], 3, 0.8, rng)
+    rows = np.stack([c[0], normalize(new.mean(axis=0))])
+    emb, labels = np.concatenate([old, new]), np.repeat([0, 1], [20, 3])
+    in_sample, _ = calibration_scores(emb, labels, rows, np.array([0, 1]), 2)
+    loo, _ = calibration_scores(emb, labels, rows, np.array([0, 1]), 2, {1: np.arange(20, 23)})
+    assert np.all(loo[20:] < in_sample[20:])
+    np.testing.assert_allclose(loo[:20], in_sample[:20])
+    with_loo = calibrate(emb, labels, rows, np.array([0, 1]), 2, {1: np.arange(20, 23)})
+    without = calibrate(emb, labels, rows, np.array([0, 1]), 2)
+    assert with_loo.thresholds[1] < without.thresholds[1]
+    # and it keeps the new label's fresh drawings about as the target says
+    fresh = cluster(c[1], 300, 0.8, rng)
+    pred, _, _ = predict_open(fresh, rows, np.array([0, 1]), 20.0, with_loo.thresholds)
+    assert np.mean(pred == -1) <= 0.15
+
+
+def test_a_label_with_no_trustworthy_example_borrows_the_pooled_threshold() -> None:
+    rng = np.random.default_rng(4)
+    c = centres(3, rng)
+    emb = np.concatenate(
+        [cluster(c[0], 20, 0.8, rng), cluster(c[1], 20, 0.8, rng), cluster(c[2], 1, 0.8, rng)]
+    )
+    labels = np.repeat([0, 1, 2], [20, 20, 1])
+    cal = calibrate(emb, labels, c, np.arange(3), 3, {2: np.array([40])})
+    assert cal.counts[2] == 0
+    assert np.isfinite(cal.thresholds[2])
+    assert min(cal.thresholds[:2]) - 0.1 < cal.thresholds[2] < max(cal.thresholds[:2])
+    assert cal.to_manifest()["score"] == "max_cosine"
+    assert len(cal.to_manifest()["thresholds"]) == 3  # type: ignore[arg-type]

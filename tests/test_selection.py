@@ -1,0 +1,89 @@
+"""Choosing between the imprinted and the trained head from the user's own held-out examples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlpersonalize.calibration import normalize
+from mlpersonalize.selection import choose_head, fold_of
+
+D = 32
+
+
+def pool(rng: np.random.Generator, shots: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Three old labels (10 exemplars each) and two new batch labels, clusters on a sphere."""
+    c = normalize(rng.normal(size=(5, D)))
+    counts = [shots, shots, 10, 10, 10]
+    labels = np.repeat([3, 4, 0, 1, 2], counts)
+    emb = normalize(c[labels] + rng.normal(0, 0.6 / np.sqrt(D), (len(labels), D)))
+    in_batch = np.arange(len(labels)) < 2 * shots
+    return emb, labels, in_batch, c
+
+
+def imprinter(emb: np.ndarray, labels: np.ndarray, c: np.ndarray):  # type: ignore[no-untyped-def]
+    def imprint(pos: np.ndarray) -> np.ndarray:
+        new = [normalize(emb[pos][labels[pos] == lab].mean(axis=0)) for lab in (3, 4)]
+        return np.concatenate([c[:3], np.stack(new)]).astype(np.float32)
+
+    return imprint
+
+
+def test_a_trainer_that_ruins_the_head_is_never_chosen() -> None:
+    rng = np.random.default_rng(0)
+    emb, labels, in_batch, c = pool(rng)
+    imprint = imprinter(emb, labels, c)
+
+    def ruin(pos: np.ndarray) -> np.ndarray:
+        rows = imprint(pos).copy()
+        rows[:] = rows[3]  # every row the same: label 0 wins every tie, the new labels are lost
+        return rows
+
+    choice = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, ruin, blends=(0.0, 0.5, 1.0))
+    assert choice.name == "imprinted"
+    np.testing.assert_allclose(choice.rows, imprint(np.arange(len(labels))))
+
+
+def test_a_trainer_that_clearly_helps_is_chosen() -> None:
+    rng = np.random.default_rng(1)
+    emb, labels, in_batch, c = pool(rng)
+    good = imprinter(emb, labels, c)
+
+    def bad_imprint(pos: np.ndarray) -> np.ndarray:
+        rows = good(pos).copy()
+        rows[3], rows[4] = rows[4].copy(), rows[3].copy()  # the imprint gets the new labels backwards
+        return rows
+
+    choice = choose_head(emb, labels, in_batch, np.arange(5), 20.0, bad_imprint, good)
+    assert choice.name == "trained"
+    assert choice.batch_acc[1.0] > choice.batch_acc[0.0]
+    assert choice.old_acc[1.0] >= choice.old_acc[0.0]
+    assert choice.summary()["head"] == "trained"
+
+
+def test_held_out_examples_are_never_trained_on_in_their_fold() -> None:
+    rng = np.random.default_rng(2)
+    emb, labels, in_batch, c = pool(rng, shots=3)
+    imprint = imprinter(emb, labels, c)
+    calls: list[np.ndarray] = []
+
+    def train(pos: np.ndarray) -> np.ndarray:
+        calls.append(np.asarray(pos))
+        return imprint(pos)
+
+    choice = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train, folds=3)
+    assert len(calls) == 3  # the tie goes to the imprinted head: no final training
+    seen_held = set(choice.heldout.tolist())
+    for kept in calls:
+        assert len(set(kept.tolist())) == len(kept)
+    # every batch drawing is held out exactly once, and absent from that fold's training
+    assert set(np.flatnonzero(in_batch).tolist()) <= seen_held
+    assert sum(len(np.setdiff1d(np.arange(len(labels)), k)) for k in calls) == len(choice.heldout)
+
+
+def test_folds_spread_each_label_and_keep_a_single_drawing_for_training() -> None:
+    labels = np.array([7, 7, 7, 8, 1, 1, 1, 1, 1, 1])
+    in_batch = np.array([True] * 4 + [False] * 6)
+    fold = fold_of(labels, in_batch, 3, np.random.default_rng(0))
+    assert fold[3] == -1
+    assert sorted(fold[:3].tolist()) == [0, 1, 2]
+    assert np.bincount(fold[4:], minlength=3).tolist() == [2, 2, 2]

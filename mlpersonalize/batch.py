@@ -59,6 +59,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def release_pixels(self) -> None:
+        """Let the pixels go (an update that has embedded them needs them no more): ``pixels``
+        becomes an empty array of the same kind; labels, sources and digests stay."""
+        object.__setattr__(self, "pixels", np.zeros((0, *self.pixels.shape[1:]), self.pixels.dtype))
+
     @classmethod
     def from_pixels(
         cls, pixels: np.ndarray, labels: tuple[str, ...] | list[str], manifest: Manifest
@@ -241,7 +246,7 @@ def file_sha256(path: Path) -> str:
 
 # What one update holds in memory grows with its examples: their pixels, then one embedding each
 # (plus a copy of the embeddings while a pass trains). Past this many bytes of pixels an update
-# is refused before anything is read: 28x28 grey drawings fit 684,000 (100,000 peaked at ~340 MB).
+# is refused before anything is read: 684,784 28x28 grey drawings (100,000 peaked at ~280 MB).
 MAX_UPDATE_PIXEL_BYTES = 512 * 1024**2
 
 

@@ -66,8 +66,12 @@ def personalize(
     max_drop: float,
     on_event: Event | None = None,
     engine: Engine | None = None,
+    release_pixels: bool = False,
 ) -> Outcome:
-    """Train ``package``'s head on the batches (new labels appended) and judge the result."""
+    """Train ``package``'s head on the batches (new labels appended) and judge the result.
+
+    With ``release_pixels`` the batches' pixels are let go once embedded (``Batch.release_pixels``):
+    a caller that loaded them for this update alone holds the embeddings only while it trains."""
     emit = on_event or (lambda event: None)
     manifest = package.manifest
     old_labels = tuple(manifest.labels)
@@ -96,6 +100,9 @@ def personalize(
         order=np.concatenate([train_pos, held_pos]),
     )
     train_pos, held_pos = np.arange(len(train_pos)), np.arange(len(train_pos), len(idx))
+    if release_pixels:
+        for batch in batches:
+            batch.release_pixels()
     head: HeadKind = kind_of(manifest)(package, labels, params, engine or engines.get(None))
     ex_emb, ex_idx = package.exemplars()
     rehearse = head.rehearsal(ex_emb, ex_idx)

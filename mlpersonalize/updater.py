@@ -151,7 +151,8 @@ def _train(
     on_event: Event | None,
 ) -> Outcome:
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
-    outcome = personalize(package, batches, params, options.max_drop, on_event)
+    # the batches were loaded for this update alone: their pixels go once embedded
+    outcome = personalize(package, batches, params, options.max_drop, on_event, release_pixels=True)
     # The history entry's I/O: what the batches were, when, and what wrote the package.
     outcome.history = {
         "time": now_iso(),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import main_cli
+from conftest import pooled_pixel_backbone, write_batch
 
 from mlpersonalize import batch as batch_module
 from mlpersonalize import fitting, threads, updater
@@ -18,9 +20,6 @@ from mlpersonalize.fitting import MIN_PER_LABEL, EpochPlan
 from mlpersonalize.images import ImageConstraint
 from mlpersonalize.params import UpdateParams
 from mlpersonalize.update_algorithm import label_indices, select_exemplars, select_exemplars_of
-
-from clirun import main_cli
-from conftest import pooled_pixel_backbone, write_batch
 
 
 def plan(memory_per_label: int, old_labels: int, new_counts: list[int]) -> EpochPlan:
@@ -159,3 +158,18 @@ def test_threads_come_from_the_flag_or_the_environment(
     assert code == 0 and os.environ[threads.ENV] == "1"
     history = json.loads((out_dir / "manifest.json").read_text())["history"][-1]
     assert all(isinstance(n, int) and n > 0 for n in history["training_steps"])
+
+
+def test_an_update_lets_the_pixels_go_once_embedded(tmp_path: Path, tiny_model: Path) -> None:
+    path = write_batch(tmp_path / "b.npz", tiny_model, ["circle", "square"], per_label=4)
+    loaded: list[batch_module.Batch] = []
+    real = updater.load_batch
+
+    def keep(p: Path) -> batch_module.Batch:
+        loaded.append(real(p))
+        return loaded[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(updater, "load_batch", keep)
+        updater.update([path], updater.UpdateOptions(model=tiny_model, output=tmp_path / "out"))
+    assert loaded[0].pixels.shape == (0, 28, 28, 1) and len(loaded[0]) == 8

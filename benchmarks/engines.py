@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from mlpersonalize.head import WEIGHT, build_head, head_weight, optimizer_block
+from mlpersonalize.training import balanced_order, imprint
 
 from mlpersonalize import linear_head
 from mlpersonalize.engines.portable import PortableEngine
-from mlpersonalize.head import WEIGHT, build_head, head_weight, optimizer_block
 from mlpersonalize.params import UpdateParams
-from mlpersonalize.training import balanced_order, imprint
 
 
 class OrtReference:

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import common, quality, report, scaling, speed
 
-SECTIONS = ("quality", "train", "e2e", "predict", "prepare", "startup", "scaling", "profile")
+SECTIONS = ("quality", "train", "e2e", "predict", "prepare", "startup", "scaling", "cost", "profile")
 
 
 def log(message: str) -> None:
@@ -70,6 +70,7 @@ def run(model: Path, sizes: common.Sizes, only: tuple[str, ...] = SECTIONS) -> d
             "prepare": lambda: speed.prepare(data, sizes, files_dir, work, log),  # type: ignore[arg-type]
             "startup": lambda: speed.startup(model, sizes, log),
             "scaling": lambda: scaling.run(data, sizes, work, log),
+            "cost": lambda: speed.cost(data, sizes, work, log),
             "profile": lambda: {
                 "update": scaling.profile_update(data, sizes.train_examples, work),
                 "prepare": scaling.profile_prepare(data, files_dir, work),  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def cost_section(results: dict[str, Any]) -> list[str]:
         f"**Fixed costs**: the seed's case (bundled model, 3 new labels × 5 generated drawings; "
         f"{steps} training steps in the two passes) and one-image commands against the floor "
         f'`python -c "import numpy, onnxruntime, PIL"` ({f["repeats"]} rounds; ratios are the median '
-        "of round-by-round ratios):",
+        "of round-by-round ratios; torch hidden from every process, as in a runtime-only install):",
         "",
         "| command | wall s | CPU s | peak MB | wall / floor | CPU / floor |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -298,7 +298,8 @@ def speed_section(results: dict[str, Any]) -> list[str]:
             "",
             "| way | setup s | embed s | training loop s | total s |",
             "| --- | --- | --- | --- | --- |",
-            f"| `update`'s core: backbone once (InferenceSession) + head artifacts on cached embeddings "
+            f"| the shared training loop (not all of `update`: one pass, no rehearsal; section 2b has "
+            f"`update`'s steps): backbone once (InferenceSession) + head artifacts on cached embeddings "
             f"| – | {o['embed_seconds']:.3f} | {o['head_seconds']:.3f} (incl. artifacts) | "
             f"{o['total_seconds']:.3f} |",
             f"| naive ORT: backbone + head training graph, backbone frozen, every epoch "

@@ -436,11 +436,15 @@ def startup(model: Path, sizes: Sizes, log: Log) -> dict[str, Any]:
 
 # --- (f) what an update costs: fixed costs, label mix, threads, scale, scikit-learn ------------
 
-FLOOR = [sys.executable, "-c", "import numpy, onnxruntime, PIL"]  # the process floor
+# The process floor. torch is hidden from it and from every command of this section, as in a
+# runtime-only install: with torch installed (the bench extra) `import onnxruntime` probes it and
+# takes seconds; mlpersonalize's own imports never do (_ort.py).
+FLOOR = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; import numpy, onnxruntime, PIL"]
 
 
 def _update_cmd(batch: Path, model: Path, out: Path, *extra: str) -> list[str]:
-    return cli("update", str(batch), "--model", str(model), "--output", str(out), "--json", "--force", *extra)
+    args = ("update", str(batch), "--model", str(model), "--output", str(out), "--json", "--force", *extra)
+    return cli(*args, hide_torch=True)
 
 
 def _steps(out: Path) -> list[int]:
@@ -492,8 +496,10 @@ def cost(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
         {
             "floor": lambda i: FLOOR,
             "update_seed": lambda i: _update_cmd(seed_batch, model, work / f"cost-seed-out-{i}"),
-            "inspect_json": lambda i: cli("inspect", "--model", str(model), "--json"),
-            "predict_one": lambda i: cli("predict", str(image), "--model", str(model), "--json"),
+            "inspect_json": lambda i: cli("inspect", "--model", str(model), "--json", hide_torch=True),
+            "predict_one": lambda i: cli(
+                "predict", str(image), "--model", str(model), "--json", hide_torch=True
+            ),
         },
         repeats,
     )

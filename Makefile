@@ -33,7 +33,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check mlpersonalize tests
 	$(BIN)/mypy
 
+# The backbone pretrains on font glyphs of many writing systems (Debian font packages, installed
+# here when missing) with PyTorch on the CPU (the `sample` extra); the runtime never imports torch.
 sample-model: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[sample]'
+	@missing="$$($(BIN)/python -m mlpersonalize.sample.glyphs)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing font packages: $$missing"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y --no-install-recommends $$missing; \
+	fi
 	rm -rf sample_models/doodles.new
 	$(BIN)/python -m mlpersonalize.sample.pretrain --out sample_models/doodles.new
 	rm -rf sample_models/doodles && mv sample_models/doodles.new sample_models/doodles

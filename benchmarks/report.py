@@ -114,6 +114,13 @@ def _mark(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
 
+def real_digits_section(results: dict[str, Any]) -> list[str]:
+    from .real_digits import BEFORE, markdown_section
+
+    before = json.loads(BEFORE.read_text()) if BEFORE.is_file() else None
+    return markdown_section(results.get("real_digits"), before)
+
+
 def quality_section(results: dict[str, Any]) -> list[str]:
     q = results.get("quality")
     if not q:
@@ -349,6 +356,7 @@ def markdown(results: dict[str, Any]) -> str:
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {_mark(t['met'])} |")
     lines.append("")
+    lines += real_digits_section(results)
     lines += quality_section(results)
     lines += speed_section(results)
     lines += scaling_section(results)

@@ -224,8 +224,9 @@ class Baselines:
     def __init__(self, model: Path) -> None:
         import onnx
 
-        from mlpersonalize.head import head_weight
-        from mlpersonalize.package import BACKBONE_FILE, HEAD_FILE, load_package
+        from mlpersonalize.heads.cosine import head_weight
+        from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE
+        from mlpersonalize.package import load_package
 
         package = load_package(model)
         self.manifest = package.manifest
@@ -243,17 +244,24 @@ class Baselines:
         return np.stack([load(f, c) for f in files]) if files else np.zeros((0, *c.shape), np.uint8)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        from mlpersonalize.training import embed
+        from mlpersonalize.embedding import embed
 
         return np.asarray(embed(self.backbone, pixels, self.manifest.constraint), np.float32)
 
     def naive_fit(self, weight0: np.ndarray, emb: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        from mlpersonalize.training import HeadTrainer
+        from mlpersonalize import engines, fitting
+        from mlpersonalize.heads.base import StoredHead
+        from mlpersonalize.heads.cosine import WEIGHT, CosineHead
         from mlpersonalize.updater import UpdateOptions
 
         params = UpdateOptions().params(self.manifest.update_defaults, self.manifest.update_ranges)
-        with HeadTrainer(weight0, self.scale, params) as trainer:
-            return np.asarray(trainer.fit(emb, idx).weight, np.float32)
+        stored = StoredHead(np.asarray(weight0, np.float32), self.scale)
+        session = engines.get().open(CosineHead.graph(stored), CosineHead.trainable(stored), params)
+        try:
+            fitting.train(session, emb, idx, params)  # no anchor, no rehearsal: the naive baseline
+            return np.asarray(session.parameters()[WEIGHT], np.float32)
+        finally:
+            session.close()
 
 
 def run_seed(

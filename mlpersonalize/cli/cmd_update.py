@@ -108,6 +108,10 @@ def update_command(
     ] = False,
     no_wait: NoWaitOpt = False,
     json_out: JsonOpt = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Training engine: ort or portable. Default: ort where onnxruntime-training is."),
+    ] = None,
 ) -> None:
     """Train the model on labelled batches; new labels are added. The original is never changed.
 
@@ -128,6 +132,7 @@ def update_command(
         wait=not no_wait,
         force=force,
         max_drop=max_drop / 100.0,
+        engine=engine,
     )
     renderer = _Renderer(json_out)
     try:

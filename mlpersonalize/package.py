@@ -198,7 +198,7 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
         check_relative(name, "package")
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        folders.add(target.parent)
+        folders.update(p for p in target.parents if p.is_relative_to(directory))  # training/ too
         write_bytes_synced(target, data)
         entries[name] = FileEntry(hashlib.sha256(data).hexdigest(), len(data))
     final = _replace(manifest, files=entries)

@@ -28,9 +28,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The long random-SIGKILL loop (P3); a bounded 6-second version runs in `make test`.
+# The long random-SIGKILL loops: updates and rollbacks (P3), then `prepare --append` (P12).
+# Bounded versions run in `make test`.
 soak: $(STAMP)
-	$(BIN)/python scripts/soak_kill.py --count 1000 --seconds 600
+	$(BIN)/python scripts/soak_kill.py --count 1000 --seconds 600 --prepare-count 30
 
 lint: $(STAMP)
 	$(BIN)/ruff check mlpersonalize tests

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import BatchError, UsageError
 from .faults import fault_point
-from .fsio import fsync_dir, fsync_file, storage_error
+from .fsio import file_mode, fsync_dir, fsync_file, storage_error
 from .images import ImageConstraint
 from .manifest import Manifest, normalize_label, sha256_file
 
@@ -165,6 +165,7 @@ def save_batch(path: Path, batch: Batch, *, force: bool = False) -> None:
         raise storage_error("write", path, exc) from exc
     temp = Path(name)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; the umask decides, as for versions
         with os.fdopen(fd, "wb") as handle:
             _write_npz(handle, _arrays(batch))
             handle.flush()

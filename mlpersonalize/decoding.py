@@ -87,11 +87,33 @@ def _decode_chunk(tasks: Sequence[Task], constraint: images.ImageConstraint, dig
     return list(decode_files(tasks, constraint, digest))
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker never outlives the command that started it (a SIGKILLed prepare left two
+    workers blocked on their pipe for good). Linux: the kernel sends SIGKILL when the parent
+    dies; elsewhere the pool's pipe EOF ends idle workers."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _ready() -> None:
@@ -128,7 +150,9 @@ class Decoder:
 
             # fork starts workers in milliseconds; macOS and Windows need spawn
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+            )
             self._pool.submit(_ready).result()
         return self
 

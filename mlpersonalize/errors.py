@@ -68,3 +68,15 @@ class StorageError(MLPersonalizeError):
 
 class Interrupted(MLPersonalizeError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class PartialError(MLPersonalizeError):
+    """Some images could not be read (reported in the output); the rest were handled."""
+
+    exit_code = ExitCode.PARTIAL
+
+    def __init__(self, failed: int, total: int) -> None:
+        super().__init__(f"{failed} of {total} images could not be read (see the output)")
+        self.failed, self.total = failed, total
+        if failed == total:
+            self.exit_code = ExitCode.INPUT

@@ -114,6 +114,44 @@ def write_bytes_synced(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(directory: bool = False) -> int:
+    """What a new file (0666) or folder (0777) gets under the user's umask: one policy for
+    batches and versions alike (README, "Output")."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_held_locks_in_child() -> None:
+    """A forked child (a decoding worker) must not keep its parent's locks alive: a flock lives
+    as long as any descriptor of it, so a worker that outlived a killed parent held the batch."""
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks_in_child)
+
+
 def fsync_tree(root: Path) -> None:
     """fsync every file and folder under ``root`` (``root`` included), deepest folders first."""
     folders = [root]
@@ -161,7 +199,7 @@ def publish(output: Path, write: Callable[[Path], T]) -> T:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-        temp.chmod(0o755)
+        temp.chmod(file_mode(directory=True))
     except OSError as exc:
         raise storage_error("create a folder beside", output, exc) from exc
     try:
@@ -186,6 +224,7 @@ class FileLock:
     """An exclusive ``fcntl.flock`` on ``path``; the kernel frees it if the holder dies.
 
     Never an ``O_EXCL`` lock file: that one survives a SIGKILL and blocks the next cron run.
+    The descriptor is close-on-exec and closed in forked children, so only this process holds it.
     """
 
     def __init__(self, path: Path, busy: str) -> None:
@@ -198,7 +237,7 @@ class FileLock:
 
         try:
             makedirs_durable(self.path.parent)  # the folder's entry must outlive a power cut
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise storage_error("create the lock file in", self.path.parent, exc) from exc
         try:
@@ -214,10 +253,12 @@ class FileLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD_LOCK_FDS.discard(self._fd)
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _ort, images
 from .decoding import Decoded, decode_file
-from .errors import InputError, ModelError
+from .errors import ModelError
 from .manifest import MODEL_FILE, UNKNOWN
 from .package import ModelPackage
 
@@ -40,7 +40,11 @@ class Prediction:
 
 
 def collect_images(inputs: Iterable[Path]) -> Iterator[Path]:
-    """Files named directly, and image files found recursively (sorted, hidden skipped) in folders."""
+    """Files named directly, and image files found recursively (sorted, hidden skipped) in folders.
+
+    A named file that is missing or unreadable is yielded too: it becomes an error entry, as
+    the same file inside a folder does, and the rest are still classified.
+    """
     for item in inputs:
         if item.is_dir():
             for root, dirs, files in os.walk(item):
@@ -48,10 +52,8 @@ def collect_images(inputs: Iterable[Path]) -> Iterator[Path]:
                 for name in sorted(files):
                     if not name.startswith(".") and images.is_image_name(name):
                         yield Path(root) / name
-        elif item.exists() or item.is_symlink():
-            yield item
         else:
-            raise InputError(f"{item}: no such file or folder")
+            yield item
 
 
 class Classifier:

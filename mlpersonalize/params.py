@@ -53,7 +53,8 @@ class UpdateParams:
                 continue
             if isinstance(value, bool) or not (low <= value <= high):
                 raise UsageError(
-                    f"{name.replace('_', '-')} must be within [{low:g}, {high:g}], got {value!r}"
+                    f"{name.replace('_', '-')} must be within "
+                    f"[{_number(low)}, {_number(high)}], got {value!r}"
                 )
         return self
 
@@ -107,3 +108,8 @@ def ranges_from_dict(data: Any) -> dict[str, tuple[float, float]]:
             )
         out[name] = (low, high)
     return out
+
+
+def _number(value: float) -> str:
+    """4294967295, not 4.29497e+09; 0.0001 as it is."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -255,11 +255,13 @@ def prepare(
     workers: int | None = None,
     progress: Progress | None = None,
     on_wait: Callable[[], None] | None = None,
+    wait: bool = True,
 ) -> Report:
     """Turn labelled image folders into the batch file ``output`` for the model of ``manifest``.
 
     With ``append``, runs on one batch are serialized by a lock beside it (``on_wait`` is called
-    if another holds it), so concurrent appends never lose examples.
+    if another holds it; with ``wait`` false a BusyError instead), so concurrent appends never
+    lose examples.
     """
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
@@ -276,8 +278,9 @@ def prepare(
     if not append:
         return _prepare(data_dirs, output, manifest, False, force, workers, progress)
     # Appending reads, extends and rewrites the batch: two at once would lose one's examples.
-    lock = FileLock(output.parent / f".{output.name}-lock", f"another prepare is appending to {output}")
-    with lock.acquire(wait=True, on_wait=on_wait):
+    busy = f"another prepare is appending to {escape(str(output))}; retry later or drop --no-wait"
+    lock = FileLock(output.parent / f".{output.name}-lock", busy)
+    with lock.acquire(wait=wait, on_wait=on_wait):
         return _prepare(data_dirs, output, manifest, True, force, workers, progress)
 
 
@@ -315,7 +318,8 @@ def _prepare(
         problems=tuple(problems),
     )
     if problems:
-        more = f" (and {len(problems) - 1} more problem(s) listed in the report)" if len(problems) > 1 else ""
+        others = len(problems) - 1
+        more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
         raise PrepareError(f"{problems[0]}{more}; no batch written", report)
     if batch is None:  # --append and every image was already in the batch
         return report

@@ -15,12 +15,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+from . import fsio
 from .fsio import FileLock
+
+T = TypeVar("T")
 
 BUNDLED_NAME = "doodles"
 Source = Literal["flag", "environment", "personalized", "bundled"]
+
+# Version ids whose swap (``current`` moved, or removed by reset) this process committed. Once
+# it is non-empty the run's outcome is success whatever signal comes next (cli.app reads it).
+swapped: list[str] = []
 
 
 def bundled_model_path() -> Path:
@@ -36,7 +43,12 @@ def home() -> Path:
     """The user data dir (MLPERSONALIZE_HOME, else the platform's)."""
     env = os.environ.get("MLPERSONALIZE_HOME")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.exists() and not path.is_dir():
+            from .errors import UsageError
+
+            raise UsageError(f"MLPERSONALIZE_HOME={env} is not a folder; point it at a folder (or unset it)")
+        return path
     import platformdirs
 
     return Path(platformdirs.user_data_dir("mlpersonalize", appauthor=False))
@@ -101,6 +113,31 @@ def _follow(path: Path) -> Path:
     if not (path / "manifest.json").exists() and link.is_symlink():
         return Path(os.path.realpath(link))
     return path
+
+
+def open_model(flag: Path | None, load: Callable[[ResolvedModel], T], attempts: int = 3) -> T:
+    """``load(resolve_model(flag))``, resolved again if a reset or prune deleted the version
+    between resolving and loading it: a reader never fails because a writer moved on.
+
+    A file that vanished is reported as such, never as a corrupt model.
+    """
+    from .errors import ModelError
+
+    for attempt in range(attempts):
+        resolved = resolve_model(flag)
+        try:
+            return load(resolved)
+        except (ModelError, OSError) as exc:
+            # a version folder disappears at once (renamed away, then deleted): only then retry
+            if resolved.path.exists() or resolved.path.parent.name != VERSIONS:
+                raise
+            if attempt + 1 < attempts:
+                continue
+            raise ModelError(
+                f"{resolved.path} was deleted while it was being read (a reset, rollback or update "
+                "cleanup ran at the same time); run the command again"
+            ) from exc
+    raise AssertionError("unreachable")
 
 
 # --- versions, pointer swap, lock, rollback, reset -------------------------------------------
@@ -182,7 +219,7 @@ def new_temp_dir(root: Path) -> Path:
     folder = versions_dir(root)
     makedirs_durable(folder)
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
-    temp.chmod(0o755)  # mkdtemp makes it 0700; a committed version is as readable as the original
+    temp.chmod(fsio.file_mode(directory=True))  # mkdtemp makes it 0700; the umask decides, as for batches
     return temp
 
 
@@ -209,6 +246,7 @@ def point_current(
         if fault:
             fault(f"{stage}:before-swap")
         os.replace(temp, root / "current")
+        swapped.append(version)
     except BaseException:
         temp.unlink(missing_ok=True)  # a failed swap leaves no half-made link behind
         raise
@@ -286,9 +324,13 @@ def model_root(flag: Path | None = None) -> Path:
     if (given / VERSIONS).is_dir() or (given / "current").is_symlink():
         return given
     root = is_in_store(given)
-    if root is None:
-        raise ModelError(f"{given} is not a personalized model (no versions/ or current inside)")
-    return root
+    if root is not None:
+        return root
+    if (given / "manifest.json").is_file():  # an original package: its personalized copy
+        from .manifest import read_manifest
+
+        return model_home(read_manifest(given).name)
+    raise ModelError(f"{given} is neither a model package nor a personalized model")
 
 
 def rollback(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> str:
@@ -377,6 +419,7 @@ def _reset_locked(root: Path) -> list[str]:
     link = root / "current"
     if link.is_symlink():
         link.unlink()
+        swapped.append("")
         fsync_dir(root)
     versions = list_versions(root)
     for version in versions:

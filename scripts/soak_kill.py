@@ -1,6 +1,11 @@
 """Soak test (P3): SIGKILL updates and rollbacks at random moments, check the model after each kill.
 
-    python scripts/soak_kill.py --count 200 --seconds 600 [--seed N] [--home DIR]
+    python scripts/soak_kill.py --count 200 --seconds 600 [--seed N] [--home DIR] [--prepare-count 30]
+
+With ``--prepare-count N`` it then SIGKILLs N runs of ``mlpersonalize prepare --append`` (the
+real CLI, 200 large PNGs so its decoding workers are busy) at random moments, and checks after
+each kill (P12): no worker of the killed run is left alive, the batch's lock is free (a
+``prepare --append --no-wait`` succeeds), and the batch, if written, loads.
 
 A zygote process imports everything once, builds a tiny model and one committed update, then
 loops: fork a child that runs an update (or, one time in five, a rollback), sleep a random delay,
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-delay", type=float, default=0.2, help="longest wait before the kill")
     parser.add_argument("--home", type=Path, default=None, help="work here (default: a temp folder)")
+    parser.add_argument("--prepare-count", type=int, default=0, help="killed prepare --append runs")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     print(f"soak_kill seed={seed}", flush=True)
@@ -120,7 +126,88 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED after the loop (seed={seed}): {exc}", flush=True)
         return 1
     print(f"soak_kill ok: {rounds} rounds, {kills} killed, {completed} completed, seed={seed}", flush=True)
+    if args.prepare_count:
+        return _prepare_rounds(rng, work, original, args.prepare_count, seed)
     return 0
+
+
+def _prepare_rounds(rng: random.Random, work: Path, model: Path, count: int, seed: int) -> int:
+    """SIGKILL ``prepare --append`` while its workers decode; no worker or held lock may remain."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from mlpersonalize.batch import load_batch
+
+    data, small, batch = work / "many", work / "small", work / "r.npz"
+    for i in range(200):
+        folder = data / f"label{i % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 255, (400, 400), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    (small / "one").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(small / "one" / "x.png")
+    env = {**os.environ, "MLPERSONALIZE_MODEL": str(model)}
+    cli = [sys.executable, "-m", "mlpersonalize", "prepare"]
+    busy = 0  # rounds killed while decoding workers ran (the others ended before the kill)
+    for round_no in range(1, count + 1):
+        delay = rng.uniform(0.2, 1.2)
+        child = subprocess.Popen(
+            [*cli, str(data), "-o", str(batch), "--append"], env=env, stderr=subprocess.DEVNULL
+        )
+        time.sleep(delay)
+        workers = _children(child.pid)
+        busy += bool(workers)
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.05)
+        left = [w for w in workers if _alive(w)]
+        check = subprocess.run(
+            [*cli, str(small), "-o", str(batch), "--append", "--no-wait"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        try:
+            assert not left, f"workers {left} outlived the killed prepare"
+            assert check.returncode == 0, f"the next prepare --no-wait failed: {check.stderr.strip()}"
+            load_batch(batch)
+        except AssertionError as exc:
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            print(f"FAILED prepare round {round_no} (delay {delay:.2f}s, seed={seed}): {exc}", flush=True)
+            return 1
+    print(
+        f"soak_kill prepare ok: {count} prepare --append runs killed, {busy} of them while their "
+        f"workers decoded, seed={seed}",
+        flush=True,
+    )
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

@@ -69,14 +69,16 @@ def test_json_report_is_one_valid_utf8_document(data: Path, tiny_model: Path, tm
     assert load_batch(out).labels == ("circle", "circle", "😀 smile")
 
 
-def test_off_a_terminal_stdout_is_empty_and_stderr_has_only_warnings(
+def test_off_a_terminal_a_success_is_silent_and_verbose_lists_the_skipped_files(
     data: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     result = run("prepare", str(data), "-o", str(tmp_path / "b.npz"), "-m", str(tiny_model))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")  # cron stays quiet
+    result = run("prepare", str(data), "-o", str(tmp_path / "b.npz"), "-m", str(tiny_model), "--force", "-v")
     assert result.returncode == 0 and result.stdout == ""
     lines = result.stderr.splitlines()
-    assert lines and all(line.startswith("warning: skipped ") for line in lines)  # no summary: quiet
-    assert any("broken.png" in line for line in lines)
+    assert all(line.startswith("warning: skipped ") for line in lines[:-1])
+    assert any("broken.png" in line for line in lines) and lines[-1].startswith("wrote ")
 
 
 def test_existing_output_needs_force_and_append_with_force_is_a_usage_error(
@@ -109,9 +111,9 @@ def test_empty_label_folder_exits_3_with_the_report_and_writes_nothing(
     assert report["written"] is False and report["problems"] and not out.exists()
     human = run("prepare", str(data), "-o", str(out), "-m", str(tiny_model))
     assert human.returncode == ExitCode.INPUT and human.stdout == ""
-    assert "warning: skipped" in human.stderr and human.stderr.splitlines()[-1].startswith(
-        "Error: label folder"
-    )
+    lines = human.stderr.splitlines()  # the problems above the Error line, no report needed
+    assert lines[0] == f"problem: label folder {data / 'square'} holds no usable image"
+    assert lines[-1].startswith("Error: label folder")
 
 
 def test_missing_data_dir_and_bad_batch_are_input_errors(tiny_model: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def test_inspect_on_a_terminal_prints_labels_and_names_verbatim(
     data.update(source="flag", engine={"onnxruntime": "1.19.2"})
     cmd_inspect._render(data)
     out = capsys.readouterr().out
-    assert "my [/]model" in out and f"labels (3): {HOSTILE}, square, cross" in out
+    assert "my [/]model" in out and f"3 labels: {HOSTILE}, square, cross" in out
 
 
 def test_predict_table_rows_keep_labels_verbatim() -> None:

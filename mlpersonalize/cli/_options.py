@@ -12,9 +12,19 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model package folder. Default: $MLPERSONALIZE_MODEL, else your personalized copy, "
-        "else the bundled original.",
+        help="Model package folder, or the name of a personalized model. Default: $MLPERSONALIZE_MODEL, "
+        "else your personalized copy, else the bundled original (`mlpersonalize which` says which).",
         show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No messages on stderr but errors (stdout data stays).")
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Messages and per-file warnings even off a terminal (cron logs)."),
+]
+NoWaitOpt = Annotated[
+    bool, typer.Option("--no-wait", help="Fail (exit 5) instead of waiting for another run holding the lock.")
+]

@@ -11,21 +11,20 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import ExitCode, Interrupted, MLPersonalizeError
-from ..names import escape
 
 app = typer.Typer(
     name="mlpersonalize",
     help="Personalize an image classifier on your own machine: prepare → update → predict.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # Each module defines `register(app)`; its heavy imports happen inside the command bodies so
 # that `--help` stays fast.
-_COMMAND_MODULES = ("prepare", "inspect", "predict", "update", "make_updatable")
+_COMMAND_MODULES = ("prepare", "inspect", "predict", "update", "rollback_reset", "models", "make_updatable")
 
 
 def _version(value: bool) -> None:
@@ -48,73 +47,92 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(f".cmd_{_name}", __package__).register(app)
 
 
+def _committed() -> bool:
+    """Whether this run already moved a model's ``current`` pointer (store.swapped)."""
+    store = sys.modules.get("mlpersonalize.store")
+    return bool(store is not None and getattr(store, "swapped", None))
+
+
 def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    # Before the pointer moves, SIGTERM is Ctrl-C: stop, nothing changed. After it moved, the
+    # run's outcome is success: the signal is ignored and the command finishes (README).
+    if not _committed():
+        raise KeyboardInterrupt
 
 
-def error_line(message: str) -> None:
-    text = " ".join(str(message).split()) if "\n" not in str(message).strip() else str(message).strip()
-    first = text.splitlines()[0] if text else "unknown error"
-    sys.stderr.write(f"Error: {escape(first)}\n")
-    sys.stderr.flush()
+def _sigint(signum: int, frame: object) -> None:
+    if not _committed():
+        raise KeyboardInterrupt
 
 
-def _other_error(exc: Exception, debug: bool) -> int:
-    """Exit code for an exception that is not ours: usage errors, OS errors, bugs."""
-    if type(exc).__name__ == "NoArgsIsHelpError":
-        ctx = getattr(exc, "ctx", None)
-        sys.stdout.write((ctx.get_help() if ctx else "") + "\n")
-        return ExitCode.USAGE
-    if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click.ClickException
-        ctx = getattr(exc, "ctx", None)
-        usage = type(exc).__name__ in _USAGE_ERRORS
-        where = f" (see '{ctx.command_path} --help')" if usage and ctx else ""
-        error_line(exc.format_message() + where)
-        return ExitCode.USAGE if usage else ExitCode.ERROR
-    if isinstance(exc, OSError) and not debug:
-        from ..fsio import describe_os_error
-
-        error_line(f"{getattr(exc, 'filename', '') or ''} {describe_os_error(exc)}".strip())
-        return ExitCode.IO
-    if debug:
-        raise exc
-    error_line(f"unexpected {type(exc).__name__}: {exc} (set MLPERSONALIZE_DEBUG=1 for a traceback)")
-    return ExitCode.ERROR
+def _error_line(message: str) -> None:
+    try:
+        sys.stderr.write(f"Error: {message}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr is gone too; the exit code still says what happened
 
 
-_USAGE_ERRORS = {
-    "UsageError",
-    "BadParameter",
-    "MissingParameter",
-    "NoSuchOption",
-    "BadOptionUsage",
-    "BadArgumentUsage",
-}
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, map every failure to one line and a documented code."""
-    signal.signal(signal.SIGTERM, _sigterm)
+    from ._errors import outcome
+
+    saved = {signal.SIGTERM: signal.signal(signal.SIGTERM, _sigterm)}
+    saved[signal.SIGINT] = signal.signal(signal.SIGINT, _sigint)
     debug = bool(os.environ.get("MLPERSONALIZE_DEBUG"))
+    store = sys.modules.get("mlpersonalize.store")
+    if store is not None:  # a new run (in-process callers run several) has committed nothing yet
+        store.swapped.clear()
+    code = 0
     try:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
         returned = app(args=argv, standalone_mode=False)
-        code = returned if isinstance(returned, int) else ExitCode.OK
-        if code == ExitCode.INTERRUPTED:  # typer turns KeyboardInterrupt into Exit(130) itself
-            error_line(str(Interrupted("interrupted; nothing was changed")))
-    except MLPersonalizeError as exc:
-        if debug:
+        code = returned if isinstance(returned, int) else 0
+        if code == 130:  # typer turns KeyboardInterrupt into a return value of 130 itself
+            code = 0 if _committed() else code
+            if code:
+                _error_line("interrupted; nothing was changed")
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure goes through the one error table
+        result = outcome(exc)
+        if result is None:
             raise
-        error_line(str(exc))
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        error_line(str(Interrupted("interrupted; nothing was changed")))
-        code = ExitCode.INTERRUPTED
-    except typer.Exit as exc:
-        code = ExitCode(exc.exit_code) if exc.exit_code in ExitCode._value2member_map_ else exc.exit_code
-    except typer.Abort:
-        error_line("aborted")
-        code = ExitCode.INTERRUPTED
-    except Exception as exc:  # click's (vendored by newer typer) usage errors, and the unexpected
-        code = _other_error(exc, debug)
+        if debug and result.traceback:
+            raise
+        if isinstance(exc, KeyboardInterrupt) and _committed():
+            result = type(result)(0, None)
+        if result.help is not None:
+            sys.stdout.write(result.help + "\n")
+        if result.message is not None:
+            _error_line(result.message)
+        if _is_closed_output(exc):
+            _silence_stdout()
+        code = result.code
+    finally:
+        # The outcome is decided: a signal during the interpreter's teardown must not turn it
+        # into 143 (the default action comes back once Python finalizes its signal handlers).
+        # Called in-process (tests, argv given), the caller's handlers come back instead.
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_IGN if argv is None else handler)
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        _silence_stdout()
     sys.exit(int(code))
+
+
+def _is_closed_output(exc: BaseException) -> bool:
+    from ._output import ClosedOutput
+
+    return isinstance(exc, (ClosedOutput, BrokenPipeError))

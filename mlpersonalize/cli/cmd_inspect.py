@@ -6,29 +6,35 @@ from typing import Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, QuietOpt, VerboseOpt
 
 
 def register(app: typer.Typer) -> None:
     app.command("inspect")(inspect_command)
 
 
-def inspect_command(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
+def inspect_command(
+    model: ModelOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False
+) -> None:
     """Describe a model package: input, labels, updatable parameters, history, file hashes.
 
     Example: mlpersonalize inspect --json | jq .labels
     """
     from ..package import describe, load_package
-    from ..store import resolve_model
-    from ._output import emit_json
+    from ..store import open_model
+    from ._output import out
 
-    resolved = resolve_model(model)
-    package = load_package(resolved.path, verify=False)
-    data = describe(package)
+    out.configure(json_out, quiet, verbose)
+
+    def load(resolved: Any) -> tuple[Any, dict[str, Any]]:
+        data = describe(load_package(resolved.path, verify=False))
+        return resolved, data
+
+    resolved, data = open_model(model, load)
     data["source"] = resolved.source
     data["engine"] = {"onnxruntime": _engine_version()}
-    if json_out:
-        emit_json(data)
+    if out.json:
+        out.record(data)
     else:
         _render(data)
     if not all(entry["verified"] for entry in data["files"]):
@@ -50,29 +56,75 @@ def _engine_version() -> str:
     return "not installed"
 
 
+def percent(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def before_after(acc: dict[str, Any], key: str) -> str:
+    """``95%→97%`` from ``accuracy[key_before]`` and ``accuracy[key_after]`` ("-" when not measured)."""
+    return f"{percent(acc.get(key + '_before'))}→{percent(acc.get(key + '_after'))}"
+
+
+def accuracy_summary(acc: dict[str, Any]) -> str:
+    """What an update's ``accuracy`` record says, for one line (``metric last_update``)."""
+    if not isinstance(acc, dict):
+        return str(acc)
+    held = acc.get("held_out_examples", 0)
+    return (
+        f"known labels {before_after(acc, 'known')}, held-out {before_after(acc, 'held_out')} "
+        f"({held} held out), exemplars {before_after(acc, 'exemplars')}"
+    )
+
+
+def history_rows(history: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The history table's cells, from what entries store (examples_per_label, accuracy.*)."""
+    from ._output import safe_name, summarise
+
+    rows = []
+    for entry in history:
+        counts = entry.get("examples_per_label") or {}
+        acc = entry.get("accuracy") or {}
+        loss = entry.get("final_loss")
+        rows.append(
+            (
+                str(entry.get("time", "")),
+                f"{sum(counts.values())} in {len(counts)}" if counts else "-",
+                summarise(list(entry.get("labels_added", [])), limit=5) or "-",
+                str(entry.get("epochs", "-")),
+                f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
+                before_after(acc, "known"),
+                before_after(acc, "held_out"),
+                safe_name(str(entry.get("replaced_version") or "-")),
+            )
+        )
+    return rows
+
+
 def _render(data: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ._output import stdout_console
+    from ._output import out, plural, safe_name, summarise
 
-    console = stdout_console()
-
-    def say(text: str) -> None:  # names, labels and paths are data, never rich markup
-        console.print(text, markup=False)
+    def say(text: str) -> None:  # names, labels and paths are quoted data, never rich markup
+        out.print(Text(text))
 
     image = data["input"]["image"]
     producer = data.get("producer", {})
-    console.print(Text(data["name"], style="bold"), Text(f" ({data['source']}: {data['path']})"))
+    out.print(
+        Text(safe_name(data["name"]), style="bold"),
+        Text(f" ({data['source']}: {safe_name(str(data['path']))})"),
+    )
     if data.get("description"):
-        say(data["description"])
+        say(safe_name(data["description"]))
     say(
-        f"author: {data.get('author') or '-'}   license: {data.get('license') or '-'}   "
+        f"author: {safe_name(data.get('author') or '-')}   "
+        f"license: {safe_name(data.get('license') or '-')}   "
         f"format {data['format_version']}   made by mlpersonalize {producer.get('version', '?')} "
         f"(onnxruntime {producer.get('onnxruntime', '?')}; running {data['engine']['onnxruntime']})"
     )
     say(
-        f"input {data['input']['name']!r}: {image['width']}x{image['height']} {image['color']}, "
+        f"input {safe_name(data['input']['name'])!r}: {image['width']}x{image['height']} {image['color']}, "
         f"ink {image['ink']}, value = pixel x {image['scale']:.6g} + {image['bias']}, {image['layout']}"
     )
     say(
@@ -80,9 +132,10 @@ def _render(data: dict[str, Any]) -> None:
         f"; below {data['unknown_threshold']:.2f} confidence the label is 'unknown'"
     )
     labels = data["labels"]
-    say(f"labels ({len(labels)}): " + ", ".join(labels))
+    shown = ", ".join(safe_name(label) for label in labels) if out.verbose else summarise(labels, limit=40)
+    say(f"{plural(len(labels), 'label')}: {shown}")
     for param in data["updatable"]:
-        say(f"updatable: {param['name']} {param['shape']}")
+        say(f"updatable: {safe_name(param['name'])} {param['shape']}")
     engines = data.get("engines", {})
     notes = {
         "regenerate": "its files must be regenerated, by an update where it is installed",
@@ -96,29 +149,32 @@ def _render(data: dict[str, Any]) -> None:
     defaults = data["update_defaults"]
     say("update defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
     for key, value in sorted(data.get("metrics", {}).items()):
-        say(f"metric {key}: {value}")
+        say(f"metric {safe_name(key)}: {accuracy_summary(value) if isinstance(value, dict) else value}")
     history = Table(
-        "when", "examples", "labels added", "epochs", "loss", "acc before→after", title="update history"
+        "when",
+        "examples",
+        "labels added",
+        "epochs",
+        "loss",
+        "known acc before→after",
+        "held-out before→after",
+        "replaced",
+        title="update history",
     )
-    for entry in data.get("history", []):
-        history.add_row(
-            str(entry.get("time", "")),
-            str(entry.get("examples", "")),
-            Text(", ".join(entry.get("labels_added", []))),
-            str(entry.get("epochs", "")),
-            f"{entry['final_loss']:.4f}" if isinstance(entry.get("final_loss"), float) else "",
-            f"{entry.get('accuracy_before', '')}→{entry.get('accuracy_after', '')}",
-        )
+    history.columns[0].no_wrap = True  # a timestamp is read whole, never cut to "08:05:…"
+    history.columns[0].min_width = 25
+    for row in history_rows(data.get("history", [])):
+        history.add_row(*(Text(cell) for cell in row))
     if data.get("history"):
-        console.print(history)
+        out.print(history)
     else:
         say("update history: none (this is an original)")
     files = Table("file", "bytes", "sha256", "verified", title="files")
     for entry in data["files"]:
         files.add_row(
-            Text(entry["name"]),
+            Text(safe_name(entry["name"])),
             f"{entry['bytes']:,}",
             entry["sha256"][:16] + "…",
             "yes" if entry["verified"] else "NO",
         )
-    console.print(files)
+    out.print(files)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._options import JsonOpt
+from ._options import JsonOpt, QuietOpt, VerboseOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +53,6 @@ def make_updatable_command(
             "train in a copy of those layers that serves only the labels updates add."
         ),
     ] = None,
-    head: Annotated[str, typer.Option(help="How to find the head: auto.")] = "auto",
     embedding: Annotated[str | None, typer.Option(help="Tensor the head reads (checked).")] = None,
     input_size: Annotated[
         str | None, typer.Option(help="WxH, when the model's input size is not fixed.")
@@ -77,17 +76,17 @@ def make_updatable_command(
     batch_size: Annotated[int | None, typer.Option(help="Default batch size of later updates.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Make an ONNX classifier updatable: its last linear layer becomes the head `update` trains.
 
     Example: mlpersonalize make-updatable mnist.onnx -o mnist-pkg --ink light --labels digits.txt
     """
     from ..byo import DEFAULTS, ByoOptions, make_updatable
-    from ..errors import UsageError
-    from ._output import done, emit_json, safe_name
+    from ._output import out, safe_name
 
-    if head != "auto":
-        raise UsageError(f"--head must be auto, not {head!r} (name parameters with --trainable)")
+    out.configure(json_out, quiet, verbose)
     options = ByoOptions(
         labels=labels,
         trainable=tuple(trainable or ()),
@@ -107,8 +106,8 @@ def make_updatable_command(
     )
     result = make_updatable(model, output, options)
     manifest = result.manifest
-    if json_out:
-        emit_json(
+    if out.json:
+        out.record(
             {
                 "model": str(result.path),
                 "labels": list(manifest.labels),
@@ -126,7 +125,7 @@ def make_updatable_command(
             )
         else:
             trained = ""
-        done(
+        out.done(
             f"Made updatable: {safe_name(str(result.path))} ({len(manifest.labels)} labels, head {op} "
-            f"on {tensor!r}, {trained}{manifest.embedding_dim}-d embedding)"
+            f"on {safe_name(tensor)!r}, {trained}{manifest.embedding_dim}-d embedding)"
         )

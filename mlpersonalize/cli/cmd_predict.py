@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, QuietOpt, VerboseOpt
+
+PROGRESS_MIN_FILES = 200  # a bar for runs long enough to wonder about (a terminal only)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,13 +19,13 @@ def register(app: typer.Typer) -> None:
 
 
 def table_row(result: Any) -> tuple[Any, ...]:
-    """One prediction as table cells; names and labels are data, never rich markup."""
+    """One prediction as table cells; names and labels are quoted data, never rich markup."""
     from rich.text import Text
 
-    from ._output import safe_name
+    from ._output import safe_name, safe_text
 
     if result.error:
-        return Text(safe_name(result.file)), Text("error", style="red"), "", Text(safe_name(result.error))
+        return Text(safe_name(result.file)), Text("error", style="red"), "", Text(safe_text(result.error))
     top = ", ".join(f"{safe_name(label)} {p:.2f}" for label, p in result.top)
     return Text(safe_name(result.file)), Text(safe_name(result.label)), f"{result.confidence:.3f}", Text(top)
 
@@ -44,52 +45,89 @@ def predict_command(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Classify images; a table on a terminal, tab-separated lines in a pipe, JSON Lines with --json.
+
+    A file that cannot be read (named here or found in a folder) gets an error entry; the rest
+    are classified and the exit code is 8 (3 if none could be read). TSV rows are
+    FILE<TAB>LABEL<TAB>CONFIDENCE; an error row is FILE<TAB><TAB><TAB>REASON (README, "Output").
 
     Example: mlpersonalize predict drawings/ --json
     """
     from ..decoding import Decoder
     from ..inference import Classifier, collect_images
     from ..package import load_package
-    from ..store import resolve_model
+    from ..store import open_model
+    from ._output import out
 
-    package = load_package(resolve_model(model).path)
+    out.configure(json_out, quiet, verbose)
     paths = list(collect_images(inputs))
-    with Decoder(package.manifest.constraint, len(paths), digest=False) as decoder:
-        classifier = Classifier(package)  # after the decoding workers started: they fork without its threads
+    with Decoder(_constraint(model), len(paths), digest=False) as decoder:
+        # after the decoding workers started: they fork without the session's threads
+        classifier = open_model(model, lambda resolved: Classifier(load_package(resolved.path)))
         decoded = decoder.map([(os.fspath(path), False) for path in paths])
         results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)
-        _print(results, inputs, top_k, json_out)
+        _print(_with_progress(results, len(paths)), inputs, top_k)
 
 
-def _print(results: Iterable[Any], inputs: list[Path], top_k: int, json_out: bool) -> None:
-    """Each result as it comes (JSON Lines, a table, or tab-separated lines), then the exit code."""
-    from ..errors import ExitCode, InputError
-    from ._output import emit_json, safe_name, stdout_console
+def _constraint(model: Path | None) -> Any:
+    from ..package import load_package
+    from ..store import open_model
+
+    return open_model(model, lambda resolved: load_package(resolved.path, verify=False)).manifest.constraint
+
+
+def _with_progress(results: Iterable[Any], total: int) -> Iterator[Any]:
+    """The results, with a transient bar on a terminal's stderr for long runs (not in a table run:
+    the table prints at the end, so the bar shows how far it is)."""
+    from ._output import out
+
+    if not (out.live and total >= PROGRESS_MIN_FILES):
+        yield from results
+        return
+    from rich.progress import Progress
+
+    with Progress(console=out.stderr_console(), transient=True) as bar:
+        task = bar.add_task("classifying", total=total)
+        for result in results:
+            yield result
+            bar.advance(task)
+
+
+def _print(results: Iterable[Any], inputs: list[Path], top_k: int) -> None:
+    """Each result as it comes (JSON Lines, a table, or tab-separated lines); a PartialError at the end."""
+    from rich.table import Table
+
+    from ..errors import InputError, PartialError
+    from ._output import out, safe_text
 
     table = None
-    if not json_out and sys.stdout.isatty():
-        from rich.table import Table
-
+    if out.tables:
         table = Table("file", "label", "confidence", f"top {top_k}")
+        table.columns[0].overflow = "fold"  # a long name wraps, never cut to "test/☂️/0…"
     total = failed = 0
     for result in results:
         total += 1
         failed += bool(result.error)
-        if json_out:
-            emit_json(result.to_dict())
+        if out.json:
+            out.record(result.to_dict())
         elif table is not None:
             table.add_row(*table_row(result))
         elif result.error:
-            print(f"{safe_name(result.file)}\terror\t\t{safe_name(result.error)}", flush=True)
+            out.write(f"{_name(result.file)}\t\t\t{safe_text(result.error)}\n")
         else:
-            print(f"{safe_name(result.file)}\t{safe_name(result.label)}\t{result.confidence:.4f}", flush=True)
+            out.write(f"{_name(result.file)}\t{_name(result.label)}\t{result.confidence:.4f}\n")
     if table is not None:
-        stdout_console().print(table)
+        out.print(table)
     if total == 0:
         raise InputError("no images found in " + ", ".join(str(p) for p in inputs))
     if failed:
-        code = ExitCode.INPUT if failed == total else ExitCode.PARTIAL
-        sys.stderr.write(f"Error: {failed} of {total} images could not be read (see the output)\n")
-        raise typer.Exit(int(code))
+        raise PartialError(failed, total)
+
+
+def _name(text: str) -> str:
+    from ._output import safe_name
+
+    return safe_name(text)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, VerboseOpt
 
 if TYPE_CHECKING:
     from ..prepare import Progress, Report
@@ -42,7 +42,10 @@ def prepare_command(
     model: ModelOpt = None,
     append: AppendOpt = False,
     force: ForceOpt = False,
+    no_wait: NoWaitOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Turn labelled image folders into a batch file for `update`.
 
@@ -52,22 +55,26 @@ def prepare_command(
     if a label folder has no usable image, an image appears under two labels, or nothing is usable.
 
     Output: on a terminal, tables on stdout; with --json, one JSON document on stdout; otherwise
-    only a warning per unreadable or duplicate file on stderr (a summary too if stderr is a
-    terminal).
+    nothing on success (--verbose: a warning per skipped file and a summary on stderr). On
+    failure the problems are listed on stderr above the Error line.
 
     Example: mlpersonalize prepare ~/drawings -o batch.npz
     """
     from ..errors import UsageError
     from ..package import load_package
     from ..prepare import PrepareError, prepare
-    from ..store import resolve_model
-    from ._output import note
+    from ..store import open_model
+    from ._output import out, safe_name
 
+    out.configure(json_out, quiet, verbose)
+    if str(output) == "-":
+        raise UsageError("a batch is a binary file, never written to stdout; give a file name: -o batch.npz")
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
-    package = load_package(resolve_model(model).path, verify=False)
+    shown = safe_name(str(output))
+    package = open_model(model, lambda resolved: load_package(resolved.path, verify=False))
     try:
-        with _progress(enabled=not json_out) as progress:
+        with _progress(enabled=out.live) as progress:
             report = prepare(
                 data_dirs,
                 output,
@@ -75,26 +82,27 @@ def prepare_command(
                 append=append,
                 force=force,
                 progress=progress,
-                on_wait=lambda: note(f"waiting: another prepare is appending to {output}"),
+                on_wait=lambda: out.note(f"waiting: another prepare is appending to {shown}"),
+                wait=not no_wait,
             )
     except PrepareError as exc:
-        _render(exc.report, json_out, failed=True)
+        _render(exc.report, failed=True)
         raise
-    _render(report, json_out)
+    _render(report)
 
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Progress | None]:
     """A transient progress bar on a terminal's stderr, redrawn at most ten times a second."""
-    from ._output import stderr, stderr_is_terminal
+    from ._output import out
 
-    if not (enabled and stderr_is_terminal()):
+    if not enabled:
         yield None
         return
     from rich.progress import Progress as Bar
 
     # auto_refresh off: no refresh thread, so forking the decoding workers stays safe
-    with Bar(console=stderr, transient=True, auto_refresh=False) as bar:
+    with Bar(console=out.stderr_console(), transient=True, auto_refresh=False) as bar:
         task = bar.add_task("decoding images", total=None)
         last = 0.0
 
@@ -109,34 +117,38 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
         yield update
 
 
-def _render(report: Report, json_out: bool, failed: bool = False) -> None:
-    from ._output import done, emit_json, note
+def _render(report: Report, failed: bool = False) -> None:
+    from ._output import out, safe_text
 
-    if json_out:
-        emit_json(report.to_dict())
-    elif _stdout_is_terminal() and not failed:
+    if out.json:
+        out.record(report.to_dict(), escaped=True)
+        return
+    if out.tables and not failed:
         _tables(report)
-    else:
-        for item in report.skipped:
-            if item.kind != "ignored":
-                note(f"warning: skipped {item.path}: {item.reason}")
-        if not failed:
-            done(_summary(report))
-
-
-def _stdout_is_terminal() -> bool:
-    import sys
-
-    return sys.stdout.isatty()
+        return
+    for item in report.skipped:
+        # images already in the batch are counted in the summary, listed only with --verbose
+        if item.kind != "ignored" and (item.kind != "duplicate" or out.verbose or failed):
+            out.warn(f"skipped {safe_text(item.path)}: {safe_text(item.reason)}")
+    if failed:
+        for problem in report.problems:
+            out.problem(safe_text(problem))
+        return
+    out.done(_summary(report))
 
 
 def _summary(report: Report) -> str:
+    from ._output import plural, safe_text, summarise
+
     ignored = sum(1 for s in report.skipped if s.kind == "ignored")
     others = len(report.skipped) - ignored
     verb = ("added to" if report.appended else "wrote") if report.written else "nothing new for"
+    new = list(report.added_labels)
     return (
-        f"{verb} {report.output}: {report.examples} examples in {len(report.labels)} labels "
-        f"({report.added} new); {others} files skipped, {ignored} ignored (hidden or not images)"
+        f"{verb} {safe_text(report.output)}: {plural(report.examples, 'example')} in "
+        f"{plural(len(report.labels), 'label')} ({report.added} new"
+        + (f": {summarise(new)}" if new else "")
+        + f"); {plural(others, 'file')} skipped, {ignored} ignored (hidden or not images)"
     )
 
 
@@ -144,17 +156,18 @@ def _tables(report: Report) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ._output import stdout_console
+    from ._output import out, safe_name, safe_text
 
-    console = stdout_console()
     # Text(), not str: labels and file names are data, never rich markup
-    counts = Table("label", "examples", "new", title=Text(f"batch for model {report.model_name!r}"))
+    counts = Table(
+        "label", "examples", "new", title=Text(f"batch for model {safe_name(report.model_name)!r}")
+    )
     for label, count in report.labels.items():
-        counts.add_row(Text(label), str(count), str(report.added_labels.get(label, 0)))
-    console.print(counts)
+        counts.add_row(Text(safe_name(label)), str(count), str(report.added_labels.get(label, 0)))
+    out.print(counts)
     if report.skipped:
         skipped = Table("file", "reason", title="skipped")
         for item in report.skipped:
-            skipped.add_row(Text(item.path), Text(item.reason))
-        console.print(skipped)
-    console.print(_summary(report), markup=False)
+            skipped.add_row(Text(safe_text(item.path)), Text(safe_text(item.reason)))
+        out.print(skipped)
+    out.print(Text(_summary(report)))

@@ -1,60 +1,47 @@
-"""`mlpersonalize update`, `rollback` and `reset`: personalize the model, undo, start over."""
+"""`mlpersonalize update`: personalize the model with labelled batches."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt
+from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, VerboseOpt
 
 
 def register(app: typer.Typer) -> None:
     app.command("update")(update_command)
-    app.command("rollback")(rollback_command)
-    app.command("reset")(reset_command)
 
 
-NoWaitOpt = Annotated[
-    bool, typer.Option("--no-wait", help="Fail (exit 5) instead of waiting for another update.")
-]
+def waiting(root: Any) -> Any:
+    from ._output import out, safe_name
 
-
-def _waiting(root: Any) -> Any:
-    from ._output import note, safe_name
-
-    return lambda: note(f"Waiting for another update of {safe_name(str(root))} to finish…")
+    return lambda: out.note(f"Waiting for another update of {safe_name(str(root))} to finish…")
 
 
 class _Renderer:
     """Turns core events into JSON Lines (--json), a progress bar (terminal) or nothing (pipe)."""
 
-    def __init__(self, json_out: bool) -> None:
-        from ._output import stderr_is_terminal
+    def __init__(self) -> None:
+        from ._output import out
 
-        self.json_out = json_out
+        self.out = out
         self.progress: Any = None
         self.task: Any = None
-        self.live = not json_out and stderr_is_terminal()
 
     def __call__(self, event: dict[str, Any]) -> None:
-        from ._output import emit_json
-
-        if self.json_out:
-            emit_json(event)
-        elif self.live and event["event"] == "began":
+        if self.out.json:
+            self.out.record(event)
+        elif self.out.live and event["event"] == "began":
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            from ._output import stderr
 
             self.progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.fields[loss]}"),
                 TimeElapsedColumn(),
-                console=stderr,
+                console=self.out.stderr_console(),
                 transient=True,
             )
             self.progress.start()
@@ -73,6 +60,33 @@ class _Renderer:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+LOW_HELD_OUT = 0.5  # below this a held-out figure gets a hint on what it means
+
+
+def summary(result: Any) -> str:
+    """The line a successful update prints on a terminal (or with --verbose)."""
+    from ._output import plural, safe_name, summarise
+
+    acc = result.history["accuracy"]
+    added = (
+        f"; {plural(len(result.labels_added), 'new label')}: {summarise(list(result.labels_added))}"
+        if result.labels_added
+        else ""
+    )
+    held, count = acc.get("held_out_after"), acc.get("held_out_examples", 0)
+    held_text = ""
+    if held is not None:
+        held_text = f"; held-out accuracy {held:.0%} ({plural(count, 'example')})"
+        if held < LOW_HELD_OUT:
+            held_text += (
+                " — measured on the few examples held back from this batch's new labels; with so few it "
+                "says little: add more examples per label, and check with `mlpersonalize predict`"
+            )
+    where = f"version {result.version} at " if result.version else ""
+    forced = " (forced past the guard)" if result.history["guard"]["forced"] else ""
+    return f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}"
 
 
 def update_command(
@@ -108,6 +122,8 @@ def update_command(
     ] = False,
     no_wait: NoWaitOpt = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     engine: Annotated[
         str | None,
         typer.Option(help="Training engine: ort or portable. Default: ort where onnxruntime-training is."),
@@ -115,11 +131,18 @@ def update_command(
 ) -> None:
     """Train the model on labelled batches; new labels are added. The original is never changed.
 
+    Once the new version is swapped in, the run succeeds (exit 0, the `completed` event) even if
+    SIGTERM or Ctrl-C arrives after that moment.
+
     Example: mlpersonalize update batch.npz --json
     """
+    from ..errors import UsageError
     from ..updater import UpdateOptions, update
-    from ._output import done, safe_name
+    from ._output import out
 
+    out.configure(json_out, quiet, verbose)
+    if output is not None and str(output) == "-":
+        raise UsageError("a model is a folder, never written to stdout; give a folder name: -o my-model")
     options = UpdateOptions(
         model=model,
         output=output,
@@ -134,52 +157,10 @@ def update_command(
         max_drop=max_drop / 100.0,
         engine=engine,
     )
-    renderer = _Renderer(json_out)
+    renderer = _Renderer()
     try:
-        result = update(batches, options, renderer, _waiting(model or "the model"))
+        result = update(batches, options, renderer, waiting(model or "the model"))
     finally:
         renderer.close()
-    if not json_out:
-        acc = result.history["accuracy"]
-        added = f"; new labels: {', '.join(result.labels_added)}" if result.labels_added else ""
-        held = acc["held_out_after"]
-        held_text = f"; held-out accuracy {held:.0%}" if held is not None else ""
-        where = f"version {result.version} at " if result.version else ""
-        forced = " (forced past the guard)" if result.history["guard"]["forced"] else ""
-        done(f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}")
-
-
-def rollback_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: JsonOpt = False) -> None:
-    """Point your personalized model back at its previous version.
-
-    Example: mlpersonalize rollback
-    """
-    from .. import store
-    from ._output import done, emit_json, safe_name
-
-    root = store.model_root(model)
-    version = store.rollback(root, not no_wait, _waiting(root))
-    path = store.versions_dir(root) / version
-    if json_out:
-        emit_json({"model": str(path), "version": version})
-    else:
-        done(f"Rolled back: version {version} at {safe_name(str(path))}")
-
-
-def reset_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: JsonOpt = False) -> None:
-    """Delete your personalized model; predictions use the bundled original again.
-
-    Example: mlpersonalize reset
-    """
-    from .. import store
-    from ._output import done, emit_json, safe_name
-
-    root = store.model_root(model)
-    removed = store.reset(root, not no_wait, _waiting(root))
-    if json_out:
-        emit_json({"model": str(root), "removed_versions": removed})
-    elif removed:
-        done(f"Reset: removed {len(removed)} version(s) at {safe_name(str(root))}")
-    else:
-        done(f"Nothing to reset: no personalized model at {safe_name(str(root))}")
-    sys.stderr.flush()
+    if not out.json:
+        out.done(summary(result))

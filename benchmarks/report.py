@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 METHOD_NAMES = {
@@ -362,5 +363,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += scaling_section(results)
     lines += profile_section(results)
     lines += analysis(results)
+    engines = Path(__file__).with_name("engines.md")  # measured by hand: benchmarks/engines.py
+    if engines.is_file():
+        lines += engines.read_text(encoding="utf-8").splitlines()
     lines += ["## Raw results", "", "```json", json.dumps(results, indent=1, default=float), "```", ""]
     return "\n".join(lines)

@@ -14,6 +14,13 @@ from typing import Any
 import pytest
 
 from benchmarks import common, report, run, speed
+from mlpersonalize import _ort
+
+# The benchmarks time ONNX Runtime's training artifacts beside PyTorch and the portable engine.
+pytestmark = pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 
 TINY = dataclasses.replace(
     common.SMOKE,

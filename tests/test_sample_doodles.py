@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlpersonalize import _ort
 from mlpersonalize.images import ImageConstraint, preprocess
 from mlpersonalize.sample import doodles
 
@@ -72,6 +73,10 @@ def test_write_folder_lays_out_label_folders(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 def test_quick_pretraining_writes_a_package(tmp_path: Path) -> None:
     from mlpersonalize.sample import pretrain
 

@@ -89,17 +89,10 @@ def personalize(
         }
     )
 
-    # 1. Embed once, the examples pass one trains on first and the held-out ones last, so each
-    # pass reads a slice of one array (no copy of the embeddings per pass).
+    # 1. Embed once, into one array (pass two reads it whole, in the batches' order; pass one a
+    # copy of its part).
     train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
-    idx = idx[np.concatenate([train_pos, held_pos])]
-    emb = embed(
-        package.path / BACKBONE_FILE,
-        [batch.pixels for batch in batches],
-        manifest.constraint,
-        order=np.concatenate([train_pos, held_pos]),
-    )
-    train_pos, held_pos = np.arange(len(train_pos)), np.arange(len(train_pos), len(idx))
+    emb = embed(package.path / BACKBONE_FILE, [batch.pixels for batch in batches], manifest.constraint)
     if release_pixels:
         for batch in batches:
             batch.release_pixels()
@@ -110,10 +103,10 @@ def personalize(
     known_held = held_pos[idx[held_pos] < n_old]
     new_rows = list(range(n_old, len(labels)))  # 2. Grow: one row per label added
 
-    def fit(part: slice, pass_no: int) -> FitResult:  # 3. Train
+    def fit(pos: np.ndarray | None, pass_no: int) -> FitResult:  # 3. Train (None: every example)
         return head.fit(
-            emb[part],
-            idx[part],
+            emb if pos is None else emb[pos],
+            idx if pos is None else idx[pos],
             new_rows,
             rehearse,
             (ex_emb, ex_idx),
@@ -127,12 +120,12 @@ def personalize(
     # 4. Guard: pass one, judged on what it did not see; pass two, on every example.
     known_emb = np.concatenate([ex_emb, emb[known_held]])
     known_idx = np.concatenate([ex_idx, idx[known_held]])
-    first = fit(slice(0, len(train_pos)), 1)
+    first = fit(train_pos, 1)
     before_known = accuracy_on(known_emb, known_idx, None)
     after_known = accuracy_on(known_emb, known_idx, first)
-    held_pred = head.predict(emb[len(train_pos) :], first)
-    held_before = accuracy_on(emb[len(train_pos) :], idx[held_pos], None)
-    final = fit(slice(None), 2) if len(held_pos) else first
+    held_pred = head.predict(emb[held_pos], first)
+    held_before = accuracy_on(emb[held_pos], idx[held_pos], None)
+    final = fit(None, 2) if len(held_pos) else first
     final_known = accuracy_on(ex_emb, ex_idx, final)
     before_memory = accuracy_on(ex_emb, ex_idx, None)
     reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)

@@ -226,10 +226,11 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     else:
         labels = [f"class_{i}" for i in range(classes)]
     constraint = image_constraint(backbone.graph.input[0], options)
-    features, branch_columns, extra = None, 0, {}
+    features, branch_columns, extra, distance = None, 0, {}, False
     if branch is None:
         thresholds = _gate(backbone, head, constraint)
-        backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds)
+        distance = bool(thresholds)  # the distance features come with the gate (one label has neither)
+        backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds, distance)
     else:
         features, thresholds, extra["branch"] = _branch_parts(model, head, branch, backbone, constraint)
         branch_columns = int(head.weight.shape[1])
@@ -241,16 +242,18 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "source_ir_version": source_ir,
         "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
         "embedding": head.embedding,
-        "gate": margin_gate.record(thresholds),
+        "gate": margin_gate.record(thresholds, distance),
         **extra,
     }
+
+    gate_columns = len(thresholds) + (margin_gate.DISTANCE_COLUMNS if distance else 0)
 
     def write(temp: Path) -> Manifest:
         manifest = create_package(
             temp,
             backbone=backbone,
             head_weight=linear_head.join(
-                _with_gate_columns(head.weight, len(thresholds), branch_columns), head.bias
+                _with_gate_columns(head.weight, gate_columns, branch_columns), head.bias
             ),
             labels=labels,
             constraint=constraint,

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpersonalize import margin_gate, updater
+from mlpersonalize import byo, margin_gate, updater
 from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.embedding import embed
@@ -365,3 +365,42 @@ def test_branch_of_a_model_exported_with_batch_one_answers_batches(tmp_path: Pat
     theirs = _ort.inference_session(model.SerializeToString())
     one_by_one = np.concatenate([theirs.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     assert ours.shape == (12, 4) and np.allclose(ours, one_by_one, atol=1e-4)
+
+
+def test_which_model_answers_after_updating_an_original(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`update --model PKG` says how to name the copy; `predict`/`inspect --model PKG` use PKG as
+    given and say on stderr that its personalized copy answers with `--model NAME`."""
+    from clirun import main_cli
+    from PIL import Image
+
+    pkg = tmp_path / "pkg"
+    make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), pkg)
+    pixels, ids = bm.gratings([bm.NEW[0]], 4, 1, seed=3, jitter=0.3)
+    (tmp_path / "data" / "new4").mkdir(parents=True)
+    for i, img in enumerate(pixels):
+        Image.fromarray(img[:, :, 0]).save(tmp_path / "data" / "new4" / f"{i}.png")
+    batch = tmp_path / "b.npz"
+    assert (
+        main_cli(["prepare", str(tmp_path / "data"), "-o", str(batch), "--model", str(pkg)], capsys)[0] == 0
+    )
+    code, _, err = main_cli(["predict", str(tmp_path / "data"), "--model", str(pkg)], capsys)
+    assert code == 0 and "note:" not in err  # no copy yet: nothing to say
+    assert main_cli(["update", str(batch), "--model", str(pkg), "--force"], capsys)[0] == 0
+    assert byo.update_hint(pkg, tmp_path / "home" / "models" / "m" / "versions" / "v1", "v1") == (
+        "; use it with --model m"
+    )
+    assert byo.update_hint(None, tmp_path / "x", "v1") == ""  # the copy is what commands use anyway
+
+    def labels(command: list[str], out: str) -> set[str]:
+        if command[0] == "inspect":
+            return set(json.loads(out)["labels"])
+        return {label["label"] for line in out.splitlines() for label in json.loads(line)["top"]}
+
+    for command in (["predict", str(tmp_path / "data")], ["inspect"]):
+        code, out, err = main_cli([*command, "--model", str(pkg), "--json"], capsys)
+        assert code == 0 and f"note: {pkg} is the original" in err and "--model m" in err, err
+        assert "new4" not in labels(command, out)
+        code, out, err = main_cli([*command, "--model", "m", "--json"], capsys)
+        assert code == 0 and "note:" not in err and "new4" in labels(command, out)

@@ -24,6 +24,9 @@ def inspect_command(model: ModelOpt = None, json_out: JsonOpt = False) -> None:
 
     resolved = resolve_model(model)
     package = load_package(resolved.path, verify=False)
+    from .cmd_predict import _note_copy
+
+    _note_copy(resolved, package.manifest.name)
     data = describe(package)
     data["source"] = resolved.source
     data["engine"] = {"onnxruntime": _engine_version()}

@@ -54,13 +54,25 @@ def predict_command(
     from ..package import load_package
     from ..store import resolve_model
 
-    package = load_package(resolve_model(model).path)
+    resolved = resolve_model(model)
+    package = load_package(resolved.path)
+    _note_copy(resolved, package.manifest.name)
     paths = list(collect_images(inputs))
     with Decoder(package.manifest.constraint, len(paths), digest=False) as decoder:
         classifier = Classifier(package)  # after the decoding workers started: they fork without its threads
         decoded = decoder.map([(os.fspath(path), False) for path in paths])
         results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)
         _print(results, inputs, top_k, json_out)
+
+
+def _note_copy(resolved: Any, name: str) -> None:
+    """An original package whose personalized copy exists: say which answers (byo.copy_note)."""
+    from ..byo import copy_note
+    from ._output import note, safe_name
+
+    message = copy_note(resolved.path, resolved.source, name)
+    if message:
+        note(safe_name(message))
 
 
 def _print(results: Iterable[Any], inputs: list[Path], top_k: int, json_out: bool) -> None:

@@ -113,6 +113,7 @@ def update_command(
 
     Example: mlpersonalize update batch.npz --json
     """
+    from ..byo import update_hint
     from ..updater import UpdateOptions, update
     from ._output import done, safe_name
 
@@ -141,7 +142,8 @@ def update_command(
         held_text = f"; held-out accuracy {held:.0%}" if held is not None else ""
         where = f"version {result.version} at " if result.version else ""
         forced = " (forced past the guard)" if result.history["guard"]["forced"] else ""
-        done(f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}")
+        hint = safe_name(update_hint(model, result.model, result.version))
+        done(f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}{hint}")
 
 
 def rollback_command(model: ModelOpt = None, no_wait: NoWaitOpt = False, json_out: JsonOpt = False) -> None:

@@ -315,6 +315,8 @@ def measure_fixture(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any)
                 )  # fmt: skip
                 o, n = score((test_feats @ w.T + b).argmax(1))
                 record["runs"].append({"seed": seed, "method": method, "old_shots": k, "old": o, "new": n})
+            if k == max(OLD_SHOTS):  # the same old drawings, given to make-updatable --examples instead
+                record["runs"].append(_with_examples(fx, work, seed, old_by_label, new_files, test_dir, log))
             note = ", refused by the guard: measured with --force" if refused else ""
             log(
                 f"  seed {seed}, {k} per old label: update old {old:.3f} new {new:.3f} "
@@ -323,12 +325,58 @@ def measure_fixture(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any)
     return record
 
 
+def _with_examples(
+    fx: Fixture,
+    work: Path,
+    seed: int,
+    old_by_label: dict[str, list[Path]],
+    new_files: list[Path],
+    test_dir: Path,
+    log: Any,
+) -> dict[str, Any]:
+    """``make-updatable --examples`` with 5 drawings per own label, then ``update`` with the new
+    labels only: the exemplar memory is the old data."""
+    examples, batch_dir = work / f"examples{seed}", work / f"batch{seed}-ex"
+    for files, folder in (
+        ([f for fs in old_by_label.values() for f in fs], examples),
+        (new_files, batch_dir),
+    ):
+        for f in files:
+            (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, folder / f.parent.name / f.name)
+    home, pkg = work / f"home{seed}-ex", work / f"pkg-ex{seed}"
+    args = [str(fx.path), "-o", str(pkg), *fx.make_updatable_args(), "--examples", str(examples)]
+    cli(home, "make-updatable", *args, cwd=work)
+    cli(home, "prepare", str(batch_dir), "-o", str(work / "b.npz"), "--model", str(pkg), "--force", cwd=work)
+    update = ["update", str(work / "b.npz"), "--model", str(pkg), "--seed", str(seed)]
+    start = time.perf_counter()
+    refused = cli(home, *update, cwd=work, ok=(0, REFUSED)) == REFUSED_TEXT
+    if refused:
+        cli(home, *update, "--force", cwd=work)
+    seconds = time.perf_counter() - start
+    top1 = cli_top1(
+        home, json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))["name"], test_dir, work
+    )
+    old, new = accuracy(top1, fx.labels), accuracy(top1, fx.new_labels)
+    log(f"  seed {seed}, --examples 5 per old label: update old {old:.3f} new {new:.3f} ({seconds:.1f} s)")
+    return {
+        "seed": seed,
+        "method": "update-examples",
+        "old_shots": max(OLD_SHOTS),
+        "old": old,
+        "new": new,
+        "refused": refused,
+        "seconds": seconds,
+    }
+
+
 # --- report -------------------------------------------------------------------------------------
 
 ROWS = [
     ("update", 0, "`update`, new labels only"),
     ("update", 3, "`update`, + 3 per own label"),
     ("update", 5, "`update`, + 5 per own label"),
+    ("update-examples", 5, "`make-updatable --examples` (5 per own label), `update` new labels only"),
     ("naive", 0, "naive last layer, all rows, batch alone"),
     ("naive", 3, "naive last layer, all rows, + 3 per own label"),
     ("naive", 5, "naive last layer, all rows, + 5 per own label"),
@@ -359,7 +407,7 @@ def summarize(fx: Fixture, record: dict[str, Any]) -> list[dict[str, Any]]:
                 "old": old,
                 "kept": [o / record["before"] for o in old],
                 "new": [r["new"] for r in runs],
-                "refused": sum(bool(r.get("refused")) for r in runs) if method == "update" else None,
+                "refused": sum(bool(r.get("refused")) for r in runs) if method.startswith("update") else None,
             }
         )
     return rows

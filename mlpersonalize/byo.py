@@ -25,7 +25,7 @@ from .fsio import publish, read_bounded
 from .heads import branch as branch_head
 from .heads import linear as linear_head
 from .images import ImageConstraint, to_model_input
-from .manifest import MODEL_FILE, Manifest, check_labels
+from .manifest import MODEL_FILE, Manifest, check_labels, normalize_label
 from .package import create_package
 from .params import UpdateParams
 
@@ -53,6 +53,7 @@ class ByoOptions:
     ink: str = "none"
     params: UpdateParams = field(default_factory=lambda: DEFAULTS)
     name: str | None = None
+    examples: Path | None = None  # labelled folders of the model's own labels: the exemplar memory
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,35 @@ def _branch_parts(
     return features, thresholds, record
 
 
+EXAMPLES_PER_LABEL = 20  # at most this many of --examples per label are kept (closest to its mean)
+
+
+def _examples(
+    folder: Path, labels: list[str], backbone: onnx.ModelProto, constraint: ImageConstraint
+) -> dict[str, np.ndarray]:
+    """``--examples DIR``: its ``<label>/`` folders' images through the package's backbone, per label
+    (the exemplar memory updates rehearse and the guard measures). Every folder must name a label."""
+    from .prepare import collect
+    from .update_algorithm import select_exemplars
+
+    where = f"--examples {folder}"
+    if not folder.is_dir():
+        raise UsageError(f"{where}: no such folder")
+    found = collect([folder], constraint)
+    if found.problems:
+        raise UsageError(f"{where}: {found.problems[0]}")
+    position = {normalize_label(label): i for i, label in enumerate(labels)}
+    strangers = sorted({label for label in found.labels if normalize_label(label) not in position})
+    if strangers:
+        raise UsageError(f"{where}: {strangers[0]!r} is not one of the model's labels")
+    if not found.labels:
+        raise UsageError(f"{where}: no images in <label>/ folders")
+    idx = np.array([position[normalize_label(label)] for label in found.labels], np.int64)
+    emb = embed(backbone.SerializeToString(), found.pixels, constraint)
+    keep_emb, keep_idx = select_exemplars(emb, idx, EXAMPLES_PER_LABEL)
+    return {labels[k]: keep_emb[keep_idx == k] for k in np.unique(keep_idx)}
+
+
 def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
     """Build a package at ``output`` (new or empty folder) from the ONNX classifier at ``model_path``."""
     options = options or ByoOptions()
@@ -234,6 +264,9 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     else:
         features, thresholds, extra["branch"] = _branch_parts(model, head, branch, backbone, constraint)
         branch_columns = int(head.weight.shape[1])
+    exemplars = _examples(options.examples, labels, backbone, constraint) if options.examples else {}
+    if exemplars:
+        extra["examples"] = {label: len(rows) for label, rows in exemplars.items()}
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     record = {
         "source": model_path.name,
@@ -258,7 +291,7 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
             labels=labels,
             constraint=constraint,
             logit_scale=1.0,
-            exemplars={},
+            exemplars=exemplars,
             name=options.name or model_path.stem,
             description=f"{model_path.name}, made updatable by mlpersonalize (head: {head.op}"
             + (

@@ -125,6 +125,8 @@ def personalize(
     final_known = accuracy_on(ex_emb, ex_idx, final)
     before_memory = accuracy_on(ex_emb, ex_idx, None)
     reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
+    if not reason and not len(known_idx):  # no old data at all: the brought model's own answers
+        reason = stand_in_reason(head, final, max_drop)
 
     # 5. The exemplar memory the next update rehearses.
     all_emb = np.concatenate([ex_emb, emb])
@@ -176,6 +178,21 @@ def guard_reason(
     ):
         if before is not None and after is not None and before - after > max_drop:
             return f"{what} would fall from {before:.1%} to {after:.1%} (more than {max_drop * 100:g} points)"
+    return ""
+
+
+def stand_in_reason(head: HeadKind, final: FitResult, max_drop: float) -> str:
+    """Without real data of the known labels, why an update must not be published: the share of
+    the kind's stand-ins (a brought model's noise images) whose answer it would change."""
+    stand_ins = head.stand_in_embeddings()
+    if not len(stand_ins):
+        return ""
+    changed = float(np.mean(head.predict(stand_ins, final) != head.predict(stand_ins, None)))
+    if changed > max_drop:
+        return (
+            f"the model's own answers would change on {changed:.1%} of its stand-in inputs "
+            f"(more than {max_drop * 100:g} points)"
+        )
     return ""
 
 

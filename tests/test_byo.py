@@ -193,8 +193,9 @@ def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> No
         pixels, ids = bm.gratings([k], 5, 1, seed=20 + step, jitter=0.3)
         batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(current).manifest)
         save_batch(tmp_path / f"b{step}.npz", batch, force=True)
-        options = updater.UpdateOptions(model=current, output=tmp_path / f"p{step + 1}")
-        assert updater.update([tmp_path / f"b{step}.npz"], options).history["guard"]["passed"]
+        # forced: on this net new4 takes inputs of class_2, and the guard refuses (its stand-ins)
+        options = updater.UpdateOptions(model=current, output=tmp_path / f"p{step + 1}", force=True)
+        updater.update([tmp_path / f"b{step}.npz"], options)
         current = tmp_path / f"p{step + 1}"
     old, _ = bm.gratings(bm.OLD, 30, 1, seed=99, jitter=0.3)
     new, _ = bm.gratings(bm.NEW, 30, 1, seed=98, jitter=0.3)
@@ -218,7 +219,9 @@ def test_stored_training_artifacts_train_only_the_added_rows_own_weights(tmp_pat
     pixels, ids = bm.gratings([bm.NEW[0]], 5, 1, seed=20, jitter=0.3)
     batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(made).manifest)
     save_batch(tmp_path / "b.npz", batch)
-    updater.update([tmp_path / "b.npz"], updater.UpdateOptions(model=made, output=tmp_path / "p1"))
+    updater.update(
+        [tmp_path / "b.npz"], updater.UpdateOptions(model=made, output=tmp_path / "p1", force=True)
+    )
     package = load_package(tmp_path / "p1")
     manifest = package.manifest
     gate = len(gate_thresholds(manifest.training)) + margin_gate.distance_columns(manifest.training)
@@ -323,8 +326,9 @@ def test_branch_package_updates_twice_and_keeps_earlier_labels(tmp_path: Path) -
         pixels, ids = bm.gratings([k], 5, 3, seed=20 + step)
         batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(current).manifest)
         save_batch(tmp_path / f"b{step}.npz", batch, force=True)
-        options = updater.UpdateOptions(model=current, output=tmp_path / f"p{step + 1}")
-        assert updater.update([tmp_path / f"b{step}.npz"], options).history["guard"]["passed"]
+        # forced: on this net new4 takes inputs of class_2, and the guard refuses (its stand-ins)
+        options = updater.UpdateOptions(model=current, output=tmp_path / f"p{step + 1}", force=True)
+        updater.update([tmp_path / f"b{step}.npz"], options)
         current = tmp_path / f"p{step + 1}"
     package = load_package(current)
     assert package.manifest.labels[4:] == ("new4", "new5") and package.manifest.head_kind == "branch"
@@ -404,3 +408,67 @@ def test_which_model_answers_after_updating_an_original(
         assert "new4" not in labels(command, out)
         code, out, err = main_cli([*command, "--model", "m", "--json"], capsys)
         assert code == 0 and "note:" not in err and "new4" in labels(command, out)
+
+
+def _examples_dir(folder: Path, ks: list[int], per_label: int, seed: int, prefix: str) -> Path:
+    from PIL import Image
+
+    pixels, ids = bm.gratings(ks, per_label, 1, seed=seed, jitter=0.3)
+    for i, (img, k) in enumerate(zip(pixels, ids, strict=True)):
+        (folder / f"{prefix}{k}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[:, :, 0]).save(folder / f"{prefix}{k}" / f"{i}.png")
+    return folder
+
+
+def _update_new_label(pkg: Path, tmp_path: Path) -> updater.UpdateResult:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    pixels, ids = bm.gratings(bm.NEW, 5, 1, seed=7, jitter=0.3)  # the batch test_heads.py uses
+    batch = Batch.from_pixels(pixels, tuple(f"new{i}" for i in ids), load_package(pkg).manifest)
+    save_batch(tmp_path / "b.npz", batch, force=True)
+    return updater.update([tmp_path / "b.npz"], updater.UpdateOptions(model=pkg, output=tmp_path / "out"))
+
+
+def test_make_updatable_examples_seed_the_exemplar_memory(tmp_path: Path) -> None:
+    folder = _examples_dir(tmp_path / "ex", bm.OLD, 3, seed=5, prefix="class_")
+    made = make_updatable(
+        _save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p", ByoOptions(examples=folder)
+    )
+    package = load_package(made.path)
+    emb, idx = package.exemplars()
+    assert sorted(np.bincount(idx).tolist()) == [3, 3, 3, 3] and made.head["examples"] == {
+        f"class_{k}": 3 for k in bm.OLD
+    }
+    pixels, ids = bm.gratings(bm.OLD, 3, 1, seed=5, jitter=0.3)  # the same drawings (stored as float16)
+    order = np.argsort(ids, kind="stable")
+    np.testing.assert_allclose(
+        np.sort(emb, axis=0),
+        np.sort(embed(made.path / BACKBONE_FILE, pixels[order], package.manifest.constraint), axis=0),
+        rtol=5e-3,
+        atol=5e-3,
+    )
+    with pytest.raises(UsageError, match="'zebra0' is not one of the model's labels"):
+        make_updatable(
+            _save(bm.build("mlp"), tmp_path / "m.onnx"),
+            tmp_path / "q",
+            ByoOptions(examples=_examples_dir(tmp_path / "bad", [0], 1, 1, "zebra")),
+        )
+
+
+def test_guard_refuses_an_update_that_takes_the_brought_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that would win everywhere (a ball as large as the space) are refused: judged on the
+    exemplars when there are some, else on the model's own answers for its stand-ins."""
+    from mlpersonalize.errors import RejectedError
+    from mlpersonalize.heads import linear
+
+    folder = _examples_dir(tmp_path / "ex", bm.OLD, 3, seed=5, prefix="class_")
+    plain = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
+    seeded = make_updatable(tmp_path / "m.onnx", tmp_path / "p1", ByoOptions(examples=folder)).path
+    assert _update_new_label(plain, tmp_path / "ok").history["guard"]["passed"]
+    monkeypatch.setattr(linear, "RADIUS", 1e6)
+    monkeypatch.setattr(linear, "SHRINK", 1e6)
+    with pytest.raises(RejectedError, match="stand-in inputs"):
+        _update_new_label(plain, tmp_path / "a")
+    with pytest.raises(RejectedError, match="accuracy would fall"):
+        _update_new_label(seeded, tmp_path / "b")

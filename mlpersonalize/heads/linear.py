@@ -328,6 +328,9 @@ class LinearHead(HeadKind):
         """What the linear rows read, from what the backbone gives: the same here."""
         return emb
 
+    def stand_in_embeddings(self) -> np.ndarray:
+        return self._stand_ins[0]
+
     def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
         # exemplar memory keep to real examples.

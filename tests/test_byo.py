@@ -472,3 +472,32 @@ def test_guard_refuses_an_update_that_takes_the_brought_labels(
         _update_new_label(plain, tmp_path / "a")
     with pytest.raises(RejectedError, match="accuracy would fall"):
         _update_new_label(seeded, tmp_path / "b")
+
+
+def test_brought_guard_needs_more_than_one_example_of_evidence() -> None:
+    """Judged on 8 known examples, losing one (12.5 points) is no evidence of a 2-point fall;
+    losing two is refused; without known examples the stand-ins decide."""
+    from mlpersonalize.heads import FitResult
+    from mlpersonalize.update_algorithm import brought_reason
+
+    idx = np.arange(8) % 4
+
+    class Head:
+        def __init__(self, lost: int) -> None:
+            self.lost = lost
+
+        def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
+            out = idx[: len(emb)].copy()
+            if result is not None:
+                out[: self.lost] = 9
+            return out
+
+        def stand_in_embeddings(self) -> np.ndarray:
+            return np.zeros((50, 3), np.float32)
+
+    result = FitResult(np.zeros((1, 1), np.float32))
+    emb = np.zeros((8, 3), np.float32)
+    assert brought_reason(Head(1), result, result, emb, idx, 0.02) == ""  # type: ignore[arg-type]
+    assert "2 of 8 examples" in brought_reason(Head(2), result, result, emb, idx, 0.02)  # type: ignore[arg-type]
+    none = np.zeros(0, np.int64)
+    assert "stand-in" in brought_reason(Head(2), result, result, emb[:0], none, 0.02)  # type: ignore[arg-type]

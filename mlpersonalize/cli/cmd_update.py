@@ -136,9 +136,10 @@ def update_command(
 
     Example: mlpersonalize update batch.npz --json
     """
+    from ..byo import update_hint
     from ..errors import UsageError
     from ..updater import UpdateOptions, update
-    from ._output import out
+    from ._output import out, safe_name
 
     out.configure(json_out, quiet, verbose)
     if output is not None and str(output) == "-":
@@ -163,4 +164,4 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
-        out.done(summary(result))
+        out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint soak sample-model bench clean
+.PHONY: install demo fleet-demo test test-all lint soak sample-model bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mlpersonalize.demo
+
+# Three devices on Flower (a SuperLink and three SuperNodes on 127.0.0.1) learn each other's labels.
+fleet-demo: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[fleet]'
+	$(BIN)/python -m mlpersonalize.fleet.demo --workdir fleet-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,fleet]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,7 +19,6 @@ demo: $(STAMP)
 
 # Three devices on Flower (a SuperLink and three SuperNodes on 127.0.0.1) learn each other's labels.
 fleet-demo: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[fleet]'
 	$(BIN)/python -m mlpersonalize.fleet.demo --workdir fleet-demo
 
 test: $(STAMP)

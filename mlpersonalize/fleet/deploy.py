@@ -44,10 +44,10 @@ class Security:
     def check(self, role: str) -> None:
         if self.insecure:
             return
-        need = {"superlink": (self.certfile, self.keyfile), "supernode": (self.ca_certfile,)}[role]
+        need = {"superlink": (self.certfile, self.keyfile)}.get(role, (self.ca_certfile,))
         if any(p is None for p in need):
             what = "--certfile and --keyfile" if role == "superlink" else "--ca-certfile"
-            raise UsageError(f"a {role} uses TLS: give {what}, or --insecure (plain HTTP, trusted network)")
+            raise UsageError(f"the {role} uses TLS: give {what}, or --insecure (plain HTTP, trusted network)")
 
     def superlink_args(self) -> list[str]:
         self.check("superlink")
@@ -184,8 +184,9 @@ def flwr_run(flwr_home: Path, run_config: dict[str, Any], app: Path = APP_DIR) -
     except ValueError:
         answer = {}
     if done.returncode != 0 or not answer.get("success"):
-        detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise FleetError(f"flwr run failed (exit {done.returncode}): {detail[0]}")
+        text = str(answer.get("error-message") or done.stderr or done.stdout or "no output")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        raise FleetError(f"flwr run failed: {lines[-1] if lines else 'no output'}")
     return str(answer["run-id"])
 
 

@@ -7,11 +7,7 @@ import re
 
 import pytest
 import typer
-
-try:
-    from typer._click.exceptions import ClickException, NoSuchOption
-except ImportError:  # typer < 0.21 (installed with the fleet extra) uses click itself
-    from click.exceptions import ClickException, NoSuchOption
+from typer._click.exceptions import ClickException, NoSuchOption
 
 from mlpersonalize.cli import _errors
 from mlpersonalize.cli._output import ClosedOutput

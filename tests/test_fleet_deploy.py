@@ -61,3 +61,63 @@ def test_two_supernodes_learn_each_others_labels_through_a_superlink(tmp_path: P
             assert current is not None
             labels = load_package(current).manifest.labels
         assert {"umbrella", "key", "bell", "cup"} <= set(labels)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks for left-over processes through /proc")
+def test_the_documented_commands_run_a_fleet_and_ctrl_c_stops_them(tmp_path: Path) -> None:
+    """`fleet server`, two `fleet join`, `fleet run --result --json`, then Ctrl-C (SIGINT)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    manifest = load_package(store.bundled_model_path()).manifest
+    port = deploy.free_port()
+    base = {k: v for k, v in os.environ.items() if k != "MLPERSONALIZE_HOME"}
+
+    def start(*args: str, home: Path) -> subprocess.Popen[str]:
+        env = {**base, "MLPERSONALIZE_HOME": str(home)}
+        cmd = [sys.executable, "-m", "mlpersonalize", "fleet", *args]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    server = start("server", "--insecure", "--port", str(port), "--json", home=tmp_path / "server")
+    assert server.stdout is not None
+    started = json.loads(server.stdout.readline())  # printed once the SuperLink listens
+    assert started["role"] == "superlink" and started["address"] == f"127.0.0.1:{port}"
+    joined = []
+    for i, labels in enumerate((("umbrella", "key"), ("bell", "cup"))):
+        home = tmp_path / f"device-{i}"
+        pixels, ids = make_dataset(labels, 3, 11, manifest.constraint)
+        (home / "fleet" / "pending").mkdir(parents=True)
+        batch = Batch.from_pixels(pixels, [labels[k] for k in ids], manifest)
+        save_batch(home / "fleet" / "pending" / "b.npz", batch)
+        joined.append(
+            start("join", f"127.0.0.1:{port}", "--insecure", "--port", str(deploy.free_port()), home=home)
+        )
+    procs = [server, *joined]
+    try:
+        result = tmp_path / "result.json"
+        env = {**base, "MLPERSONALIZE_HOME": str(tmp_path / "cli")}
+        run = subprocess.run(
+            [sys.executable, "-m", "mlpersonalize", "fleet", "run", f"127.0.0.1:{port}", "--insecure"]
+            + ["--rounds", "1", "--min-nodes", "2", "--result", str(result), "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        summary = json.loads(run.stdout)
+        assert summary["devices"] == 2 and len(summary["rounds"][0]["adopted"]) == 2
+        assert {"umbrella", "key", "bell", "cup"} <= set(summary["global_labels"])
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        codes = [proc.wait(60) for proc in procs]
+    assert codes == [130, 130, 130]
+    time.sleep(2)
+    for home in ("server", "device-0", "device-1"):
+        role = "superlink" if home == "server" else "supernode"
+        assert processes_with(tmp_path / home / "fleet" / role) == []

@@ -15,7 +15,8 @@ import typer
 from ._options import JsonOpt, QuietOpt, VerboseOpt
 
 fleet = typer.Typer(
-    help="Personalize a fleet of devices together on Flower: rows and counts travel, drawings never do.",
+    help="Personalize a fleet of devices together on Flower: rows and counts travel, drawings never do. "
+    "Example: mlpersonalize fleet join fleet.example.org:9092 --ca-certfile ca.pem",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -87,6 +88,11 @@ def server_command(
     home = _workdir(workdir, "superlink")
     log = home / "superlink.log"
     proc = deploy.start_superlink(port, home, security, log, host)
+    try:  # report it once it listens, so a `fleet run` started after the line finds it
+        deploy.wait_for_port("127.0.0.1" if host in ("0.0.0.0", "::") else host, port, 60, proc)
+    except BaseException:
+        proc.stop()
+        raise
     started = {"role": "superlink", "address": f"{host}:{port}", "tls": not insecure, "pid": proc.popen.pid}
     _foreground(proc, {**started, "log": str(log)})
 

@@ -30,7 +30,7 @@ $(FLEET_STAMP): pyproject.toml
 
 # Three devices on Flower (a SuperLink and three SuperNodes on 127.0.0.1) learn each other's labels.
 fleet-demo: $(FLEET_STAMP)
-	$(FLEET_VENV)/bin/python -m mlpersonalize.fleet.demo --workdir fleet-demo
+	@$(FLEET_VENV)/bin/python -m mlpersonalize.fleet.demo --workdir fleet-demo
 
 test-fleet: $(FLEET_STAMP)
 	$(FLEET_VENV)/bin/python -m pytest -q $(FLEET_PYTEST) tests/test_fleet.py tests/test_fleet_cli.py tests/test_fleet_deploy.py

@@ -203,6 +203,8 @@ def run_command(
     summary: dict[str, Any] = {"run_id": run_id}
     if result is not None:
         summary |= deploy.wait_for_file(result, timeout)
+        if summary.get("error"):
+            raise deploy.FleetError(f"run {run_id}: {summary['error']}")
     if out.json:
         out.record(summary)
     else:

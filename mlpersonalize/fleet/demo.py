@@ -8,7 +8,7 @@ drawings: each device updated alone with its own batch (local only), and one mod
 with all three batches (centralized). Accuracy is top-1 (no ``unknown`` threshold), the mean
 over the devices. The last line on stdout is the result as JSON; progress goes to stderr.
 
-    python -m mlpersonalize.fleet.demo [--rounds 3] [--workdir fleet-demo] [--tests 10]
+    python -m mlpersonalize.fleet.demo [--rounds 3] [--workdir fleet-demo] [--tests 20]
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def run(workdir: Path, rounds: int, tests: int, groups: Sequence[Sequence[str]] 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tests", type=int, default=10, help="held-out drawings per label")
+    parser.add_argument("--tests", type=int, default=20, help="held-out drawings per label")
     parser.add_argument("--workdir", type=Path, default=Path("fleet-demo"))
     args = parser.parse_args(argv)
     print(json.dumps(run(args.workdir.resolve(), args.rounds, args.tests)), flush=True)

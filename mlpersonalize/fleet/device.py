@@ -30,8 +30,9 @@ from .. import store
 from ..batch import Batch, check_batch_fits, load_batch
 from ..embedding import embed
 from ..errors import ModelError, UsageError
-from ..heads.cosine import cosine_logits, head_weight
-from ..manifest import BACKBONE_FILE, HEAD_FILE, normalize_label
+from ..heads import kind_of
+from ..heads.cosine import cosine_logits
+from ..manifest import BACKBONE_FILE, normalize_label
 from ..package import ModelPackage, load_package
 from ..update_algorithm import personalize, select_exemplars
 from ..updater import DEFAULT_MAX_DROP
@@ -136,16 +137,11 @@ def pending_batches(config: DeviceConfig, package: ModelPackage) -> list[Batch]:
 
 
 def _weight(package: ModelPackage) -> np.ndarray:
-    weight = head_weight(_load_head(package))
+    """The head's rows, one per label, as its kind reads them."""
+    weight = kind_of(package.manifest).read(package).weight
     if len(weight) != len(package.manifest.labels):
         raise ModelError(f"{package.path}: {len(weight)} head rows for {len(package.manifest.labels)} labels")
-    return weight
-
-
-def _load_head(package: ModelPackage) -> Any:
-    import onnx
-
-    return onnx.load(str(package.path / HEAD_FILE))
+    return np.asarray(weight, np.float32)
 
 
 def _pending_examples(package: ModelPackage, batches: Sequence[Batch]) -> tuple[np.ndarray, list[str]]:

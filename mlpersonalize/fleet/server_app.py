@@ -122,14 +122,22 @@ def wait_for_nodes(grid: Grid, count: int, seconds: float) -> list[int]:
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     started = time.monotonic()
-    nodes = wait_for_nodes(grid, int(cfg.get("min-nodes", 1)), float(cfg.get("wait-seconds", 60)))
-    summary = run_rounds(
-        grid_exchange(grid, float(cfg.get("round-timeout", 600))),
-        nodes,
-        int(cfg.get("num-server-rounds", 3)),
-        float(cfg.get("max-drop", 0.02)),
-        lambda record: print(json.dumps(record, ensure_ascii=False), flush=True),
-    )
+    wanted = int(cfg.get("min-nodes", 1))
+    nodes = wait_for_nodes(grid, wanted, float(cfg.get("wait-seconds", 60)))
+    if len(nodes) < wanted:
+        summary: dict[str, Any] = {
+            "devices": len(nodes),
+            "rounds": [],
+            "error": f"{len(nodes)} of the {wanted} devices asked for (min-nodes) joined in time",
+        }
+    else:
+        summary = run_rounds(
+            grid_exchange(grid, float(cfg.get("round-timeout", 600))),
+            nodes,
+            int(cfg.get("num-server-rounds", 3)),
+            float(cfg.get("max-drop", 0.02)),
+            lambda record: print(json.dumps(record, ensure_ascii=False), flush=True),
+        )
     summary["seconds"] = round(time.monotonic() - started, 2)
     if cfg.get("result-file"):
         _write_json(Path(str(cfg["result-file"])), summary)

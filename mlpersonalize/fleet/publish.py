@@ -47,21 +47,13 @@ def publish_head(
         "base_version": store.current_version(root) if store.current_path(root) == base.path else None,
         "replaced_version": store.current_version(root),
     }
-    new_manifest = dataclasses.replace(
-        manifest,
-        labels=tuple(labels),
-        updatable=tuple(kind.updatable(head)),
-        history=(*manifest.history, entry),
-        metrics={**manifest.metrics, "last_update": entry.get("accuracy", {})},
-        producer=entry["producer"],
-    )
     store.clean_stale(root)
     try:
         temp = store.new_temp_dir(root)
     except OSError as exc:
         raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
     try:
-        contents = build_contents(
+        contents, engines = build_contents(
             (base.path / BACKBONE_FILE).read_bytes(),
             head,
             manifest.head_kind,
@@ -69,6 +61,15 @@ def publish_head(
             exemplars[0],
             exemplars[1],
             manifest.update_defaults,
+        )
+        new_manifest = dataclasses.replace(
+            manifest,
+            labels=tuple(labels),
+            updatable=tuple(kind.updatable(head)),
+            history=(*manifest.history, entry),
+            metrics={**manifest.metrics, "last_update": entry.get("accuracy", {})},
+            producer=entry["producer"],
+            engines=engines,
         )
         write_package(temp, new_manifest, contents)
         fsync_dir(temp.parent)

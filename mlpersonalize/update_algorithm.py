@@ -128,7 +128,11 @@ def personalize(
     final = fit(None, 2) if len(held_pos) else first
     final_known = accuracy_on(ex_emb, ex_idx, final)
     before_memory = accuracy_on(ex_emb, ex_idx, None)
-    reason = guard_reason(first, final, (before_known, after_known), (before_memory, final_known), max_drop)
+    brought = len(head.stand_in_embeddings()) > 0  # a brought model: judged by brought_reason
+    judged = (None, None) if brought else (before_known, after_known)
+    reason = guard_reason(first, final, judged, (before_memory, final_known), max_drop)
+    if not reason and brought:
+        reason = brought_reason(head, first, final, known_emb, known_idx, max_drop)
 
     # 5. The exemplar memory the next update rehearses.
     memory_emb, memory_idx = select_exemplars_of([(ex_emb, ex_idx), (emb, idx)], manifest.exemplars_per_label)
@@ -205,6 +209,49 @@ def guard_reason(
     ):
         if before is not None and after is not None and before - after > max_drop:
             return f"{what} would fall from {before:.1%} to {after:.1%} (more than {max_drop * 100:g} points)"
+    return ""
+
+
+def brought_reason(
+    head: HeadKind,
+    first: FitResult,
+    final: FitResult,
+    known_emb: np.ndarray,
+    known_idx: np.ndarray,
+    max_drop: float,
+) -> str:
+    """Why an update of a brought model must not be published, judged on whatever old data exist.
+
+    With known-label examples (exemplars, held-out examples of known labels in the batch), pass
+    one's known-labels accuracy, counted in examples: a drop must exceed ``max_drop`` and be more
+    than one example, since one of a few examples (12.5 points of 8) is no evidence of a fall of
+    2 points. Without any, the model's own answers on its stand-ins (``stand_in_reason``).
+    """
+    if not len(known_idx):
+        return stand_in_reason(head, final, max_drop)
+    before = head.predict(known_emb, None) == known_idx
+    after = head.predict(known_emb, first) == known_idx
+    lost = int(np.sum(before & ~after)) - int(np.sum(~before & after))
+    if lost > max(max_drop * len(known_idx), 1):
+        return (
+            f"known labels' accuracy would fall from {before.mean():.1%} to {after.mean():.1%} "
+            f"({lost} of {len(known_idx)} examples; more than {max_drop * 100:g} points)"
+        )
+    return ""
+
+
+def stand_in_reason(head: HeadKind, final: FitResult, max_drop: float) -> str:
+    """Without real data of the known labels, why an update must not be published: the share of
+    the kind's stand-ins (a brought model's noise images) whose answer it would change."""
+    stand_ins = head.stand_in_embeddings()
+    if not len(stand_ins):
+        return ""
+    changed = float(np.mean(head.predict(stand_ins, final) != head.predict(stand_ins, None)))
+    if changed > max_drop:
+        return (
+            f"the model's own answers would change on {changed:.1%} of its stand-in inputs "
+            f"(more than {max_drop * 100:g} points)"
+        )
     return ""
 
 

@@ -59,8 +59,7 @@ def predict_command(
     """
     from .. import threads as thread_setting
     from ..decoding import Decoder
-    from ..inference import Classifier, collect_images
-    from ..package import load_package
+    from ..inference import collect_images
     from ..store import open_model
     from ._output import out
 
@@ -70,10 +69,29 @@ def predict_command(
     workers = thread_setting.configured() or None
     with Decoder(_constraint(model), len(paths), workers, digest=False) as decoder:
         # after the decoding workers started: they fork without the session's threads
-        classifier = open_model(model, lambda resolved: Classifier(load_package(resolved.path)))
+        classifier = open_model(model, _open_classifier)
         decoded = decoder.map([(os.fspath(path), False) for path in paths])
         results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)
         _print(_with_progress(results, len(paths)), inputs, top_k)
+
+
+def _note_copy(resolved: Any, name: str) -> None:
+    """An original package whose personalized copy exists: say which answers (byo.copy_note)."""
+    from ..byo import copy_note
+    from ._output import out, safe_name
+
+    message = copy_note(resolved.path, resolved.source, name)
+    if message:
+        out.note(safe_name(message))
+
+
+def _open_classifier(resolved: Any) -> Any:
+    from ..inference import Classifier
+    from ..package import load_package
+
+    package = load_package(resolved.path)
+    _note_copy(resolved, package.manifest.name)
+    return Classifier(package)
 
 
 def _constraint(model: Path | None) -> Any:

@@ -138,9 +138,10 @@ def update_command(
     Example: mlpersonalize update batch.npz --json
     """
     from .. import threads as thread_setting
+    from ..byo import update_hint
     from ..errors import UsageError
     from ..updater import UpdateOptions, update
-    from ._output import out
+    from ._output import out, safe_name
 
     thread_setting.use(threads)
 
@@ -167,4 +168,4 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
-        out.done(summary(result))
+        out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))

@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     start, rounds, kills, completed = time.monotonic(), 0, 0, 0
     while rounds < args.count and time.monotonic() - start < args.seconds:
         rounds += 1
-        current = store.current_version(home) or ""
-        can_roll_back = any(v < current for v in store.list_versions(home))
+        # what rollback steps to (the version current replaced), not merely an older folder: a
+        # version rolled back from or published by a killed run is kept but never a target
+        can_roll_back = len(store.rollback_chain(home)) > 1
         op = "rollback" if rng.random() < 0.2 and can_roll_back else "update"
         report.unlink(missing_ok=True)
         delay = rng.uniform(0.0, args.max_delay)

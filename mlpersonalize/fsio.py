@@ -257,10 +257,12 @@ class FileLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            _HELD_LOCK_FDS.discard(self._fd)
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
+        # forget the descriptor before closing it: a signal handler that raises between the two
+        # must not leave it to be closed again (the number may by then be another file's)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _HELD_LOCK_FDS.discard(fd)
+            os.close(fd)  # closing the only descriptor drops the flock
 
     def __enter__(self) -> FileLock:
         return self

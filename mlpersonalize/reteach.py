@@ -33,6 +33,10 @@ CONFLICT_CONFIDENCE = (
 TERRITORY_QUANTILE = 0.10
 MAX_ROWS_PER_LABEL = 4
 MIN_STYLE_DRAWINGS = 2  # one odd drawing is not a style
+# A label the model is sure of has at least this many exemplars: one learned from 3 drawings has a
+# loose territory (its 10th percentile of 3 cosines), and real digits taught in round 2 were named
+# conflicts with round 1's 3-drawing digits (1 of 3 drawings of '1' read as '9', seed 0).
+MIN_SURE_EXEMPLARS = 10
 
 
 def territory(
@@ -43,12 +47,13 @@ def territory(
     n_labels: int,
     quantile: float = TERRITORY_QUANTILE,
 ) -> np.ndarray:
-    """Per label: the ``quantile`` of its exemplars' cosines to its best row (+inf with no exemplar)."""
+    """Per label: the ``quantile`` of its exemplars' cosines to its best row (+inf with fewer than
+    MIN_SURE_EXEMPLARS exemplars: nothing is a conflict with a label the model is not sure of)."""
     cos = label_cosines(ex_emb, rows, row_label, n_labels)
     out = np.full(n_labels, np.inf)
     for label in range(n_labels):
         own = cos[ex_label == label, label]
-        if len(own):
+        if len(own) >= MIN_SURE_EXEMPLARS:
             out[label] = float(np.quantile(own, quantile))
     return out
 

@@ -127,6 +127,8 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         history=(*manifest.history, outcome.history),
         metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
         producer=outcome.history["producer"],
+        row_labels=outcome.head.row_labels,
+        unknown=outcome.unknown,
     )
     try:
         write_package(temp, new_manifest, contents)
@@ -150,7 +152,7 @@ def _train(
     on_event: Event | None,
 ) -> Outcome:
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
-    outcome = personalize(package, batches, params, options.max_drop, on_event)
+    outcome = personalize(package, batches, params, options.max_drop, on_event, force=options.force)
     # The history entry's I/O: what the batches were, when, and what wrote the package.
     outcome.history = {
         "time": now_iso(),
@@ -251,4 +253,12 @@ def _completed(outcome: Outcome, path: Path, version: str | None) -> dict[str, A
         "final_loss": outcome.history["final_loss"],
         "metrics": acc,
         "guard": outcome.history["guard"],
+        **learned(outcome.history),
     }
+
+
+def learned(history: dict[str, Any]) -> dict[str, Any]:
+    """``learned`` (bool) and its ``reason`` (None when it learned): an update that learned nothing
+    is saved, and says so (the CLI exits ExitCode.LEARNED_NOTHING)."""
+    entry = history.get("learned") or {}
+    return {"learned": bool(entry.get("learned", True)), "learned_reason": entry.get("reason")}

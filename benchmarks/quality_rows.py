@@ -62,14 +62,28 @@ class View:
 
 
 def update_once(
-    view: View, emb: np.ndarray, names: list[str], params: UpdateParams, force: bool = False
+    view: View,
+    emb: np.ndarray,
+    names: list[str],
+    params: UpdateParams,
+    force: bool = False,
+    retry: bool = True,
 ) -> tuple[View, Outcome]:
     old = view.manifest.labels
     added = tuple(dict.fromkeys(n for n in names if n not in old))
     labels = old + added
     idx = np.array([labels.index(n) for n in names], np.int64)
     head = CosineHead(view, labels, params, engines.get(None))
-    out = personalize_rows(view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, force)
+    try:
+        out = personalize_rows(
+            view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, force
+        )
+    except ConflictError:  # measured as a user who runs again with --force (counted: "refused")
+        if not retry:
+            raise
+        head = CosineHead(view, labels, params, engines.get(None))
+        out = personalize_rows(view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, True)
+        out.history["refused"] = True
     folder = Path(tempfile.mkdtemp(prefix="quality-rows-"))
     onnx.save(CosineHead.graph(out.head), str(folder / HEAD_FILE))
     manifest = dataclasses.replace(
@@ -171,6 +185,7 @@ def two_rounds(
         "fixed05_untaught_rejected": float(np.mean(predict(v1, emb[untaught], calibrated=False) == -1)),
         "trained_r1": float(out1.history["selection"]["head"] != "imprinted"),
         "trained_r2": float(out2.history["selection"]["head"] != "imprinted"),
+        "refused": float(out1.history.get("refused", False) or out2.history.get("refused", False)),
     }
 
 
@@ -197,7 +212,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="1,3,5")
     parser.add_argument("--part", default="all")
     parser.add_argument("--methods", default="update,imprint")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="calibration's target share of right answers turned unknown",
+    )
     args = parser.parse_args(argv)
+    if args.target is not None:
+        from mlpersonalize import calibration
+
+        calibration.TARGET_FRR = args.target
     shots_list = [int(s) for s in args.shots.split(",")]
     view = base_view(args.model)
     constraint = view.manifest.constraint
@@ -286,7 +311,8 @@ def style(model: Path, view: View, std_emb: np.ndarray, std_y: np.ndarray, seeds
     print("\n## Conflicts: 20 standard stars labelled 'circle', 20 circles labelled 'star'")
     for swap, what in ((star, "circle"), (circle, "star")):
         try:
-            update_once(view, std_emb[std_y == swap], [what] * int(np.sum(std_y == swap)), UpdateParams())
+            n = int(np.sum(std_y == swap))
+            update_once(view, std_emb[std_y == swap], [what] * n, UpdateParams(), retry=False)
             print(f"{labels[swap]} labelled {what}: not refused")
         except ConflictError as exc:
             print(f"{labels[swap]} labelled {what}: refused: {exc.conflicts}")

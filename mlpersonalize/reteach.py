@@ -78,8 +78,15 @@ def find_conflicts(
     ex_label: np.ndarray,
     confidence: float = CONFLICT_CONFIDENCE,
     quantile: float = TERRITORY_QUANTILE,
+    new_from: int | None = None,
 ) -> tuple[list[Conflict], np.ndarray]:
-    """Per batch label with conflicting drawings, how many and read as what; and the per-drawing mask."""
+    """Per batch label with conflicting drawings, how many and read as what; and the per-drawing mask.
+
+    ``new_from``: labels from this index on are new (no row yet). A new label conflicts only when
+    at least two and more than half of its drawings do: a new label drawn like a known one, not
+    one drawing of a one- or three-drawing label that happens to resemble another (generated
+    drawings, 1 per label: a 'candle' read as 'snowman' would refuse the update).
+    """
     labels = np.asarray(labels, np.int64)
     n_labels = int(max(int(np.max(row_label)), int(labels.max(initial=0)), int(ex_label.max(initial=0))) + 1)
     prob = label_probabilities(emb, rows, row_label, scale, n_labels)
@@ -87,6 +94,11 @@ def find_conflicts(
     cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
     mask = (pred != labels) & (prob.max(axis=1) >= confidence) & (cos >= terr[pred])
+    if new_from is not None:
+        for label in np.unique(labels[labels >= new_from]):
+            hits = mask & (labels == label)
+            if hits.sum() < 2 or hits.sum() * 2 <= (labels == label).sum():
+                mask &= ~hits
     out = []
     for label in np.unique(labels[mask]):
         hits = mask & (labels == label)

@@ -1,13 +1,18 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
+# Another interpreter gets its own venv: `make test PYTHON=python3.13` uses .venv-python3.13.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
+# The interpreter itself: on PATH, else a pyenv-installed one that is not the active version.
+PYTHON_EXE = $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || \
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/*/bin/$(PYTHON) 2>/dev/null | tail -n 1)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-all lint soak sample-model bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON_EXE)" || { echo "Error: $(PYTHON) not found (on PATH or in pyenv)" >&2; exit 2; }
+	$(PYTHON_EXE) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -33,7 +38,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check mlpersonalize tests
 	$(BIN)/mypy
 
+# The backbone pretrains on font glyphs of many writing systems (Debian font packages, installed
+# here when missing) with PyTorch on the CPU (the `sample` extra); the runtime never imports torch.
 sample-model: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[sample]'
+	@missing="$$($(BIN)/python -m mlpersonalize.sample.glyphs)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing font packages: $$missing"; \
+		$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y --no-install-recommends $$missing; \
+	fi
 	rm -rf sample_models/doodles.new
 	$(BIN)/python -m mlpersonalize.sample.pretrain --out sample_models/doodles.new
 	rm -rf sample_models/doodles && mv sample_models/doodles.new sample_models/doodles
@@ -43,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .mypy_cache
+	rm -rf .venv .venv-* build dist .pytest_cache .ruff_cache .mypy_cache

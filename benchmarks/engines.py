@@ -4,7 +4,7 @@ Run ``python -m benchmarks.engines [--repeats N]``. Data: the bundled doodles mo
 (43 rows, 128-d) with 3 imprinted rows, and its exemplar memory's embeddings (860). Three
 bundled labels' exemplars (3 each) stand in for the new labels' examples: the step time does
 not depend on what the numbers are. The linear head is the brought-model kind: the same rows
-as ``[W | b]`` with the 43 old rows frozen (``linear_head.build_head``).
+as ``[W | b]`` with the 43 old rows frozen (``heads.linear.build_head``).
 
 Cases: the seed's update (the rehearsal set and 9 new examples, label-balanced epochs of batch
 16, 10 epochs x 2 passes: ~1,200 steps) and 1,000 examples x 10 epochs. Each engine is timed
@@ -17,67 +17,32 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from mlpersonalize import linear_head
 from mlpersonalize.engines.portable import PortableEngine
-from mlpersonalize.head import WEIGHT, build_head, head_weight, optimizer_block
+from mlpersonalize.fitting import balanced_order
+from mlpersonalize.heads import StoredHead
+from mlpersonalize.heads import linear as linear_head
+from mlpersonalize.heads.cosine import WEIGHT, CosineHead, head_weight, imprint
 from mlpersonalize.params import UpdateParams
-from mlpersonalize.training import balanced_order, imprint
 
 
-class OrtReference:
-    """ONNX Runtime's on-device training over ``head``, stepped as ``training.HeadTrainer`` does."""
+def OrtReference(head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> Any:
+    """ONNX Runtime's on-device training over ``head`` (the "ort" engine's session)."""
+    from mlpersonalize.engines.ort import ENGINE
 
-    name = "ort"
-
-    def __init__(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
-        from mlpersonalize import _ort
-
-        self._tmp = tempfile.TemporaryDirectory(prefix="mlp-bench-")
-        folder = Path(self._tmp.name)
-        _ort.generate_head_artifacts(head, list(trainable), folder, optimizer_block(params))
-        api = _ort.training_api()
-        self.trainable = list(trainable)
-        self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
-        self.module = api.Module(
-            str(folder / "training_model.onnx"), self.state, str(folder / "eval_model.onnx"), device="cpu"
-        )
-        self.optimizer = api.Optimizer(str(folder / "optimizer_model.onnx"), self.module)
-        self.optimizer.set_learning_rate(float(params.learning_rate))
-        self.module.train()
-
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        out = self.module(x, y)
-        self.optimizer.step()
-        self.module.lazy_reset_grad()
-        return float(np.asarray(out[0] if isinstance(out, (list, tuple)) else out))
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {n: np.array(self.state.parameters[n].data, np.float32) for n in self.trainable}
-
-    def set_parameter(self, name: str, value: np.ndarray) -> None:
-        self.state.parameters[name] = np.ascontiguousarray(value, np.float32)
-
-    def close(self) -> None:
-        self._tmp.cleanup()
+    return ENGINE.open(head, trainable, params)
 
 
 def ort_available() -> bool:
-    try:
-        from mlpersonalize import _ort
+    from mlpersonalize import _ort
 
-        _ort.training_api()
-    except ImportError:
-        return False
-    return True
+    return _ort.has_training()
 
 
 def bundled_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +65,7 @@ def cases(weight: np.ndarray, emb: np.ndarray, idx: np.ndarray, seed: int = 0) -
     cosine = np.concatenate([weight, rows])
     aug = np.concatenate([cosine, np.zeros((len(cosine), 1), np.float32)], axis=1)
     heads = {
-        "cosine": (build_head(cosine, 20.0), [WEIGHT]),
+        "cosine": (CosineHead.graph(StoredHead(cosine, 20.0)), [WEIGHT]),
         "linear": (linear_head.build_head(aug, old), [linear_head.WEIGHT, linear_head.BIAS]),
     }
     all_emb = np.concatenate([emb, new_emb]).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 METHOD_NAMES = {
@@ -112,6 +113,13 @@ def _pts(ms: dict[str, float] | None) -> str:
 
 def _mark(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def real_digits_section(results: dict[str, Any]) -> list[str]:
+    from .real_digits import BEFORE, markdown_section
+
+    before = json.loads(BEFORE.read_text()) if BEFORE.is_file() else None
+    return markdown_section(results.get("real_digits"), before)
 
 
 def quality_section(results: dict[str, Any]) -> list[str]:
@@ -349,10 +357,14 @@ def markdown(results: dict[str, Any]) -> str:
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {_mark(t['met'])} |")
     lines.append("")
+    lines += real_digits_section(results)
     lines += quality_section(results)
     lines += speed_section(results)
     lines += scaling_section(results)
     lines += profile_section(results)
     lines += analysis(results)
+    engines = Path(__file__).with_name("engines.md")  # measured by hand: benchmarks/engines.py
+    if engines.is_file():
+        lines += engines.read_text(encoding="utf-8").splitlines()
     lines += ["## Raw results", "", "```json", json.dumps(results, indent=1, default=float), "```", ""]
     return "\n".join(lines)

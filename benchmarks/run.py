@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import common, quality, report, scaling, speed
+from . import common, quality, real_digits, report, scaling, speed
 
-SECTIONS = ("quality", "train", "e2e", "predict", "prepare", "startup", "scaling", "profile")
+SECTIONS = ("real_digits", "quality", "train", "e2e", "predict", "prepare", "startup", "scaling", "profile")
 
 
 def log(message: str) -> None:
@@ -63,6 +63,11 @@ def run(model: Path, sizes: common.Sizes, only: tuple[str, ...] = SECTIONS) -> d
             files_dir = work / "files"
             speed.write_files(files_dir, data.labels, sizes.prepare_files)
         steps = {
+            "real_digits": lambda: (
+                real_digits.run(model, real_digits.MODES.get(sizes.name, real_digits.SMOKE), log)
+                if real_digits.available()
+                else {"skipped": "scikit-learn is not installed (pip install -e '.[bench]')"}
+            ),
             "quality": lambda: quality.run(model, sizes, log),
             "train": lambda: speed.train(data, sizes, log),
             "e2e": lambda: speed.e2e(data, sizes, work, log),

@@ -67,6 +67,7 @@ def update(
     force: bool = False,
     max_drop: float = DEFAULT_MAX_DROP,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    engine: str | None = None,
 ) -> UpdateResult:
     """Personalize ``model`` with labelled batch files; return where the updated model is.
 
@@ -74,6 +75,7 @@ def update(
     ``mlpersonalize update`` does); with it, a new package is written there. ``max_drop`` is a
     share (0.02 = 2 points). ``on_event`` receives the progress events (``began``,
     ``epoch_end``, ``completed``). A refused update raises RejectedError unless ``force``.
+    ``engine`` forces the training engine ("ort" or "portable"; default: ort where installed).
     """
     paths = [Path(batches)] if isinstance(batches, (str, os.PathLike)) else [Path(b) for b in batches]
     options = UpdateOptions(
@@ -88,6 +90,7 @@ def update(
         wait=wait,
         force=force,
         max_drop=max_drop,
+        engine=engine,
     )
     return _update(paths, options, on_event)
 

@@ -6,12 +6,19 @@ Layout (format version 1)::
     model.onnx                 inference model: image -> label, probabilities, embedding
     backbone.onnx              the frozen part: image -> embedding (runs once per example)
     head.onnx                  the updatable part: embedding -> logits (forward only)
-    training/                  ONNX Runtime training artifacts of the head
-      training_model.onnx  eval_model.onnx  optimizer_model.onnx  checkpoint
+    training/                  the head's training files, one set per engine (manifest "engines")
+      training_model.onnx  eval_model.onnx  optimizer_model.onnx  checkpoint   ("ort")
+      portable/train_step.onnx                                                 ("portable")
     exemplars.npz              bounded memory of known labels' embeddings (for rehearsal)
 
+Every package written here carries the portable train step (unless its head kind is one the
+portable engine cannot train) and ONNX Runtime's artifacts where onnxruntime-training is
+installed; where it is not, the manifest marks them "regenerate" and the next package written
+on a machine that has it carries them again (never stale ones).
+
 Loading checks the schema, that every listed file exists inside the folder and matches its hash,
-and that labels, head shape and exemplars agree. Any mismatch is a ModelError naming the file.
+and that labels, head shape, exemplars and the engines' files agree. Any mismatch is a
+ModelError naming the file.
 """
 
 from __future__ import annotations
@@ -36,11 +43,15 @@ from .heads import StoredHead, kind_named, kind_of
 from .images import ImageConstraint
 from .manifest import (
     BACKBONE_FILE,
+    CURRENT,
     EXEMPLARS_FILE,
     HEAD_FILE,
     MANIFEST,
     MODEL_FILE,
+    PORTABLE_STEP_FILE,
+    REGENERATE,
     TRAINING_FILES,
+    UNSUPPORTED,
     FileEntry,
     Manifest,
     check_labels,
@@ -187,7 +198,7 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
         check_relative(name, "package")
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        folders.add(target.parent)
+        folders.update(p for p in target.parents if p.is_relative_to(directory))  # training/ too
         write_bytes_synced(target, data)
         entries[name] = FileEntry(hashlib.sha256(data).hexdigest(), len(data))
     final = _replace(manifest, files=entries)
@@ -210,16 +221,12 @@ def build_contents(
     exemplar_embeddings: np.ndarray,
     exemplar_labels: np.ndarray,
     params: UpdateParams,
-) -> dict[str, bytes]:
-    """All package files except the manifest, from a backbone and a head of kind ``head_kind``.
-
-    The training artifacts are ONNX Runtime's (engines/ort.py), the format a package stores.
-    """
-    # ONNX Runtime's training modules: only writing a package needs them.
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """All package files except the manifest, from a backbone and a head of kind ``head_kind``,
+    and the manifest's ``engines`` (see :func:`engine_files`)."""
     import onnx
 
     from .classifier import build_inference_model
-    from .engines.ort import artifact_files
 
     kind = kind_named(head_kind)
     backbone = onnx.load_from_string(backbone_bytes)
@@ -239,10 +246,42 @@ def build_contents(
         MODEL_FILE: model.SerializeToString(),
         EXEMPLARS_FILE: exemplars_bytes(exemplar_embeddings, exemplar_labels),
     }
-    files = artifact_files(graph, kind.trainable(head), params)
-    for name in TRAINING_FILES:
-        contents[name] = files[os.path.basename(name)]
-    return contents
+    files, engines = engine_files(graph, kind.trainable(head), params)
+    return {**contents, **files}, engines
+
+
+def engine_files(
+    graph: onnx.ModelProto, trainable: list[str], params: UpdateParams
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Each engine's training files for the head ``graph`` and ``params``, and each engine's state.
+
+    * "portable": the whole train step (engines/portable.py), or UNSUPPORTED when the portable
+      engine cannot differentiate the head (a branch head's convolutions, say).
+    * "ort": ONNX Runtime's training artifacts (engines/ort.py) where its training modules are
+      installed; elsewhere REGENERATE: none are written, rather than stale ones.
+    """
+    from . import _ort  # onnxruntime: only writing a package needs it here
+    from .engines.portable import UnsupportedOpError, build_train_step
+
+    files: dict[str, bytes] = {}
+    engines: dict[str, str] = {}
+    if _ort.has_training():
+        from .engines.ort import artifact_files  # ONNX Runtime's training modules
+
+        artifacts = artifact_files(graph, trainable, params)
+        for name in TRAINING_FILES:
+            files[name] = artifacts[os.path.basename(name)]
+        engines["ort"] = CURRENT
+    else:
+        engines["ort"] = REGENERATE
+    try:
+        step = build_train_step(graph, trainable, params)
+    except UnsupportedOpError:
+        engines["portable"] = UNSUPPORTED
+    else:
+        files[PORTABLE_STEP_FILE] = step.SerializeToString()
+        engines["portable"] = CURRENT
+    return files, engines
 
 
 def create_package(
@@ -289,7 +328,7 @@ def create_package(
     idx = [np.full(len(exemplars[label]), labels.index(label)) for label in labels if label in exemplars]
     exemplar_embeddings = np.concatenate(emb) if emb else np.zeros((0, dim), np.float32)
     exemplar_labels = np.concatenate(idx) if idx else np.zeros(0, np.int64)
-    contents = build_contents(
+    contents, engines = build_contents(
         backbone.SerializeToString(), head, head_kind, labels, exemplar_embeddings, exemplar_labels, params
     )
     manifest = Manifest(
@@ -315,6 +354,7 @@ def create_package(
         frozen_labels=frozen_labels,
         updatable=tuple(kind.updatable(head)),
         unknown=kind.calibrate(head, exemplar_embeddings, exemplar_labels, len(labels)),
+        engines=engines,
     )
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import engines, store
 from .batch import Batch, check_batch_fits, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, publish, signals_deferred, storage_error
-from .heads import kind_named
+from .heads import kind_named, kind_of
 from .manifest import BACKBONE_FILE, UNKNOWN, normalize_label
 from .names import escape
 from .package import ModelPackage, build_contents, load_package, now_iso, producer, write_package
@@ -46,6 +46,7 @@ class UpdateOptions:
     wait: bool = True
     force: bool = False
     max_drop: float = DEFAULT_MAX_DROP
+    engine: str | None = None  # "ort" or "portable"; None: ort where installed (engines.get)
 
     def params(self, base: UpdateParams, ranges: dict[str, tuple[float, float]]) -> UpdateParams:
         """The manifest's defaults with these overrides, checked against the manifest's ranges."""
@@ -111,7 +112,7 @@ def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]
 def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
     manifest = package.manifest
-    contents = build_contents(
+    contents, engines = build_contents(
         (package.path / BACKBONE_FILE).read_bytes(),
         outcome.head,
         manifest.head_kind,
@@ -129,6 +130,7 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         producer=outcome.history["producer"],
         row_labels=outcome.head.row_labels,
         unknown=outcome.unknown,
+        engines=engines,
     )
     try:
         write_package(temp, new_manifest, contents)
@@ -137,6 +139,16 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         fault_point("update:after-fsync")
     except OSError as exc:
         raise storage_error("write the updated model to", temp, exc) from exc
+
+
+def _engine(package: ModelPackage, options: UpdateOptions) -> engines.Engine:
+    """The engine ``options`` asks for (or the one installed), after it confirmed it can train
+    this package's head: refusals come before anything is embedded or locked."""
+    engine = engines.get(options.engine)
+    kind = kind_of(package.manifest)
+    stored = kind.read(package)
+    engine.check(kind.graph(stored), kind.trainable(stored), package.manifest.update_defaults)
+    return engine
 
 
 def _emit(on_event: Event | None, event: dict[str, Any]) -> None:
@@ -152,13 +164,15 @@ def _train(
     on_event: Event | None,
 ) -> Outcome:
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
-    outcome = personalize(package, batches, params, options.max_drop, on_event, force=options.force)
+    engine = _engine(package, options)
+    outcome = personalize(package, batches, params, options.max_drop, on_event, engine, force=options.force)
     # The history entry's I/O: what the batches were, when, and what wrote the package.
     outcome.history = {
         "time": now_iso(),
         "kind": "update",
         "batches": [{"file": escape(Path(p).name), "sha256": file_sha256(Path(p))} for p in paths],
         **outcome.history,
+        "engine": engine.name,
         "producer": producer(),
     }
     guard = outcome.history["guard"]
@@ -194,6 +208,7 @@ def update(
     source = load_package(resolved.path)
     _check_batches(batches, batch_paths, source)
     options.params(source.manifest.update_defaults, source.manifest.update_ranges)  # usage errors first
+    _engine(source, options)  # an engine that is missing or cannot train this head: before the lock
 
     if options.output is not None:
         outcome = _train(source, batches, batch_paths, options, on_event)

@@ -14,6 +14,13 @@ from typing import Any
 import pytest
 
 from benchmarks import common, report, run, speed
+from mlpersonalize import _ort
+
+# The benchmarks time ONNX Runtime's training artifacts beside PyTorch and the portable engine.
+pytestmark = pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 
 TINY = dataclasses.replace(
     common.SMOKE,
@@ -110,3 +117,49 @@ def test_main_refuses_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixt
     assert run.main(["--smoke", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]) == 1
     assert "no model package" in capsys.readouterr().err
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_real_digits_run_through_the_cli(results: dict[str, Any]) -> None:
+    """Every measure of the real-drawing section, per shots count, and its BENCHMARKS.md table."""
+    section = results["real_digits"]
+    if "skipped" in section:  # scikit-learn is the bench extra's
+        pytest.skip(section["skipped"])
+    (row,) = section["summary"]
+    assert row["shots"] == 1 and row["seeds"] == 1
+    for key in (
+        "update_r1_new.top1",
+        "update_r1_new.unknown",
+        "update_r2_new.top1",
+        "update_r2_old.top1",
+        "update_open_untaught_digits",
+        "update_open_procedural_r2",
+        "imprint_r1_new.top1",
+        "knn_r2_old.top1",
+        "naive_r2_new.top1",
+        "ncm10",
+        "ncm10_pixels",
+    ):
+        assert 0.0 <= row[key]["mean"] <= 1.0, key
+    text = "\n".join(report.real_digits_section(results))
+    assert "## 0. Real human drawings" in text and "`update` (CLI)" in text
+
+
+def test_real_digits_render_as_user_drawings() -> None:
+    """The digits arrive as 256×256 PNG-ready images of dark strokes, transparent or on light paper."""
+    pytest.importorskip("sklearn")
+    import numpy as np
+
+    from benchmarks import real_digits
+
+    images, digits = real_digits.load_digits()
+    assert images.shape == (1797, 8, 8) and set(digits.tolist()) == set(range(10))
+    clear = np.asarray(real_digits.render(images[0], transparent=True))
+    paper = np.asarray(real_digits.render(images[0], transparent=False))
+    assert clear.shape == (256, 256, 4) and paper.shape == (256, 256)
+    assert clear[0, 0, 3] == 0 and clear[..., 3].max() == 255  # transparent around, opaque strokes
+    assert paper[0, 0] > 200 and paper.min() < 40  # light paper, dark ink
+    a = real_digits.split(digits, 0, 5, 10)
+    b = real_digits.split(digits, 1, 5, 10)
+    assert a.test != b.test and sorted(a.order) == list(range(10))
+    for d in range(10):
+        assert not set(a.train[d]) & set(a.test[d])  # never tested on a taught drawing

@@ -51,6 +51,10 @@ def test_predict_through_files_agrees_with_the_labels(bundled, tmp_path: Path) -
     assert len(results) == 24 and sum(right) >= 22
 
 
+@pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 def test_inference_model_matches_the_training_engine(bundled) -> None:  # type: ignore[no-untyped-def]
     """model.onnx (plain inference) and the head's eval model (training engine) give the same answer."""
     pixels, ids = make_dataset(NAMED_LABELS[:10], 3, seed=5, constraint=bundled.manifest.constraint)

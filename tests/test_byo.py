@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpersonalize import margin_gate, updater
+from mlpersonalize import _ort, margin_gate, updater
 from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.embedding import embed
@@ -201,6 +201,10 @@ def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> No
     assert np.mean([labels[p] == f"new{k}" for p, k in zip(after, new_ids, strict=True)]) >= 0.5
 
 
+@pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 def test_stored_training_artifacts_train_only_the_added_rows_own_weights(tmp_path: Path) -> None:
     """An outside runtime training the package's artifacts must not move the brought rows or
     the margin gate's weights of added rows; head.onnx still holds the whole head."""

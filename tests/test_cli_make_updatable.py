@@ -11,6 +11,8 @@ import pytest
 from clirun import main_cli as run
 from PIL import Image
 
+from mlpersonalize import _ort
+
 
 @pytest.fixture
 def resnet_file(tmp_path: Path) -> Path:
@@ -19,7 +21,20 @@ def resnet_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("trainable", "kind"), [([], "linear"), (["--trainable", "conv7.weight"], "branch")])
+@pytest.mark.parametrize(
+    ("trainable", "kind"),
+    [
+        ([], "linear"),
+        pytest.param(
+            ["--trainable", "conv7.weight"],
+            "branch",  # a trainable convolution: the portable engine refuses it (tests/test_engines.py)
+            marks=pytest.mark.skipif(
+                not _ort.has_training(),
+                reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+            ),
+        ),
+    ],
+)
 def test_make_updatable_then_inspect_predict_prepare_update(
     resnet_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], trainable: list[str], kind: str
 ) -> None:

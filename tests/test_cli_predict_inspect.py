@@ -12,6 +12,7 @@ import pytest
 from clirun import run_cli as run
 from PIL import Image, ImageDraw
 
+from mlpersonalize import _ort
 from mlpersonalize.errors import ExitCode
 
 
@@ -140,7 +141,7 @@ def test_inspect_json_describes_the_model(tiny_model: Path) -> None:
     assert info["labels"] == ["circle", "square", "cross"]
     assert info["input"]["image"]["width"] == 28
     assert info["updatable"][0]["shape"] == [3, 64]
-    assert info["producer"]["onnxruntime"] == "1.19.2"
+    assert info["producer"]["onnxruntime"] == _ort.ORT_VERSION
     assert all(f["verified"] for f in info["files"])
     assert info["history"] == []
 

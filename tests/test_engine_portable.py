@@ -18,15 +18,21 @@ import pytest
 from onnx import helper, numpy_helper
 
 from benchmarks.engines import OrtReference, bundled_data, ort_available
-from mlpersonalize import linear_head
+from mlpersonalize.classifier import head_model
 from mlpersonalize.engines.portable import (
     PortableEngine,
     UnsupportedOpError,
     build_train_step,
 )
-from mlpersonalize.head import WEIGHT, build_head, head_model
+from mlpersonalize.heads import StoredHead
+from mlpersonalize.heads import linear as linear_head
+from mlpersonalize.heads.cosine import WEIGHT, CosineHead, imprint
 from mlpersonalize.params import UpdateParams
-from mlpersonalize.training import imprint
+
+
+def build_head(weight: np.ndarray, scale: float) -> onnx.ModelProto:
+    return CosineHead.graph(StoredHead(np.asarray(weight, np.float32), scale))
+
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = 43  # the bundled model's labels
@@ -128,7 +134,7 @@ def test_set_parameter_keeps_the_optimizer_state_as_ort_does(data) -> None:
 @pytest.mark.parametrize("kind", ["cosine", "linear-frozen-gated"])
 def test_an_update_s_epochs_end_with_the_same_head_and_predictions(data, kind: str) -> None:
     """Label-balanced epochs with the known rows pulled back after each (as HeadTrainer.fit does)."""
-    from mlpersonalize.training import ANCHOR, balanced_order
+    from mlpersonalize.fitting import ANCHOR, balanced_order
 
     head, trainable = heads(data)[kind]
     _, emb, idx = data
@@ -320,12 +326,14 @@ def test_trains_where_the_training_package_is_absent(tmp_path: Path) -> None:
         else:
             raise SystemExit("the training package was importable")
         from mlpersonalize.engines.portable import PortableEngine
-        from mlpersonalize.head import build_head
+        from mlpersonalize.heads import StoredHead
+        from mlpersonalize.heads.cosine import CosineHead
         from mlpersonalize.params import UpdateParams
         rng = np.random.default_rng(0)
         x = rng.normal(size=(24, 8)).astype(np.float32)
         y = np.arange(24) % 3
-        session = PortableEngine().open(build_head(rng.normal(size=(3, 8)), 10.0), ["head.weight"],
+        head = CosineHead.graph(StoredHead(rng.normal(size=(3, 8)).astype(np.float32), 10.0))
+        session = PortableEngine().open(head, ["head.weight"],
                                         UpdateParams(learning_rate=0.05))
         losses = [session.step(x, y) for _ in range(60)]
         accuracy = float((session.logits(x).argmax(1) == y).mean())

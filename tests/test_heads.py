@@ -150,7 +150,7 @@ def test_linear_imprint_puts_a_new_row_one_logit_above_the_old_at_its_mean() -> 
 
 def test_linear_kind_trains_only_added_rows_and_gates_them(linear_package: ModelPackage) -> None:
     params = UpdateParams(epochs=5, learning_rate=0.01, batch_size=16)
-    head = LinearHead(linear_package, LABELS, params, engines.get("ort"))
+    head = LinearHead(linear_package, LABELS, params, engines.get(None))
     old_emb, old_ids = _embed(linear_package, bm.OLD, 10, seed=40)
     # Before an update the kind predicts what the brought model predicts.
     pixels, _ = bm.gratings(bm.OLD, 10, 1, seed=40, jitter=0.3)
@@ -188,7 +188,7 @@ def test_linear_kind_trains_only_added_rows_and_gates_them(linear_package: Model
 
 def test_branch_kind_trains_its_layers_for_added_rows_only(branch_package: ModelPackage) -> None:
     params = UpdateParams(epochs=3, learning_rate=0.01, batch_size=16)
-    head = BranchHead(branch_package, LABELS, params, engines.get("ort"))
+    head = BranchHead(branch_package, LABELS, params, engines.get(None))
     stored_before = BranchHead.read(branch_package)
     width = stored_before.weight.shape[1] - 1
     assert branch_kind.fixed_columns(stored_before) == head.dim + len(head.gate)

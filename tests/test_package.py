@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 
 from mlpersonalize import _ort
 from mlpersonalize.errors import ModelError
-from mlpersonalize.manifest import MANIFEST, REQUIRED_FILES, read_manifest
+from mlpersonalize.manifest import ENGINE_FILES, MANIFEST, REQUIRED_FILES, read_manifest
 from mlpersonalize.package import describe, load_package
+
+
+def carried_files(package: Path) -> set[str]:
+    """The files every package has, and those of the engines it carries."""
+    engines = read_manifest(package).carried_engines
+    return {*REQUIRED_FILES, *(name for engine in engines for name in ENGINE_FILES[engine])}
 
 
 def edit_manifest(package: Path, change) -> None:  # type: ignore[no-untyped-def]
@@ -43,6 +49,7 @@ def test_manifest_round_trip_keeps_everything(tiny_model: Path) -> None:
         "files",
         "model_id",
         "producer",
+        "engines",
     ):
         assert key in data, key
     assert data["input"]["image"] == {
@@ -55,14 +62,15 @@ def test_manifest_round_trip_keeps_everything(tiny_model: Path) -> None:
         "layout": "nchw",
     }
     assert data["updatable"] == [{"name": "head.weight", "shape": [3, 64]}]
-    assert set(data["files"]) == set(REQUIRED_FILES)
+    assert "portable" in manifest.carried_engines
+    assert set(data["files"]) == carried_files(tiny_model)
     again = type(manifest).from_dict(json.loads(json.dumps(data)))
     assert again == manifest
 
 
 def test_every_file_hash_verifies_and_describe_reports_it(tiny_model: Path) -> None:
     info = describe(load_package(tiny_model))
-    assert {entry["name"] for entry in info["files"]} == set(REQUIRED_FILES)
+    assert {entry["name"] for entry in info["files"]} == carried_files(tiny_model)
     assert all(entry["verified"] for entry in info["files"])
 
 
@@ -76,9 +84,10 @@ def test_a_changed_file_is_named_in_the_error(tiny_model: Path) -> None:
     ]
 
 
-def test_a_missing_file_is_named(tiny_model: Path) -> None:
-    (tiny_model / "training" / "checkpoint").unlink()
-    with pytest.raises(ModelError, match=r"training/checkpoint: listed in manifest.json but missing"):
+@pytest.mark.parametrize("name", ["head.onnx", "training/portable/train_step.onnx"])
+def test_a_missing_file_is_named(tiny_model: Path, name: str) -> None:
+    (tiny_model / name).unlink()
+    with pytest.raises(ModelError, match=rf"{name}: listed in manifest.json but missing"):
         load_package(tiny_model)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlpersonalize import _ort
 from mlpersonalize.images import ImageConstraint, preprocess
 from mlpersonalize.sample import doodles
 
@@ -72,6 +73,10 @@ def test_write_folder_lays_out_label_folders(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="needs the ort engine: onnxruntime-training-cpu is not installed for this Python",
+)
 def test_quick_pretraining_writes_a_package(tmp_path: Path) -> None:
     from mlpersonalize.sample import pretrain
 
@@ -95,3 +100,78 @@ def test_sample_command_writes_drawings_and_prints_their_paths(
     ]
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "no such doodle"])
+
+
+@pytest.mark.parametrize(
+    "char",
+    # digits of several scripts, number forms, CJK numerals
+    ["7", "٣", "७", "７", "Ⅻ", "①", "²", "三", "〇", "½"],  # fmt: skip
+)
+def test_no_digit_or_number_is_ever_a_pretraining_glyph(char: str) -> None:
+    from mlpersonalize.sample import glyphs
+
+    assert not glyphs.is_allowed(char)
+
+
+@pytest.mark.parametrize("char", ["O", "l", "S", "Z", "a", "Ж", "ש", "あ", "★"])
+def test_letters_and_symbols_may_be_pretraining_glyphs(char: str) -> None:
+    from mlpersonalize.sample import glyphs
+
+    assert glyphs.is_allowed(char)
+
+
+def test_no_doodle_template_is_a_digit() -> None:
+    """Pretraining uses no digits: no named, novel or template label names or looks like one."""
+    digit_words = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "digit"}
+    for label in (*doodles.NAMED_LABELS, *doodles.NOVEL_LABELS):
+        assert not any(ch.isdigit() for ch in label), label
+        assert not set(label.lower().split()) & digit_words, label
+
+
+def _glyphs_ready():  # type: ignore[no-untyped-def]
+    pytest.importorskip("fontTools")
+    pytest.importorskip("skimage")
+    from mlpersonalize.sample import glyphs
+
+    if glyphs.missing_packages():
+        pytest.skip("font packages missing: " + " ".join(glyphs.missing_packages()))
+    return glyphs
+
+
+def test_glyph_classes_are_many_scripts_and_no_digits() -> None:
+    glyphs = _glyphs_ready()
+    classes = glyphs.glyph_classes(600, seed=0)
+    chars = [c for c, _ in classes]
+    assert len(set(chars)) == 600
+    assert all(glyphs.is_allowed(c) for c in chars)
+    import unicodedata
+
+    scripts = {unicodedata.name(c, "?").split()[0] for c in chars}
+    assert len(scripts) >= 20  # many writing systems, not only Latin
+    assert classes == glyphs.glyph_classes(600, seed=0)
+
+
+def test_glyph_drawings_are_deterministic_and_visible() -> None:
+    glyphs = _glyphs_ready()
+    classes = glyphs.glyph_classes(8, seed=3)
+    a, ids = glyphs.make_dataset(classes, 3, seed=1, constraint=CONSTRAINT)
+    b, _ = glyphs.make_dataset(classes, 3, seed=1, constraint=CONSTRAINT, workers=2)
+    assert a.shape == (24, 28, 28, 1) and list(ids[:4]) == [0, 0, 0, 1]
+    assert np.array_equal(a, b)
+    assert (a.reshape(24, -1).max(axis=1) > 128).all()  # light strokes on dark, every drawing inked
+
+
+def test_torch_pretraining_is_deterministic(tmp_path: Path) -> None:
+    """`make sample-model`'s engine: the same configuration gives the same model bytes."""
+    pytest.importorskip("torch")
+    glyphs = _glyphs_ready()
+    from mlpersonalize.sample import pretrain
+
+    args = ["--quick", "--set", "engine=torch", "--set", "glyph_classes=20", "--set", "per_glyph=3"]
+    assert glyphs.glyph_classes(20, 0)
+    assert pretrain.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert pretrain.main([*args, "--out", str(tmp_path / "b")]) == 0
+    for name in ("backbone.onnx", "head.onnx", "model.onnx", "exemplars.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["training"]["engine"].startswith("torch")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from mlpersonalize import engines, fitting
 from mlpersonalize.fitting import balanced_order
@@ -23,7 +22,7 @@ def train_cosine(
 ) -> FitResult:
     """A cosine head trained by the ORT engine through the shared loop."""
     head = StoredHead(start, scale)
-    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), params)
+    session = engines.get(None).open(CosineHead.graph(head), CosineHead.trainable(head), params)
     try:
         losses = fitting.train(session, emb, idx, params, {WEIGHT: anchor_rows})
         return FitResult(session.parameters()[WEIGHT], losses)
@@ -62,7 +61,7 @@ def test_engine_eval_logits_match_the_head_formula() -> None:
     weight = rng.standard_normal((4, 8)).astype(np.float32)
     emb = rng.standard_normal((10, 8)).astype(np.float32)
     head = StoredHead(weight, 10.0)
-    session = engines.get("ort").open(CosineHead.graph(head), CosineHead.trainable(head), UpdateParams())
+    session = engines.get(None).open(CosineHead.graph(head), CosineHead.trainable(head), UpdateParams())
     try:
         np.testing.assert_allclose(session.logits(emb), cosine_logits(emb, weight, 10.0), atol=1e-4)
     finally:
@@ -126,10 +125,3 @@ def test_the_loop_anchors_known_rows_and_stops_on_nan_whatever_the_engine() -> N
     np.testing.assert_array_equal(session.values["w"][:2], np.full((2, 2), 1.5))
     np.testing.assert_array_equal(session.values["w"][2:], np.full((1, 2), 4.0))
     np.testing.assert_array_equal(session.values["b"], np.full(3, 4.0))
-
-
-def test_engine_lookup() -> None:
-    assert engines.get(None).name == "ort"  # onnxruntime-training is installed here
-    assert engines.get("ort") is engines.get(None)
-    with pytest.raises(ValueError, match="unknown training engine 'tpu'"):
-        engines.get("tpu")

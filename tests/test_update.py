@@ -105,7 +105,7 @@ def test_model_onnx_matches_training_engine(doodle_model: Path, tmp_path: Path) 
     )
     weight = head_weight(onnx.load(str(result.model / "head.onnx")))
     head = StoredHead(weight, manifest.logit_scale)
-    session = engines.get("ort").open(
+    session = engines.get(None).open(
         CosineHead.graph(head), CosineHead.trainable(head), manifest.update_defaults
     )
     try:

@@ -145,6 +145,16 @@ def _render(data: dict[str, Any]) -> None:
         say("rows per label: " + ", ".join(f"{safe_name(k)} {n}" for k, n in styled.items()) + ", others 1")
     for param in data["updatable"]:
         say(f"updatable: {safe_name(param['name'])} {param['shape']}")
+    engines = data.get("engines", {})
+    notes = {
+        "regenerate": "its files must be regenerated, by an update where it is installed",
+        "unsupported": "cannot train this head",
+    }
+    say(
+        "engines: "
+        + (", ".join(k for k, v in engines.items() if v == "current") or "none")
+        + "".join(f"; {k}: {notes[v]}" for k, v in engines.items() if v in notes)
+    )
     defaults = data["update_defaults"]
     say("update defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
     for key, value in sorted(data.get("metrics", {}).items()):

@@ -149,6 +149,10 @@ def update_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Training engine: ort or portable. Default: ort where onnxruntime-training is."),
+    ] = None,
 ) -> None:
     """Train the model on labelled batches; new labels are added. The original is never changed.
 
@@ -176,6 +180,7 @@ def update_command(
         wait=not no_wait,
         force=force,
         max_drop=max_drop / 100.0,
+        engine=engine,
     )
     renderer = _Renderer()
     try:

@@ -57,24 +57,41 @@ class TrainSession(Protocol):
 class Engine(Protocol):
     name: str
 
+    def check(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
+        """Raise ModelError (saying what would work) if this engine cannot train ``head``;
+        cheap enough to run before an update embeds anything."""
+        ...
+
     def open(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> TrainSession:
         """A training session over the forward graph ``head`` whose initializers ``trainable`` train."""
         ...
 
 
+ORT_MISSING = (
+    "the ort training engine needs onnxruntime-training-cpu, which is not installed here "
+    "(it has wheels for CPython <= 3.12 on x86_64 Linux, macOS and Windows: "
+    "pip install onnxruntime-training-cpu==1.19.2 in place of onnxruntime); "
+    "--engine portable trains with the onnxruntime that is installed"
+)
+
+
 def get(name: str | None = None) -> Engine:
     """The engine called ``name``; None picks "ort" when ONNX Runtime's training modules are
-    installed, else "portable". Each engine is imported here, when asked for: "ort" pulls in
-    ONNX Runtime's training modules, which the CLI's other commands never need."""
-    if name is None:
-        from .. import _ort  # onnxruntime itself: only a command that trains needs it
+    installed, else "portable". UsageError for an unknown name, or "ort" where its training
+    modules are missing. Each engine is imported here, when asked for: "ort" pulls in ONNX
+    Runtime's training modules, which the CLI's other commands never need."""
+    from .. import _ort  # onnxruntime itself: only a command that trains needs it
+    from ..errors import UsageError
 
+    if name is None:
         name = "ort" if _ort.has_training() else "portable"
     if name == "ort":
+        if not _ort.has_training():
+            raise UsageError(ORT_MISSING)
         from .ort import ENGINE  # ONNX Runtime's training modules: only when this engine is asked for
 
         return ENGINE
     if name == "portable":
         module = importlib.import_module(".portable", __name__)  # the portable engine's own module
         return cast(Engine, module.ENGINE)
-    raise ValueError(f"unknown training engine {name!r}; choose one of {', '.join(ENGINES)}")
+    raise UsageError(f"unknown training engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -136,6 +136,9 @@ class OrtSession:
 class OrtEngine:
     name = "ort"
 
+    def check(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
+        """Every head kind's graph has gradients in ONNX Runtime's training: nothing to refuse."""
+
     def open(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> OrtSession:
         return OrtSession(head, trainable, params)
 

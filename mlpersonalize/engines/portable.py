@@ -260,5 +260,13 @@ class PortableEngine:
 
     name = "portable"
 
+    def check(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
+        """UnsupportedOpError (a ModelError naming the op and the ort engine) when the step
+        cannot be built; a head's step builds in milliseconds."""
+        build_train_step(head, trainable, params)
+
     def open(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> PortableSession:
         return PortableSession(head, trainable, params)
+
+
+ENGINE = PortableEngine()

@@ -1,0 +1,86 @@
+"""Pretraining with PyTorch on the CPU (the ``sample`` extra): the same network as ``network.py``.
+
+The graph is the one :func:`network.build` writes (three 3×3 conv blocks with ReLU and 2×2 max
+pooling, a linear layer to an L2-normalised embedding, a scaled-cosine head), with the same
+parameter names and layouts, so the trained weights go straight into the ONNX backbone. Only
+``make sample-model`` uses it; the runtime never imports torch.
+
+Deterministic: fixed seeds, ``torch.use_deterministic_algorithms``, a fixed thread count and
+batches drawn from a NumPy generator, so the same configuration gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def train(
+    weights: dict[str, np.ndarray],
+    inputs: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    ids: np.ndarray,
+    *,
+    epochs: int,
+    batch: int,
+    lr: float,
+    weight_decay: float,
+    logit_scale: float,
+    label_smoothing: float,
+    seed: int,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[str, np.ndarray]:
+    """AdamW with a one-cycle schedule over every parameter; returns the trained weights.
+
+    ``inputs(indices, rng)`` gives the float32 NCHW batch of those examples (augmented).
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in weights.items()}
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        for i in (1, 2, 3):
+            x = F.max_pool2d(F.relu(F.conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)), 2)
+        e = F.linear(x.flatten(1), params["fc.w"], params["fc.b"])
+        e = e / torch.sqrt((e * e).sum(1, keepdim=True) + 1e-6)
+        w = params["head.w"]
+        w = w / torch.sqrt((w * w).sum(1, keepdim=True) + 1e-6)
+        return logit_scale * (e @ w.T)
+
+    decay = [p for k, p in params.items() if k.endswith(".w")]
+    no_decay = [p for k, p in params.items() if not k.endswith(".w")]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    steps_per_epoch = len(ids) // batch
+    total = steps_per_epoch * epochs
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=0.15)
+    rng = np.random.default_rng([seed, 0x70C4])
+    labels = torch.from_numpy(ids.astype(np.int64))
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        order = rng.permutation(len(ids))
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * batch : (b + 1) * batch]
+            x = torch.from_numpy(inputs(idx, rng))
+            loss = F.cross_entropy(forward(x), labels[idx], label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.3f} "
+            f"({time.perf_counter() - start:.0f} s, torch {torch.__version__})"
+        )
+        if not math.isfinite(float(np.mean(losses))):
+            raise RuntimeError("pretraining diverged (loss is not finite)")
+    return {k: p.detach().numpy().astype(np.float32) for k, p in params.items()}

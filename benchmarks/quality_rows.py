@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -276,46 +277,80 @@ def main(argv: list[str] | None = None) -> None:
             rows,
         )
     if args.part in ("style", "all"):
-        style(args.model, view, std_emb, std_y, args.seeds)
+        style(args.model, args.seeds)
 
 
-def style(model: Path, view: View, std_emb: np.ndarray, std_y: np.ndarray, seeds: int) -> None:
+def style_records(model: Path, seeds: int) -> dict[str, Any]:
+    """Style rows and conflicts on the model (generated drawings): per seed, before and after."""
+    view = base_view(model)
     constraint = view.manifest.constraint
     backbone = model / BACKBONE_FILE
     labels = view.manifest.labels
+    std_pix, std_y = make_dataset(list(labels), 20, seed=777, constraint=constraint)
+    std_emb = embed(backbone, std_pix, constraint)
     star = labels.index("star")
-    print("\n## Style rows: asterisk-drawn stars labelled 'star' (5 drawings), generated")
-    print("top-1 before -> after (and after with the calibrated unknown counted wrong)")
-    print("seed | asterisks read 'star' | standard stars | 43 labels | style rows | learned")
+    stars = std_y == star
+    records = []
     for seed in range(seeds):
-        pix = style_drawings("asterisk", 65, seed, constraint)
-        emb = embed(backbone, pix, constraint)
+        emb = embed(backbone, style_drawings("asterisk", 65, seed, constraint), constraint)
         teach, held = emb[:5], emb[5:]
-        v2, out = update_once(view, teach, ["star"] * 5, UpdateParams(seed=seed))
-        before_ast = float(np.mean(predict(view, held, False) == star))
-        after_ast = float(np.mean(predict(v2, held) == star))
-        stars = std_y == star
-        top_ast = float(np.mean(predict(v2, held, None) == star))
-        b_std = float(np.mean(predict(view, std_emb[stars], None) == star))
-        a_std = float(np.mean(predict(v2, std_emb[stars], None) == star))
-        b_all = float(np.mean(predict(view, std_emb, None) == std_y))
-        a_all = float(np.mean(predict(v2, std_emb, None) == std_y))
-        a_all_cal = float(np.mean(predict(v2, std_emb) == std_y))
-        print(
-            f"{seed} | {before_ast:.3f} -> {top_ast:.3f} (calibrated unknown: {after_ast:.3f})"
-            f" | {b_std:.3f} -> {a_std:.3f}"
-            f" | {b_all:.3f} -> {a_all:.3f} (calibrated unknown: {a_all_cal:.3f})"
-            f" | {out.history['style_rows']} | {out.history['learned']['learned']}"
+        v2, out = update_once(view, teach, ["star"] * 5, UpdateParams(seed=seed), retry=False)
+        records.append(
+            {
+                "seed": seed,
+                "style_before": float(np.mean(predict(view, held, None) == star)),
+                "style_after": float(np.mean(predict(v2, held, None) == star)),
+                "style_after_calibrated": float(np.mean(predict(v2, held) == star)),
+                "standard_before": float(np.mean(predict(view, std_emb[stars], None) == star)),
+                "standard_after": float(np.mean(predict(v2, std_emb[stars], None) == star)),
+                "all_before": float(np.mean(predict(view, std_emb, None) == std_y)),
+                "all_after": float(np.mean(predict(v2, std_emb, None) == std_y)),
+                "head": out.history["selection"]["head"],
+                "style_rows": out.history["style_rows"],
+                "learned": out.history["learned"]["learned"],
+            }
         )
+    conflicts = {}
     circle = labels.index("circle")
-    print("\n## Conflicts: 20 standard stars labelled 'circle', 20 circles labelled 'star'")
     for swap, what in ((star, "circle"), (circle, "star")):
+        n = int(np.sum(std_y == swap))
         try:
-            n = int(np.sum(std_y == swap))
             update_once(view, std_emb[std_y == swap], [what] * n, UpdateParams(), retry=False)
-            print(f"{labels[swap]} labelled {what}: not refused")
+            conflicts[f"{labels[swap]} labelled {what}"] = {"refused": False, "of": n}
         except ConflictError as exc:
-            print(f"{labels[swap]} labelled {what}: refused: {exc.conflicts}")
+            conflicts[f"{labels[swap]} labelled {what}"] = {"refused": True, "of": n, "named": exc.conflicts}
+    return {
+        "style": "asterisk",
+        "label": "star",
+        "teach": 5,
+        "held_out": 60,
+        "records": records,
+        "conflicts": conflicts,
+    }
+
+
+def run(model: Path, seeds: int, log: Any = print) -> dict[str, Any]:
+    """What benchmarks.run records as its ``reteach`` section."""
+    log("reteach: style rows and conflicts (generated drawings)")
+    return style_records(model, seeds)
+
+
+def style(model: Path, seeds: int) -> None:
+    result = style_records(model, seeds)
+    print("\n## Style rows: asterisk-drawn stars labelled 'star' (5 drawings), generated")
+    print("top-1 before -> after (asterisks also with the calibrated unknown counted wrong)")
+    print("seed | asterisks read 'star' | standard stars | 43 labels | head | style rows | learned")
+    for r in result["records"]:
+        print(
+            f"{r['seed']} | {r['style_before']:.3f} -> {r['style_after']:.3f}"
+            f" ({r['style_after_calibrated']:.3f})"
+            f" | {r['standard_before']:.3f} -> {r['standard_after']:.3f}"
+            f" | {r['all_before']:.3f} -> {r['all_after']:.3f}"
+            f" | {r['head']} | {r['style_rows']} | {r['learned']}"
+        )
+    print("\n## Conflicts")
+    for what, c in result["conflicts"].items():
+        print(f"{what}: {c}")
 
 
 if __name__ == "__main__":

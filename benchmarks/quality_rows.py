@@ -331,6 +331,9 @@ def style_records(model: Path, seeds: int) -> dict[str, Any]:
 
 def run(model: Path, seeds: int, log: Any = print) -> dict[str, Any]:
     """What benchmarks.run records as its ``reteach`` section."""
+    labels = load_package(model).manifest.labels
+    if "star" not in labels or "circle" not in labels:
+        return {"skipped": "the model has no 'star' and 'circle' labels"}
     log("reteach: style rows and conflicts (generated drawings)")
     return style_records(model, seeds)
 

@@ -176,7 +176,7 @@ def quality_section(results: dict[str, Any]) -> list[str]:
 def reteach_section(results: dict[str, Any]) -> list[str]:
     """Issue 19: a known label re-taught in the user's style (style rows), and conflicts."""
     r = results.get("reteach")
-    if not r:
+    if not r or "records" not in r:
         return []
     recs = r["records"]
 

@@ -37,6 +37,12 @@ MIN_STYLE_DRAWINGS = 2  # one odd drawing is not a style
 # loose territory (its 10th percentile of 3 cosines), and real digits taught in round 2 were named
 # conflicts with round 1's 3-drawing digits (1 of 3 drawings of '1' read as '9', seed 0).
 MIN_SURE_EXEMPLARS = 10
+# A label's conflict needs at least this many of its drawings read as one known label, and more than
+# this share of them (a new label: more than half, drawn like that known label). One envelope of
+# three read as 'square' by the test suite's weak pixel backbone refused repeated updates.
+MIN_CONFLICT_DRAWINGS = 2
+KNOWN_LABEL_SHARE = 0.25
+NEW_LABEL_SHARE = 0.5
 
 
 def territory(
@@ -83,7 +89,8 @@ def find_conflicts(
     """Per batch label with conflicting drawings, how many and read as what; and the per-drawing mask.
 
     ``new_from``: labels from this index on are new (no row yet). A new label conflicts only when
-    at least two and more than half of its drawings do: a new label drawn like a known one, not
+    at least two and more than half of its drawings are read as one and the same known label: a new
+    label drawn like a known one, not
     one drawing of a one- or three-drawing label that happens to resemble another (generated
     drawings, 1 per label: a 'candle' read as 'snowman' would refuse the update).
     """
@@ -94,11 +101,15 @@ def find_conflicts(
     cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
     mask = (pred != labels) & (prob.max(axis=1) >= confidence) & (cos >= terr[pred])
-    if new_from is not None:
-        for label in np.unique(labels[labels >= new_from]):
-            hits = mask & (labels == label)
-            if hits.sum() < 2 or hits.sum() * 2 <= (labels == label).sum():
-                mask &= ~hits
+    for label in np.unique(labels[mask]):
+        hits = mask & (labels == label)
+        read, counts = np.unique(pred[hits], return_counts=True)
+        top, total = int(counts.max()), int((labels == label).sum())
+        share = NEW_LABEL_SHARE if new_from is not None and label >= new_from else KNOWN_LABEL_SHARE
+        if top < MIN_CONFLICT_DRAWINGS or top <= share * total:
+            mask &= ~hits  # one odd drawing, or too few read as any one known label
+        elif new_from is not None and label >= new_from:
+            mask &= ~(hits & (pred != read[counts.argmax()]))
     out = []
     for label in np.unique(labels[mask]):
         hits = mask & (labels == label)

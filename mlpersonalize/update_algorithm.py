@@ -174,7 +174,9 @@ def personalize(
     guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
     history = _history(batch_labels, added, params, final, accuracy, guard)
     before_right = head.predict(emb[held_pos], None) == idx[held_pos]
-    learning = judge_learning(before_right, held_pred == idx[held_pos], idx[held_pos], labels)
+    # No floor here: the brought models' one-in-four held-out split leaves a label one or two
+    # drawings, too few to call it unlearned; only "held-out accuracy did not rise" counts.
+    learning = judge_learning(before_right, held_pred == idx[held_pos], idx[held_pos], labels, floor=0.0)
     history["learned"] = {"learned": learning.learned, "reason": learning.reason}
     stored = head.stored(final)
     unknown = type(head).calibrate(stored, memory_emb, memory_idx, len(labels))

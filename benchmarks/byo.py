@@ -1,6 +1,7 @@
 """Bring your own model: does an update keep what a real trained classifier knew?
 
     .venv/bin/python -m benchmarks.byo [--seeds 5] [--heldout 30] [--fixture NAME ...] [--json FILE]
+        [--write-md BENCHMARKS.md]
 
 For each trained fixture in ``tests/fixtures/byo`` (``scripts/build_byo_fixtures.py``), through
 the CLI as a user runs it (``make-updatable``, ``prepare``, ``update --model PKG``, ``predict
@@ -315,6 +316,8 @@ def measure_fixture(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any)
                 )  # fmt: skip
                 o, n = score((test_feats @ w.T + b).argmax(1))
                 record["runs"].append({"seed": seed, "method": method, "old_shots": k, "old": o, "new": n})
+            if k == max(OLD_SHOTS):  # the same old drawings, given to make-updatable --examples instead
+                record["runs"].append(_with_examples(fx, work, seed, old_by_label, new_files, test_dir, log))
             note = ", refused by the guard: measured with --force" if refused else ""
             log(
                 f"  seed {seed}, {k} per old label: update old {old:.3f} new {new:.3f} "
@@ -323,12 +326,58 @@ def measure_fixture(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any)
     return record
 
 
+def _with_examples(
+    fx: Fixture,
+    work: Path,
+    seed: int,
+    old_by_label: dict[str, list[Path]],
+    new_files: list[Path],
+    test_dir: Path,
+    log: Any,
+) -> dict[str, Any]:
+    """``make-updatable --examples`` with 5 drawings per own label, then ``update`` with the new
+    labels only: the exemplar memory is the old data."""
+    examples, batch_dir = work / f"examples{seed}", work / f"batch{seed}-ex"
+    for files, folder in (
+        ([f for fs in old_by_label.values() for f in fs], examples),
+        (new_files, batch_dir),
+    ):
+        for f in files:
+            (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, folder / f.parent.name / f.name)
+    home, pkg = work / f"home{seed}-ex", work / f"pkg-ex{seed}"
+    args = [str(fx.path), "-o", str(pkg), *fx.make_updatable_args(), "--examples", str(examples)]
+    cli(home, "make-updatable", *args, cwd=work)
+    cli(home, "prepare", str(batch_dir), "-o", str(work / "b.npz"), "--model", str(pkg), "--force", cwd=work)
+    update = ["update", str(work / "b.npz"), "--model", str(pkg), "--seed", str(seed)]
+    start = time.perf_counter()
+    refused = cli(home, *update, cwd=work, ok=(0, REFUSED)) == REFUSED_TEXT
+    if refused:
+        cli(home, *update, "--force", cwd=work)
+    seconds = time.perf_counter() - start
+    top1 = cli_top1(
+        home, json.loads((pkg / "manifest.json").read_text(encoding="utf-8"))["name"], test_dir, work
+    )
+    old, new = accuracy(top1, fx.labels), accuracy(top1, fx.new_labels)
+    log(f"  seed {seed}, --examples 5 per old label: update old {old:.3f} new {new:.3f} ({seconds:.1f} s)")
+    return {
+        "seed": seed,
+        "method": "update-examples",
+        "old_shots": max(OLD_SHOTS),
+        "old": old,
+        "new": new,
+        "refused": refused,
+        "seconds": seconds,
+    }
+
+
 # --- report -------------------------------------------------------------------------------------
 
 ROWS = [
     ("update", 0, "`update`, new labels only"),
     ("update", 3, "`update`, + 3 per own label"),
     ("update", 5, "`update`, + 5 per own label"),
+    ("update-examples", 5, "`make-updatable --examples` (5 per own label), `update` new labels only"),
     ("naive", 0, "naive last layer, all rows, batch alone"),
     ("naive", 3, "naive last layer, all rows, + 3 per own label"),
     ("naive", 5, "naive last layer, all rows, + 5 per own label"),
@@ -359,7 +408,7 @@ def summarize(fx: Fixture, record: dict[str, Any]) -> list[dict[str, Any]]:
                 "old": old,
                 "kept": [o / record["before"] for o in old],
                 "new": [r["new"] for r in runs],
-                "refused": sum(bool(r.get("refused")) for r in runs) if method == "update" else None,
+                "refused": sum(bool(r.get("refused")) for r in runs) if method.startswith("update") else None,
             }
         )
     return rows
@@ -386,16 +435,93 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- benchmarks.byo: begin -->", "<!-- benchmarks.byo: end -->"
+
+
+def _range(values: list[float]) -> str:
+    return f"{100 * min(values):.1f}–{100 * max(values):.1f}%"
+
+
+def section(results: dict[str, Any]) -> str:
+    """The "Brought models" section of BENCHMARKS.md: the table and its measured ranges."""
+
+    def means(method: str, k: int, key: str) -> list[float]:
+        return [
+            float(np.mean(row[key]))
+            for record in results["fixtures"].values()
+            for row in record["summary"]
+            if row["method"] == method and row["old_shots"] == k
+        ]
+
+    def lowest(method: str, k: int) -> float:
+        return min(
+            min(row["kept"])
+            for record in results["fixtures"].values()
+            for row in record["summary"]
+            if row["method"] == method and row["old_shots"] == k
+        )
+
+    summary = (
+        f"Per fixture (mean over seeds): own labels kept {_range(means('update', 0, 'kept'))} without "
+        f"old data (lowest single run {100 * lowest('update', 0):.1f}%), "
+        f"{_range(means('update', 5, 'kept'))} with 5 drawings per own label in the batch, "
+        f"{_range(means('update-examples', 5, 'kept'))} with them given to `make-updatable --examples`; "
+        f"new labels {_range(means('update', 0, 'new'))} top-1, against "
+        f"{_range(means('ncm', SHOTS, 'new'))} for nearest class mean with 3 drawings of every label "
+        f"and {_range(means('naive', 5, 'new'))} for naive fine-tuning with 5 per own label (which keeps "
+        f"{_range(means('naive', 5, 'kept'))})."
+    )
+    lines = [
+        BEGIN,
+        "## Brought models (`python -m benchmarks.byo`)",
+        "",
+        f"Generated by `python -m benchmarks.byo --write-md BENCHMARKS.md` ({results['date']}); raw "
+        "numbers: `benchmarks/byo_results.json`. The PyTorch-trained classifiers of `tests/fixtures/byo`, "
+        "made updatable and updated through the CLI (see the module's docstring); generated drawings, "
+        "not real ones.",
+        "",
+        markdown(results),
+        "",
+        summary,
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, results: dict[str, Any]) -> None:
+    """Put the section into ``path`` (in place of an earlier one, else before "## Raw results")."""
+    text = path.read_text(encoding="utf-8")
+    block = section(results) + "\n"
+    if BEGIN in text and END in text:
+        start, end = text.index(BEGIN), text.index(END) + len(END) + 1
+        text = text[:start] + block + text[end:]
+    elif "## Raw results" in text:
+        at = text.index("## Raw results")
+        text = text[:at] + block + "\n" + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Retention of brought models after an update.")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--heldout", type=int, default=30, help="held-out drawings per label")
     parser.add_argument("--fixture", action="append", help="only these fixtures (default: all)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--write-md", type=Path, help="put the table into this file (BENCHMARKS.md)")
+    parser.add_argument("--from-json", type=Path, help="report results written by --json (no measuring)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads(args.from_json.read_text(encoding="utf-8"))
+        if args.write_md:
+            write_section(args.write_md, results)
+        print(markdown(results))
+        return 0
     found = fixtures()
     chosen = args.fixture or list(found)
-    results: dict[str, Any] = {"seeds": args.seeds, "heldout": args.heldout, "fixtures": {}}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results: dict[str, Any] = {"seeds": args.seeds, "heldout": args.heldout, "date": date, "fixtures": {}}
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -409,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             results["fixtures"][name] = record
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if args.write_md:
+        write_section(args.write_md, results)
     print(markdown(results))
     return 0
 

@@ -156,6 +156,7 @@ class Run:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = float("nan")  # user + system of the command (wait4's rusage)
 
 
 # A small launcher process spawns each measured command and reports wall time and wait4's
@@ -169,7 +170,8 @@ _, status, usage = os.wait4(proc.pid, 0)
 seconds = time.perf_counter() - start
 scale = 1024 * 1024 if sys.platform == "darwin" else 1024
 with open(sys.argv[1], "w") as out:
-    json.dump({"seconds": seconds, "max_rss_mb": usage.ru_maxrss / scale}, out)
+    cpu = usage.ru_utime + usage.ru_stime
+    json.dump({"seconds": seconds, "max_rss_mb": usage.ru_maxrss / scale, "cpu_seconds": cpu}, out)
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
@@ -192,11 +194,15 @@ def run_child(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path |
         measured = (
             json.loads(report.read_text()) if report.exists() else {"seconds": float("nan"), "max_rss_mb": 0}
         )
-    return Run(measured["seconds"], measured["max_rss_mb"], proc.returncode, proc.stdout, proc.stderr)
+    cpu = measured.get("cpu_seconds", float("nan"))
+    return Run(measured["seconds"], measured["max_rss_mb"], proc.returncode, proc.stdout, proc.stderr, cpu)
+
+
+LEARNED_NOTHING = 9  # `update` saved the model but learned nothing on its batch: it still ran
 
 
 def check(run: Run, what: str) -> Run:
-    if run.returncode != 0:
+    if run.returncode not in (0, LEARNED_NOTHING):
         tail = "\n".join(run.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"{what} failed with exit {run.returncode}: {tail}")
     return run

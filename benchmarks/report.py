@@ -98,7 +98,131 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{grow:.0f} MB = {per_example_kb:.1f} kB/example",
             per_example_kb <= 16,
         )
+    out += cost_targets(results)
     return out
+
+
+def cost_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cost section's targets (issue 17): fixed costs, label mix, scale."""
+    out: list[dict[str, Any]] = []
+    c = results.get("cost")
+    if not c:
+        return out
+    ratios = c["fixed"]["ratio_to_floor"]
+    for key, goal, limit in (
+        ("update_seed", "≤ 2× the import floor", 2.0),
+        ("inspect_json", "≤ 1.5× the import floor", 1.5),
+        ("predict_one", "≤ 1.5× the import floor", 1.5),
+    ):
+        value = ratios[key]
+        out.append({"target": f"cost: `{key}` wall vs the floor", "goal": goal, "measured": round(value, 2),
+                    "met": value <= limit})  # fmt: skip
+    mix = c["label_mix"]["ratio_2_over_10"]
+    out.append({"target": f"cost: {c['label_mix']['examples']} examples as 2 vs 10 labels", "goal": "≤ 1.3×",
+                "measured": round(mix, 2), "met": max(mix, 1 / mix) <= 1.3})  # fmt: skip
+    large = c["large"]
+    if large["examples"] >= 100_000:
+        per = large["bytes_per_example_over_seed"] / large["pixels_plus_embedding_bytes"]
+        out.append({"target": f"cost: {large['examples']:,} examples", "goal": "≤ 30 s, ≤ 300 MiB, ≤ 1.5× bytes/example",
+                    "measured": f"{large['wall_s']:.1f} s, {large['peak_mb']:.0f} MiB, {per:.2f}×",
+                    "met": large["wall_s"] <= 30 and large["peak_mb"] <= 300 and per <= 1.5})  # fmt: skip
+    return out
+
+
+def cost_section(results: dict[str, Any]) -> list[str]:
+    """What an update costs, as whole processes (issue 17)."""
+    c = results.get("cost")
+    if not c:
+        return []
+    f, runs = c["fixed"], c["fixed"]["runs"]
+    steps = " + ".join(str(s) for s in f["steps"])
+    lines = [
+        "## 2b. What an update costs (whole processes, interleaved runs, medians)",
+        "",
+        f"**Fixed costs**: the seed's case (bundled model, 3 new labels × 5 generated drawings; "
+        f"{steps} training steps in the two passes) and one-image commands against the floor "
+        f'`python -c "import numpy, onnxruntime, PIL"` ({f["repeats"]} rounds; ratios are the median '
+        "of round-by-round ratios; torch hidden from every process, as in a runtime-only install):",
+        "",
+        "| command | wall s | CPU s | peak MB | wall / floor | CPU / floor |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    names = {
+        "floor": "the floor",
+        "update_seed": "`update` (15 drawings, --output, --json)",
+        "inspect_json": "`inspect --json`",
+        "predict_one": "`predict` one 256×256 PNG, --json",
+    }
+    for key, label in names.items():
+        r = runs[key]
+        ratio = f"{f['ratio_to_floor'][key]:.2f}×" if key != "floor" else "1"
+        cpu = f"{f['cpu_ratio_to_floor'][key]:.2f}×" if key != "floor" else "1"
+        lines.append(
+            f"| {label} | {r['wall_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_mb']:.0f} | {ratio} | {cpu} |"
+        )
+    m = c["label_mix"]
+    lines += [
+        "",
+        f"**Label mix**: the same {m['examples']:,} generated drawings as 2 or 10 new labels "
+        f"({m['repeats']} rounds):",
+        "",
+        "| labels | wall s | CPU s | peak MB | training steps (pass 1 + 2) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for k in (2, 10):
+        r = m["runs"][f"labels_{k}"]
+        st = " + ".join(str(x) for x in m["steps"].get(str(k), m["steps"].get(k, [])))  # type: ignore[call-overload]
+        lines.append(f"| {k} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['peak_mb']:.0f} | {st} |")
+    lines += [
+        "",
+        f"2 labels / 10 labels: **{m['ratio_2_over_10']:.2f}×** wall, {m['cpu_ratio_2_over_10']:.2f}× CPU.",
+        "",
+    ]
+    t = c["threads"]
+    lines += [
+        "**Threads**: `update --threads 1` against the default (ONNX Runtime's one thread per core for the "
+        "backbone; the head always trains on one thread):",
+        "",
+        "| examples | default wall s / CPU s | `--threads 1` wall s / CPU s | wall ratio | CPU ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in t.values():
+        d, one = row["runs"]["default"], row["runs"]["one_thread"]
+        lines.append(
+            f"| {row['examples']:,} | {d['wall_s']:.2f} / {d['cpu_s']:.2f} | {one['wall_s']:.2f} / "
+            f"{one['cpu_s']:.2f} | {row['wall_ratio']:.2f}× | {row['cpu_ratio']:.2f}× |"
+        )
+    g = c["large"]
+    lines += [
+        "",
+        f"**Scale**: {g['examples']:,} generated drawings (10 new labels), one run: {g['wall_s']:.1f} s wall, "
+        f"{g['cpu_s']:.1f} s CPU, peak {g['peak_mb']:.0f} MB, "
+        + " + ".join(str(x) for x in g["steps"])
+        + f" training steps; {g['bytes_per_example_over_seed']:.0f} bytes per example over the seed's case "
+        f"peak, against {g['pixels_plus_embedding_bytes']} bytes of pixels plus embedding "
+        f"({g['bytes_per_example_over_seed'] / g['pixels_plus_embedding_bytes']:.2f}×).",
+        "",
+    ]
+    sk = c.get("sklearn")
+    if sk:
+        lines += [
+            "**Baselines on the same embeddings** (in-process; `update`'s core is `personalize`: both "
+            "passes, guard and exemplar choice, embedding excluded; scikit-learn fitted on the exemplar "
+            "memory plus the new drawings, unit-normalised, LogisticRegression with balanced class weights; new-label top-1 on 20 fresh drawings per label, "
+            "over all labels):",
+            "",
+            "| examples (labels) | `update` s (steps) | LogisticRegression s | 3-NN fit + predict s "
+            "| top-1 `update` / LR / k-NN |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in sk["rows"]:
+            lines.append(
+                f"| {r['examples']} ({r['labels']}) | {r['update_s']:.3f} ({' + '.join(map(str, r['update_steps']))}) "
+                f"| {r['logreg_s']:.3f} | {r['knn_s']:.3f} | {r['update_new_top1']:.3f} / "
+                f"{r['logreg_new_top1']:.3f} / {r['knn_new_top1']:.3f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _pct(ms: dict[str, float] | None) -> str:
@@ -228,7 +352,8 @@ def speed_section(results: dict[str, Any]) -> list[str]:
             "",
             "| way | setup s | embed s | training loop s | total s |",
             "| --- | --- | --- | --- | --- |",
-            f"| `update`'s core: backbone once (InferenceSession) + head artifacts on cached embeddings "
+            f"| the shared training loop (not all of `update`: one pass, no rehearsal; section 2b has "
+            f"`update`'s steps): backbone once (InferenceSession) + head artifacts on cached embeddings "
             f"| – | {o['embed_seconds']:.3f} | {o['head_seconds']:.3f} (incl. artifacts) | "
             f"{o['total_seconds']:.3f} |",
             f"| naive ORT: backbone + head training graph, backbone frozen, every epoch "
@@ -407,6 +532,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += quality_section(results)
     lines += reteach_section(results)
     lines += speed_section(results)
+    lines += cost_section(results)
     lines += scaling_section(results)
     lines += profile_section(results)
     lines += analysis(results)

@@ -31,6 +31,7 @@ SECTIONS = (
     "prepare",
     "startup",
     "scaling",
+    "cost",
     "profile",
 )
 
@@ -87,6 +88,7 @@ def run(model: Path, sizes: common.Sizes, only: tuple[str, ...] = SECTIONS) -> d
             "prepare": lambda: speed.prepare(data, sizes, files_dir, work, log),  # type: ignore[arg-type]
             "startup": lambda: speed.startup(model, sizes, log),
             "scaling": lambda: scaling.run(data, sizes, work, log),
+            "cost": lambda: speed.cost(data, sizes, work, log),
             "profile": lambda: {
                 "update": scaling.profile_update(data, sizes.train_examples, work),
                 "prepare": scaling.profile_prepare(data, files_dir, work),  # type: ignore[arg-type]

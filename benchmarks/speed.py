@@ -432,3 +432,229 @@ def startup(model: Path, sizes: Sizes, log: Log) -> dict[str, Any]:
     }
     log(f"speed/startup: --help {med['mlpersonalize --help']:.3f} s, python {base:.3f} s")
     return out
+
+
+# --- (f) what an update costs: fixed costs, label mix, threads, scale, scikit-learn ------------
+
+# The process floor. torch is hidden from it and from every command of this section, as in a
+# runtime-only install: with torch installed (the bench extra) `import onnxruntime` probes it and
+# takes seconds; mlpersonalize's own imports never do (_ort.py).
+FLOOR = [sys.executable, "-c", "import sys; sys.modules['torch'] = None; import numpy, onnxruntime, PIL"]
+
+
+def _update_cmd(batch: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    args = ("update", str(batch), "--model", str(model), "--output", str(out), "--json", "--force", *extra)
+    return cli(*args, hide_torch=True)
+
+
+def _steps(out: Path) -> list[int]:
+    """The training steps of each pass, from the history entry the update wrote."""
+    history = json.loads((out / "manifest.json").read_text())["history"][-1]
+    return list(history.get("training_steps") or [])
+
+
+def _paired(commands: dict[str, Callable[[int], list[str]]], repeats: int) -> dict[str, Any]:
+    """Each command run ``repeats`` times in turn (A B C A B C …); medians of wall, CPU and peak."""
+    runs: dict[str, list[Any]] = {k: [] for k in commands}
+    for i in range(repeats):
+        for key, make in commands.items():
+            runs[key].append(check(run_child(make(i)), key))
+    out: dict[str, Any] = {}
+    for key, rs in runs.items():
+        out[key] = {
+            "wall_s": statistics.median(r.seconds for r in rs),
+            "cpu_s": statistics.median(r.cpu_seconds for r in rs),
+            "peak_mb": statistics.median(r.max_rss_mb for r in rs),
+            "walls": [r.seconds for r in rs],
+            "cpus": [r.cpu_seconds for r in rs],
+        }
+    return out
+
+
+def _ratio(results: dict[str, Any], a: str, b: str, what: str = "walls") -> float:
+    """The median of run-by-run ratios a/b (runs were interleaved, so each pair shares the load)."""
+    return statistics.median(x / y for x, y in zip(results[a][what], results[b][what], strict=True))
+
+
+def cost(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
+    """Whole processes, interleaved: the seed's case (3 new labels x 5 drawings) and `inspect` /
+    `predict` of one image against the import floor; the same examples as 2 or 10 labels; one
+    thread against the default; the largest batch; scikit-learn baselines in-process."""
+    from PIL import Image
+
+    model = data.package.path
+    manifest = data.manifest
+    out: dict[str, Any] = {}
+    # (1) fixed costs: the seed's case
+    new_labels = data.labels[:3]
+    pixels, ids = doodles(new_labels, 5, 7, manifest.constraint)
+    seed_batch = write_batch(work / "cost-seed.npz", pixels, [new_labels[i] for i in ids], manifest)
+    image = work / "cost-one.png"
+    Image.fromarray(pixels[0, :, :, 0]).resize((256, 256)).save(image)
+    repeats = max(3, sizes.startup_repeats)
+    fixed = _paired(
+        {
+            "floor": lambda i: FLOOR,
+            "update_seed": lambda i: _update_cmd(seed_batch, model, work / f"cost-seed-out-{i}"),
+            "inspect_json": lambda i: cli("inspect", "--model", str(model), "--json", hide_torch=True),
+            "predict_one": lambda i: cli(
+                "predict", str(image), "--model", str(model), "--json", hide_torch=True
+            ),
+        },
+        repeats,
+    )
+    out["fixed"] = {
+        "repeats": repeats,
+        "runs": fixed,
+        "steps": _steps(work / "cost-seed-out-0"),
+        "ratio_to_floor": {k: _ratio(fixed, k, "floor") for k in fixed if k != "floor"},
+        "cpu_ratio_to_floor": {k: _ratio(fixed, k, "floor", "cpus") for k in fixed if k != "floor"},
+    }
+    log(f"speed/cost: seed update {out['fixed']['ratio_to_floor']['update_seed']:.2f}x the floor")
+    # (2) the same examples as 2 or 10 labels
+    n = max(sizes.scaling)
+    mix_pixels = np.concatenate([data.pixels] * -(-n // len(data.pixels)))[:n]
+    pool = novel_and_named(manifest)[0][:10]
+    batches = {}
+    for k in (2, 10):
+        names = [pool[i % k] for i in range(n)]
+        batches[k] = write_batch(work / f"cost-mix-{k}.npz", mix_pixels, names, manifest)
+    mix_repeats = max(1, min(3, sizes.repeats))
+    mix = _paired(
+        {
+            f"labels_{k}": (lambda i, k=k: _update_cmd(batches[k], model, work / f"cost-mix-{k}-{i}"))
+            for k in (2, 10)
+        },
+        mix_repeats,
+    )
+    out["label_mix"] = {
+        "examples": n,
+        "repeats": mix_repeats,
+        "runs": mix,
+        "steps": {k: _steps(work / f"cost-mix-{k}-0") for k in (2, 10)},
+        "ratio_2_over_10": _ratio(mix, "labels_2", "labels_10"),
+        "cpu_ratio_2_over_10": _ratio(mix, "labels_2", "labels_10", "cpus"),
+    }
+    log(f"speed/cost: {n} examples, 2 / 10 labels {out['label_mix']['ratio_2_over_10']:.2f}x")
+    # (3) one thread against the default, at 15 and n examples
+    threads: dict[str, Any] = {}
+    for name, batch in (("seed", seed_batch), ("mix", batches[10])):
+        pair = _paired(
+            {
+                "default": lambda i, b=batch, nm=name: _update_cmd(b, model, work / f"cost-thr-{nm}-d{i}"),
+                "one_thread": lambda i, b=batch, nm=name: _update_cmd(
+                    b, model, work / f"cost-thr-{nm}-1-{i}", "--threads", "1"
+                ),
+            },
+            mix_repeats if name == "mix" else repeats,
+        )
+        threads[name] = {
+            "examples": 15 if name == "seed" else n,
+            "runs": pair,
+            "wall_ratio": _ratio(pair, "one_thread", "default"),
+            "cpu_ratio": _ratio(pair, "one_thread", "default", "cpus"),
+        }
+    out["threads"] = threads
+    # (4) the largest batch: time and peak memory
+    large = LARGE_EXAMPLES if sizes.name != "smoke" else 2 * n
+    big_pixels = np.concatenate(
+        [np.roll(data.pixels, r % 5 - 2, axis=2) for r in range(-(-large // len(data.pixels)))]
+    )
+    big_names = [data.labels[i % len(data.labels)] for i in range(large)]
+    big = write_batch(work / "cost-large.npz", big_pixels[:large], big_names, manifest)
+    del big_pixels
+    run = check(run_child(_update_cmd(big, model, work / "cost-large-out")), "update (large)")
+    pixel_bytes = int(np.prod(manifest.constraint.shape))
+    out["large"] = {
+        "examples": large,
+        "wall_s": run.seconds,
+        "cpu_s": run.cpu_seconds,
+        "peak_mb": run.max_rss_mb,
+        "steps": _steps(work / "cost-large-out"),
+        "bytes_per_example_over_seed": (run.max_rss_mb - fixed["update_seed"]["peak_mb"]) * 2**20 / large,
+        "pixels_plus_embedding_bytes": pixel_bytes + 4 * manifest.embedding_dim,
+    }
+    log(f"speed/cost: {large} examples {run.seconds:.1f} s, {run.max_rss_mb:.0f} MB")
+    out["sklearn"] = sklearn_baselines(data, log)
+    return out
+
+
+LARGE_EXAMPLES = 100_000
+
+
+def sklearn_baselines(data: Data, log: Log) -> dict[str, Any] | None:
+    """In-process, same embeddings: `personalize` (both passes, guard, exemplars; embedding
+    excluded) against scikit-learn's LogisticRegression and k-NN fitted on the exemplar memory
+    plus the new examples; new-label top-1 on fresh drawings for each."""
+    if importlib.util.find_spec("sklearn") is None:
+        return None
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    import mlpersonalize.update_algorithm as algorithm
+    from mlpersonalize.batch import Batch
+    from mlpersonalize.heads.cosine import normalize
+    from mlpersonalize.params import UpdateParams
+
+    package, manifest = data.package, data.manifest
+    ex_emb, ex_idx = package.exemplars()
+    n_old = len(manifest.labels)
+    warm = normalize(ex_emb)  # first fits pay scikit-learn's lazy imports: not timed
+    LogisticRegression(max_iter=50).fit(warm, ex_idx)
+    KNeighborsClassifier(3).fit(warm, ex_idx).predict(warm[:5])
+    rows = []
+    for n in (15, 1000):
+        labels = data.labels[:3] if n == 15 else data.labels
+        pixels, ids = doodles(labels, -(-n // len(labels)), 11, manifest.constraint)
+        pixels, ids = pixels[:n], ids[:n]
+        test_px, test_ids = doodles(labels, 20, 12, manifest.constraint)
+        batch = Batch.from_pixels(pixels, [labels[i] for i in ids], manifest)
+        emb = algorithm.embed(package.path / "backbone.onnx", pixels, manifest.constraint)
+        test_emb = algorithm.embed(package.path / "backbone.onnx", test_px, manifest.constraint)
+        cached = algorithm.embed
+
+        def cached_embed(
+            *args: Any, order: np.ndarray | None = None, _emb: np.ndarray = emb, **kw: Any
+        ) -> Any:
+            return _emb if order is None else _emb[order]  # the embedding is timed apart
+
+        algorithm.embed = cached_embed  # type: ignore[assignment]
+        try:
+            start = time.perf_counter()
+            outcome = algorithm.personalize(package, [batch], UpdateParams(), 0.02)
+            ours_s = time.perf_counter() - start
+        finally:
+            algorithm.embed = cached  # type: ignore[assignment]
+        from mlpersonalize.heads.cosine import cosine_logits
+
+        position = {label: i for i, label in enumerate(outcome.labels)}
+        truth = np.array([position[labels[i]] for i in test_ids])
+        ours_acc = float(
+            np.mean(np.argmax(cosine_logits(test_emb, outcome.weight, manifest.logit_scale), 1) == truth)
+        )
+        x = normalize(np.concatenate([ex_emb, emb]))
+        y = np.concatenate([ex_idx, n_old + ids])
+        start = time.perf_counter()
+        lr = LogisticRegression(max_iter=1000, class_weight="balanced").fit(
+            x, y
+        )  # 3 drawings vs 20 exemplars
+        lr_s = time.perf_counter() - start
+        start = time.perf_counter()
+        knn = KNeighborsClassifier(3, weights="distance").fit(x, y)
+        knn_pred = knn.predict(normalize(test_emb))
+        knn_s = time.perf_counter() - start
+        rows.append(
+            {
+                "examples": n,
+                "labels": len(labels),
+                "update_s": ours_s,
+                "update_steps": outcome.history["training_steps"],
+                "logreg_s": lr_s,
+                "knn_s": knn_s,
+                "update_new_top1": ours_acc,
+                "logreg_new_top1": float(np.mean(lr.predict(normalize(test_emb)) == n_old + test_ids)),
+                "knn_new_top1": float(np.mean(knn_pred == n_old + test_ids)),
+            }
+        )
+        log(f"speed/cost: sklearn at {n}: update {ours_s:.3f} s, logreg {lr_s:.3f} s, knn {knn_s:.3f} s")
+    return {"rows": rows}

@@ -69,9 +69,13 @@ def quiet_logs() -> None:
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Session options with logging silenced (and an optional thread count)."""
+    """Session options with logging silenced; intra-op threads: ``threads``, else the process's
+    setting (``--threads`` / $MLPERSONALIZE_THREADS, see threads.py), else ONNX Runtime's."""
+    from .threads import configured
+
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET
+    threads = threads or configured()
     if threads:
         options.intra_op_num_threads = threads
     return options

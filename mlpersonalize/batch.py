@@ -35,6 +35,7 @@ BOMB_FLOOR = 64 * 1024**2  # members above this size must not inflate more than 
 MAX_RATIO = 100
 MAX_META_BYTES = 1024**2
 MAX_HEADER = 10_000
+READ_CHUNK = 1024**2  # bytes per read of a member's data
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -57,6 +58,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def release_pixels(self) -> None:
+        """Let the pixels go (an update that has embedded them needs them no more): ``pixels``
+        becomes an empty array of the same kind; labels, sources and digests stay."""
+        object.__setattr__(self, "pixels", np.zeros((0, *self.pixels.shape[1:]), self.pixels.dtype))
 
     @classmethod
     def from_pixels(
@@ -238,6 +244,46 @@ def file_sha256(path: Path) -> str:
         raise BatchError(f"cannot read batch {path}: {exc.strerror or exc}") from exc
 
 
+# What one update holds in memory grows with its examples: their pixels, then one embedding each
+# (plus a copy of the embeddings while a pass trains). Past this many bytes of pixels an update
+# is refused before anything is read: 684,784 28x28 grey drawings (100,000 peaked at ~280 MB).
+MAX_UPDATE_PIXEL_BYTES = 512 * 1024**2
+
+
+def pixel_header(path: Path) -> tuple[int, int]:
+    """(examples, bytes of pixels per example) of a batch file, from its pixels member's header
+    alone; BatchError when that cannot be read (load_batch gives the full reason)."""
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("pixels.npy") as handle:
+            shape, dtype = _header(handle, "pixels", where)
+    except BatchError:
+        raise
+    except Exception:  # missing, not a zip, no pixels member: load_batch says which
+        return 0, 0
+    if not shape:
+        return 0, 0
+    per_example = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    return int(shape[0]), per_example
+
+
+def check_update_size(paths: list[Path]) -> None:
+    """BatchError, before any pixel is read, when the batches hold more than one update takes
+    (MAX_UPDATE_PIXEL_BYTES of pixels), naming how many examples fit."""
+    headers = [pixel_header(Path(p)) for p in paths]
+    total = sum(n for n, _ in headers)
+    need = sum(n * size for n, size in headers)
+    if need <= MAX_UPDATE_PIXEL_BYTES:
+        return
+    per_example = max(size for _, size in headers)
+    fits = MAX_UPDATE_PIXEL_BYTES // max(1, per_example)
+    raise BatchError(
+        f"the batches hold {total:,} examples ({need / 1024**2:,.0f} MiB of pixels); one update takes "
+        f"at most {fits:,} of these ({MAX_UPDATE_PIXEL_BYTES // 1024**2} MiB): split them and run "
+        "update once per part"
+    )
+
+
 def check_batch_fits(batch: Batch, manifest: Manifest, where: str) -> None:
     """BatchError unless ``batch`` was prepared for this model's backbone and image constraint."""
     if batch.model_id != manifest.model_id:
@@ -281,9 +327,9 @@ def load_batch(path: Path) -> Batch:
             raise BatchError(f"{where}: schema version {version!r} is not supported (this tool reads 1)")
         batch = Batch(
             pixels=arrays["pixels"],
-            labels=tuple(str(x) for x in arrays["labels"].tolist()),
-            sources=tuple(str(x) for x in arrays["sources"].tolist()),
-            sha256=tuple(str(x) for x in arrays["sha256"].tolist()),
+            labels=_shared_strings(arrays.pop("labels")),
+            sources=tuple(arrays.pop("sources").tolist()),
+            sha256=tuple(arrays.pop("sha256").tolist()),
             constraint=ImageConstraint.from_dict(meta["constraint"]),
             model_id=meta["model_id"],
             model_name=meta["model_name"],
@@ -294,6 +340,14 @@ def load_batch(path: Path) -> Batch:
         raise BatchError(f"{where}: malformed batch metadata ({type(exc).__name__}: {exc})") from None
     validate(batch, where)
     return batch
+
+
+def _shared_strings(column: np.ndarray) -> tuple[str, ...]:
+    """The column as a tuple of str in which equal strings are one object (a label repeated over
+    100,000 examples costs a pointer each, not a string each)."""
+    distinct, inverse = np.unique(column, return_inverse=True)
+    names = [str(name) for name in distinct.tolist()]
+    return tuple(map(names.__getitem__, inverse.reshape(-1).tolist()))
 
 
 _KINDS = {"pixels": ("u", 4), "labels": ("U", 1), "sources": ("U", 1), "sha256": ("U", 1), "meta": ("u", 1)}
@@ -351,7 +405,9 @@ def _read_data(handle: Any, shape: tuple[int, ...], dtype: np.dtype, where: str)
     view = memoryview(buffer)
     filled = 0
     while filled < size:
-        got = handle.readinto(view[filled:])
+        # In pieces: a zip member's readinto reads the whole request into a bytes object first,
+        # which for the pixels would be a second copy of them all.
+        got = handle.readinto(view[filled : filled + READ_CHUNK])
         if not got:
             raise BatchError(f"{where} ends early (file truncated)")
         filled += got

@@ -25,7 +25,7 @@ from .fsio import publish, read_bounded
 from .heads import branch as branch_head
 from .heads import linear as linear_head
 from .images import ImageConstraint, to_model_input
-from .manifest import MODEL_FILE, Manifest, check_labels
+from .manifest import MODEL_FILE, Manifest, check_labels, normalize_label
 from .package import create_package
 from .params import UpdateParams
 
@@ -53,6 +53,7 @@ class ByoOptions:
     ink: str = "none"
     params: UpdateParams = field(default_factory=lambda: DEFAULTS)
     name: str | None = None
+    examples: Path | None = None  # labelled folders of the model's own labels: the exemplar memory
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,35 @@ def _branch_parts(
     return features, thresholds, record
 
 
+EXAMPLES_PER_LABEL = 20  # at most this many of --examples per label are kept (closest to its mean)
+
+
+def _examples(
+    folder: Path, labels: list[str], backbone: onnx.ModelProto, constraint: ImageConstraint
+) -> dict[str, np.ndarray]:
+    """``--examples DIR``: its ``<label>/`` folders' images through the package's backbone, per label
+    (the exemplar memory updates rehearse and the guard measures). Every folder must name a label."""
+    from .prepare import collect
+    from .update_algorithm import select_exemplars
+
+    where = f"--examples {folder}"
+    if not folder.is_dir():
+        raise UsageError(f"{where}: no such folder")
+    found = collect([folder], constraint)
+    if found.problems:
+        raise UsageError(f"{where}: {found.problems[0]}")
+    position = {normalize_label(label): i for i, label in enumerate(labels)}
+    strangers = sorted({label for label in found.labels if normalize_label(label) not in position})
+    if strangers:
+        raise UsageError(f"{where}: {strangers[0]!r} is not one of the model's labels")
+    if not found.labels:
+        raise UsageError(f"{where}: no images in <label>/ folders")
+    idx = np.array([position[normalize_label(label)] for label in found.labels], np.int64)
+    emb = embed(backbone.SerializeToString(), found.pixels, constraint)
+    keep_emb, keep_idx = select_exemplars(emb, idx, EXAMPLES_PER_LABEL)
+    return {labels[k]: keep_emb[keep_idx == k] for k in np.unique(keep_idx)}
+
+
 def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = None) -> ByoResult:
     """Build a package at ``output`` (new or empty folder) from the ONNX classifier at ``model_path``."""
     options = options or ByoOptions()
@@ -226,13 +256,17 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     else:
         labels = [f"class_{i}" for i in range(classes)]
     constraint = image_constraint(backbone.graph.input[0], options)
-    features, branch_columns, extra = None, 0, {}
+    features, branch_columns, extra, distance = None, 0, {}, False
     if branch is None:
         thresholds = _gate(backbone, head, constraint)
-        backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds)
+        distance = bool(thresholds)  # the distance features come with the gate (one label has neither)
+        backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds, distance)
     else:
         features, thresholds, extra["branch"] = _branch_parts(model, head, branch, backbone, constraint)
         branch_columns = int(head.weight.shape[1])
+    exemplars = _examples(options.examples, labels, backbone, constraint) if options.examples else {}
+    if exemplars:
+        extra["examples"] = {label: len(rows) for label, rows in exemplars.items()}
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     record = {
         "source": model_path.name,
@@ -241,21 +275,23 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "source_ir_version": source_ir,
         "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
         "embedding": head.embedding,
-        "gate": margin_gate.record(thresholds),
+        "gate": margin_gate.record(thresholds, distance),
         **extra,
     }
+
+    gate_columns = len(thresholds) + (margin_gate.DISTANCE_COLUMNS if distance else 0)
 
     def write(temp: Path) -> Manifest:
         manifest = create_package(
             temp,
             backbone=backbone,
             head_weight=linear_head.join(
-                _with_gate_columns(head.weight, len(thresholds), branch_columns), head.bias
+                _with_gate_columns(head.weight, gate_columns, branch_columns), head.bias
             ),
             labels=labels,
             constraint=constraint,
             logit_scale=1.0,
-            exemplars={},
+            exemplars=exemplars,
             name=options.name or model_path.stem,
             description=f"{model_path.name}, made updatable by mlpersonalize (head: {head.op}"
             + (
@@ -277,3 +313,45 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
 
     manifest = publish(output, write)
     return ByoResult(output, manifest, record)
+
+
+# --- which model answers: an original package and its personalized copy ------------------------
+
+
+def personalized_copy(path: Path, name: str) -> Path | None:
+    """The current version of the personalized copy of the package at ``path`` (manifest name
+    ``name``), when one exists in the store and ``path`` is not a version of it."""
+    import os
+
+    from . import store
+
+    root = store.model_home(name)
+    link = root / "current"
+    if not link.is_symlink():
+        return None
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return None  # the copy itself (or one of its versions)
+    return Path(os.path.realpath(link))
+
+
+def copy_note(path: Path, source: str, name: str) -> str | None:
+    """What ``predict``/``inspect`` say on stderr when a package named by path or by
+    $MLPERSONALIZE_MODEL is an original whose personalized copy exists: the path is used, as
+    given, and the copy answers with ``--model NAME`` (README, "Which model a command uses")."""
+    if source not in ("flag", "environment"):
+        return None
+    copy = personalized_copy(path, name)
+    if copy is None:
+        return None
+    return f"note: {path} is the original; its personalized copy ({copy.name}) answers with --model {name}"
+
+
+def update_hint(flag: Path | None, model: Path, version: str | None) -> str:
+    """What ``update`` adds to its summary when it updated an original named by path: how to
+    name the personalized copy it wrote (``model``, a version in the store)."""
+    from . import store
+
+    if version is None or flag is None or store.personalized_by_name(flag) is not None:
+        return ""
+    return f"; use it with --model {model.parent.parent.name}"

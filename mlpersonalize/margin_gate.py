@@ -33,6 +33,11 @@ LADDER = tuple(2.0 ** (k / 4) for k in range(-12, 17))
 # predictions on three of four; "all examples" lets an outlier open the gate wide).
 QUANTILE = 0.8
 STEEPNESS = 100.0  # logits a new row loses per logit of margin above its rung: a near-hard gate
+# The distance features (packages made since they exist, see ``record``): the brought head's best
+# logit and the embedding's squared length, after the rungs. With them an added row can score
+# ``best + k * (r**2 - |e - mean|**2)``: it wins exactly inside a ball around its examples' mean,
+# whatever the brought head's scale (see heads/linear.py's ``distance_rows``).
+DISTANCE_COLUMNS = 2
 
 
 def margins(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -76,10 +81,26 @@ def gate_parts(
     return nodes, inits
 
 
+def distance_parts(source: str, dim: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing "mlp_gate.sq" ``[N, 1]``, the squared length of ``source`` (after gate_parts,
+    whose "mlp_gate.best" is the other distance feature). Mul and MatMul: the same in every opset."""
+    inits = [numpy_helper.from_array(np.ones((dim, 1), np.float32), "mlp_gate.ones")]
+    nodes = [
+        helper.make_node("Mul", [source, source], ["mlp_gate.squares"]),
+        helper.make_node("MatMul", ["mlp_gate.squares", "mlp_gate.ones"], ["mlp_gate.sq"]),
+    ]
+    return nodes, inits
+
+
 def add_to_backbone(
-    backbone: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray, thresholds: tuple[float, ...]
+    backbone: onnx.ModelProto,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    thresholds: tuple[float, ...],
+    distance: bool = False,
 ) -> onnx.ModelProto:
-    """``backbone`` whose "embedding" output gains ``len(thresholds)`` gate features."""
+    """``backbone`` whose "embedding" output gains ``len(thresholds)`` gate features, and with
+    ``distance`` the two distance features after them."""
     if not thresholds:
         return backbone
     graph = backbone.graph
@@ -95,10 +116,17 @@ def add_to_backbone(
     for info in graph.value_info:
         info.name = rename.get(info.name, info.name)
     nodes, inits = gate_parts("mlp_gate.in", "mlp_gate.features", weight, bias, thresholds)
-    nodes.append(helper.make_node("Concat", ["mlp_gate.in", "mlp_gate.features"], [out.name], axis=1))
+    blocks = ["mlp_gate.in", "mlp_gate.features"]
+    if distance:
+        more_nodes, more_inits = distance_parts("mlp_gate.in", dim)
+        nodes += more_nodes
+        inits += more_inits
+        blocks += ["mlp_gate.best", "mlp_gate.sq"]
+    nodes.append(helper.make_node("Concat", blocks, [out.name], axis=1))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
-    widened = helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["N", dim + len(thresholds)])
+    width = dim + len(thresholds) + (DISTANCE_COLUMNS if distance else 0)
+    widened = helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["N", width])
     graph.output[0].CopyFrom(widened)
     return backbone
 
@@ -162,6 +190,16 @@ def attach(core: np.ndarray, original: np.ndarray, rungs: list[int | None], colu
     return out
 
 
-def record(thresholds: tuple[float, ...]) -> dict[str, Any]:
+def record(thresholds: tuple[float, ...], distance: bool = False) -> dict[str, Any]:
     """What the manifest keeps about the gate (the update loop reads it back)."""
-    return {"thresholds": list(thresholds), "quantile": QUANTILE, "steepness": STEEPNESS}
+    out: dict[str, Any] = {"thresholds": list(thresholds), "quantile": QUANTILE, "steepness": STEEPNESS}
+    if distance:
+        out["distance"] = True
+    return out
+
+
+def distance_columns(training: dict[str, Any]) -> int:
+    """How many distance features a package's embedding ends with (0 for packages made before them)."""
+    brought = training.get("brought") if isinstance(training, dict) else None
+    gate = brought.get("gate") if isinstance(brought, dict) else None
+    return DISTANCE_COLUMNS if isinstance(gate, dict) and gate.get("distance") is True else 0

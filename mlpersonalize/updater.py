@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import engines, store
-from .batch import Batch, check_batch_fits, file_sha256, load_batch
+from .batch import Batch, check_batch_fits, check_update_size, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
 from .fsio import fsync_dir, publish, signals_deferred, storage_error
@@ -74,6 +74,7 @@ class UpdateResult:
 def _load_batches(paths: Sequence[Path]) -> list[Batch]:
     if not paths:
         raise UsageError("give at least one batch file (made by `mlpersonalize prepare`)")
+    check_update_size([Path(p) for p in paths])  # too many examples: refused before reading them
     return [load_batch(Path(p)) for p in paths]
 
 
@@ -165,7 +166,10 @@ def _train(
 ) -> Outcome:
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
     engine = _engine(package, options)
-    outcome = personalize(package, batches, params, options.max_drop, on_event, engine, force=options.force)
+    # the batches were loaded for this update alone: their pixels go once embedded
+    outcome = personalize(
+        package, batches, params, options.max_drop, on_event, engine, release_pixels=True, force=options.force
+    )
     # The history entry's I/O: what the batches were, when, and what wrote the package.
     outcome.history = {
         "time": now_iso(),

@@ -94,7 +94,11 @@ def _unexpected(exc: BaseException) -> Outcome:
 
 def _table() -> list[tuple[type[BaseException], Callable[[BaseException], Outcome]]]:
     import typer
-    from typer._click.exceptions import ClickException  # typer 0.2x vendors click
+
+    try:
+        from typer._click.exceptions import ClickException  # typer >= 0.21 vendors click
+    except ImportError:  # typer < 0.21 (the `fleet` extra's flwr 1.42 pins it) uses click itself
+        from click.exceptions import ClickException
 
     return [
         (ClosedOutput, _closed),

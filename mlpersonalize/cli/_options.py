@@ -28,3 +28,13 @@ VerboseOpt = Annotated[
 NoWaitOpt = Annotated[
     bool, typer.Option("--no-wait", help="Fail (exit 5) instead of waiting for another run holding the lock.")
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="Threads for ONNX Runtime (and image-decoding workers). Default: $MLPERSONALIZE_THREADS, "
+        "else one per core; 1 leaves the rest of the machine to others.",
+        show_default=False,
+    ),
+]

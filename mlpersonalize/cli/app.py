@@ -24,7 +24,16 @@ app = typer.Typer(
 
 # Each module defines `register(app)`; its heavy imports happen inside the command bodies so
 # that `--help` stays fast.
-_COMMAND_MODULES = ("prepare", "inspect", "predict", "update", "rollback_reset", "models", "make_updatable")
+_COMMAND_MODULES = (
+    "prepare",
+    "inspect",
+    "predict",
+    "update",
+    "rollback_reset",
+    "models",
+    "make_updatable",
+    "fleet",
+)
 
 
 def _version(value: bool) -> None:

@@ -23,12 +23,14 @@ def inspect_command(
     from ..package import describe, load_package
     from ..store import open_model
     from ._output import out
+    from .cmd_predict import _note_copy
 
     out.configure(json_out, quiet, verbose)
 
     def load(resolved: Any) -> tuple[Any, dict[str, Any]]:
-        data = describe(load_package(resolved.path, verify=False))
-        return resolved, data
+        package = load_package(resolved.path, verify=False)
+        _note_copy(resolved, package.manifest.name)
+        return resolved, describe(package)
 
     resolved, data = open_model(model, load)
     data["source"] = resolved.source

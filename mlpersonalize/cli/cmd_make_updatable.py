@@ -75,6 +75,10 @@ def make_updatable_command(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Default batch size of later updates.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
+    examples: Annotated[
+        Path | None,
+        typer.Option(help="Folders <label>/ of a few images of the model's own labels, kept to rehearse."),
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -103,6 +107,7 @@ def make_updatable_command(
             optimizer=optimizer, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size
         ),
         name=name,
+        examples=examples,
     )
     result = make_updatable(model, output, options)
     manifest = result.manifest

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt, QuietOpt, VerboseOpt
+from ._options import JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, VerboseOpt
 
 PROGRESS_MIN_FILES = 200  # a bar for runs long enough to wonder about (a terminal only)
 
@@ -47,6 +47,7 @@ def predict_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Classify images; a table on a terminal, tab-separated lines in a pipe, JSON Lines with --json.
 
@@ -56,20 +57,41 @@ def predict_command(
 
     Example: mlpersonalize predict drawings/ --json
     """
+    from .. import threads as thread_setting
     from ..decoding import Decoder
-    from ..inference import Classifier, collect_images
-    from ..package import load_package
+    from ..inference import collect_images
     from ..store import open_model
     from ._output import out
 
     out.configure(json_out, quiet, verbose)
     paths = list(collect_images(inputs))
-    with Decoder(_constraint(model), len(paths), digest=False) as decoder:
+    thread_setting.use(threads)
+    workers = thread_setting.configured() or None
+    with Decoder(_constraint(model), len(paths), workers, digest=False) as decoder:
         # after the decoding workers started: they fork without the session's threads
-        classifier = open_model(model, lambda resolved: Classifier(load_package(resolved.path)))
+        classifier = open_model(model, _open_classifier)
         decoded = decoder.map([(os.fspath(path), False) for path in paths])
         results = classifier.classify(paths, top_k=top_k, threshold=threshold, decoded=decoded)
         _print(_with_progress(results, len(paths)), inputs, top_k)
+
+
+def _note_copy(resolved: Any, name: str) -> None:
+    """An original package whose personalized copy exists: say which answers (byo.copy_note)."""
+    from ..byo import copy_note
+    from ._output import out, safe_name
+
+    message = copy_note(resolved.path, resolved.source, name)
+    if message:
+        out.note(safe_name(message))
+
+
+def _open_classifier(resolved: Any) -> Any:
+    from ..inference import Classifier
+    from ..package import load_package
+
+    package = load_package(resolved.path)
+    _note_copy(resolved, package.manifest.name)
+    return Classifier(package)
 
 
 def _constraint(model: Path | None) -> Any:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, VerboseOpt
+from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, ThreadsOpt, VerboseOpt
 
 if TYPE_CHECKING:
     from ..prepare import Progress, Report
@@ -46,6 +46,7 @@ def prepare_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Turn labelled image folders into a batch file for `update`.
 
@@ -60,6 +61,7 @@ def prepare_command(
 
     Example: mlpersonalize prepare ~/drawings -o batch.npz
     """
+    from .. import threads as thread_setting
     from ..errors import UsageError
     from ..package import load_package
     from ..prepare import PrepareError, prepare
@@ -69,6 +71,7 @@ def prepare_command(
     out.configure(json_out, quiet, verbose)
     if str(output) == "-":
         raise UsageError("a batch is a binary file, never written to stdout; give a file name: -o batch.npz")
+    thread_setting.use(threads)
     if append and force:
         raise UsageError("--append and --force cannot be used together (--append keeps the batch)")
     shown = safe_name(str(output))
@@ -81,6 +84,7 @@ def prepare_command(
                 package.manifest,
                 append=append,
                 force=force,
+                workers=thread_setting.configured() or None,
                 progress=progress,
                 on_wait=lambda: out.note(f"waiting: another prepare is appending to {shown}"),
                 wait=not no_wait,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, VerboseOpt
+from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, ThreadsOpt, VerboseOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -153,6 +153,7 @@ def update_command(
         str | None,
         typer.Option(help="Training engine: ort or portable. Default: ort where onnxruntime-training is."),
     ] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Train the model on labelled batches; new labels are added. The original is never changed.
 
@@ -161,9 +162,13 @@ def update_command(
 
     Example: mlpersonalize update batch.npz --json
     """
+    from .. import threads as thread_setting
+    from ..byo import update_hint
     from ..errors import UsageError
     from ..updater import UpdateOptions, update
-    from ._output import out
+    from ._output import out, safe_name
+
+    thread_setting.use(threads)
 
     out.configure(json_out, quiet, verbose)
     if output is not None and str(output) == "-":
@@ -188,7 +193,7 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
-        out.done(summary(result))
+        out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))
     learned = result.history.get("learned") or {}
     if not learned.get("learned", True):
         from ..errors import LearnedNothing

@@ -95,6 +95,7 @@ class RowHead(Protocol):
     old_weight: np.ndarray
     scale: float
     row_label: np.ndarray
+    rehearsed: int
 
     def adopt(self, row_label: np.ndarray) -> None: ...
 
@@ -123,6 +124,7 @@ class HeadKind(ABC):
     # True for a kind that chooses between its imprinted and trained head from the user's examples
     # and learns style rows (``choose``); the others keep the two-pass update of update_algorithm.py.
     selects: ClassVar[bool] = False
+    rehearsed: int = 0  # how many of the rows ``train`` gets are the rehearsal set (set by ``fit``)
 
     # --- the stored head ------------------------------------------------------------------
 
@@ -181,6 +183,11 @@ class HeadKind(ABC):
         """What training rehearses of the known labels: their exemplar memory (and stand-ins)."""
         return ex_emb, ex_idx
 
+    def stand_in_embeddings(self) -> np.ndarray:
+        """Inputs the kind rehearses in place of missing data of its labels (none by default):
+        the guard checks that an update leaves the model's answers on them as they were."""
+        return np.zeros((0, 0), np.float32)
+
     def fit(
         self,
         emb: np.ndarray,
@@ -201,7 +208,9 @@ class HeadKind(ABC):
             result = FitResult(np.asarray(start, np.float32))
         else:
             x = self.train_input(np.concatenate([rehearse_emb, emb]))
+            self.rehearsed = len(rehearse_idx)  # x's first rows: fitting.train's ``rehearsed``
             result = self.train(start, x, train_idx, params, on_epoch)
+            del x  # before finish's copy: one copy of the embeddings at a time
         self.finish(result, np.concatenate([real[0], emb]), np.concatenate([real[1], idx]), idx)
         return result
 

@@ -50,9 +50,8 @@ def cosine_logits(emb: np.ndarray, weight: np.ndarray, scale: float) -> np.ndarr
 def imprint(emb: np.ndarray, idx: np.ndarray, rows: list[int]) -> np.ndarray:
     """One row per label index in ``rows``: the normalised mean of its examples' embeddings."""
     out = np.zeros((len(rows), emb.shape[1]), np.float32)
-    unit = normalize(emb)
     for i, row in enumerate(rows):
-        members = unit[idx == row]
+        members = normalize(emb[idx == row])  # only this label's rows are copied
         if len(members):
             out[i] = normalize(members.mean(axis=0, keepdims=True))[0]
     return out
@@ -205,7 +204,9 @@ class CosineHead(HeadKind):
         stored = StoredHead(start, self.scale)
         session = self.engine.open(self.graph(stored), self.trainable(stored), params)
         try:
-            losses = fitting.train(session, x, y, params, {WEIGHT: len(self.old_weight)}, on_epoch)
+            losses = fitting.train(
+                session, x, y, params, {WEIGHT: len(self.old_weight)}, on_epoch, self.rehearsed
+            )
             return FitResult(session.parameters()[WEIGHT], losses)
         finally:
             session.close()

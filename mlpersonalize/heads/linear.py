@@ -1,7 +1,7 @@
 """The "linear" head kind: ``logits = e @ W.T + b``, the last layer of a model brought by its user.
 
 A brought model (see byo.py) comes with labels but without their training data, so an update
-cannot rehearse them. Three things keep those labels from being forgotten:
+cannot rehearse them. Four things keep those labels from being forgotten:
 
 * Their rows of ``W`` and ``b`` are *frozen*: the training graph concatenates a constant
   ``head.weight_frozen`` / ``head.bias_frozen`` with the trainable ``head.weight`` / ``head.bias``
@@ -11,6 +11,13 @@ cannot rehearse them. Three things keep those labels from being forgotten:
   never stored, and the guard does not measure them.
 * A margin gate (margin_gate.py): the rows an update adds give way wherever the brought model
   is clearly surer of its own answer than it was of the new examples.
+* Distance rows (packages made with the distance features, see ``distance_rows``): an added
+  row scores the brought head's best logit plus how far inside a ball around its examples'
+  mean an input lies, so it wins only near its own examples and never on the brought head's
+  scale. The stand-ins are noise, which lies far from any drawing in the model's features
+  (on the trained fixtures twice the length of real embeddings), so rows trained against them
+  alone learned to beat the brought rows on inputs of the brought labels too. The rows are
+  still trained first (the losses an update reports); ``finish`` then sets the renewed ones.
 
 In numpy the head travels as one ``[C, D + 1]`` array (``W`` with ``b`` as its last column), so
 the update loop handles both head kinds alike.
@@ -18,7 +25,7 @@ the update loop handles both head kinds alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -46,6 +53,13 @@ GATE_WEIGHT = "head.weight_gate"  # added rows' margin-gate weights: constants o
 # model it costs what the backbone takes for 256 images).
 NOISE_IMAGES = 256
 NOISE_BLOCKS = (2, 4, 8)  # noise grid cells of this many pixels
+# The ball of an added row: this many times the median squared distance of a new example to the
+# mean of its label's other examples (leave-one-out), and at most SHRINK times the squared
+# distance to the nearest real example of a known label the head before the update gets right.
+# Measured on the trained fixtures (tests/fixtures/byo, generated drawings): see BENCHMARKS.md.
+RADIUS = 0.75
+SHRINK = 0.5
+SHARPNESS = 4.0  # an added row's logit over the best brought one at its mean (its confidence)
 
 
 def split(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -196,6 +210,49 @@ def stand_ins(emb: np.ndarray, aug: np.ndarray, frozen_rows: int) -> np.ndarray:
     return np.argmax(logits(emb, aug[:frozen_rows]), axis=1).astype(np.int64)
 
 
+def distance_rows(
+    emb: np.ndarray, idx: np.ndarray, rows: list[int], known: np.ndarray, dim: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The core weights ``[D + 1]`` (bias last) and the two distance weights of each row in ``rows``.
+
+    ``emb`` are the real examples without gate columns, ``idx`` their rows; ``known`` the
+    embeddings of known labels' examples the head before the update classifies right (may be empty).
+    Row j: logit = best + k (r**2 - |e - m|**2) = best + 2k m.e - k |e|**2 + k (r**2 - |m|**2),
+    with ``m`` its examples' mean and ``k = SHARPNESS / r**2``; returned as
+    ``(core [D + 1], distance [2])``, the core's last entry its bias.
+    """
+    loo: list[float] = []
+    means: dict[int, np.ndarray] = {}
+    for row in rows:
+        members = np.asarray(emb[idx == row], np.float64)
+        if not len(members):
+            continue
+        means[row] = members.mean(axis=0)
+        for i in range(len(members)) if len(members) > 1 else ():
+            others = np.delete(members, i, axis=0).mean(axis=0)
+            loo.append(float(((members[i] - others) ** 2).sum()))
+    if not means:
+        return {}
+    if loo:
+        radius2 = RADIUS * float(np.median(loo))
+    else:  # one example per label: half the squared spread of the new examples
+        points = np.stack(list(means.values()))
+        radius2 = 0.5 * float(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()) or 1.0
+    out = {}
+    for row, mean in means.items():
+        r2 = radius2
+        if len(known):
+            nearest = float(((np.asarray(known, np.float64) - mean) ** 2).sum(axis=1).min())
+            r2 = min(r2, SHRINK * nearest)
+        r2 = max(r2, 1e-12)
+        k = SHARPNESS / r2
+        core = np.zeros(dim + 1, np.float64)
+        core[:dim] = 2 * k * mean
+        core[dim] = k * (r2 - float(mean @ mean))
+        out[row] = (core.astype(np.float32), np.array([1.0, -k], np.float32))
+    return out
+
+
 def assemble(params: dict[str, np.ndarray], frozen: np.ndarray, fixed: np.ndarray, core: int) -> np.ndarray:
     """The whole ``[C, D + 1]`` head from an engine's parameters: the frozen rows, then the
     trained rows' weights, their ``fixed`` last weights and their biases."""
@@ -232,8 +289,13 @@ class LinearHead(HeadKind):
         """``head``: the package's head.onnx when the caller has it loaded already."""
         manifest = package.manifest
         weight = read_weight(head if head is not None else onnx.load(str(package.path / HEAD_FILE)))
-        gate = len(gate_thresholds(manifest.training))
+        gate = len(gate_thresholds(manifest.training)) + cls.distance_columns(manifest.training)
         return StoredHead(weight, manifest.logit_scale, manifest.frozen_labels, gate)
+
+    @staticmethod
+    def distance_columns(training: dict[str, Any]) -> int:
+        """The distance features' columns after the gate's (0: a package made before them)."""
+        return margin_gate.distance_columns(training)
 
     def __init__(
         self,
@@ -249,8 +311,10 @@ class LinearHead(HeadKind):
         self.scale = manifest.logit_scale
         self.frozen = manifest.frozen_labels
         self.gate = gate_thresholds(manifest.training)
+        self.distance = self.distance_columns(manifest.training)
+        self.gate_columns = len(self.gate) + self.distance
         self.old_weight = self.old.weight
-        self.core = self.old_weight.shape[1] - 1 - len(self.gate)  # the embedding without gate features
+        self.core = self.old_weight.shape[1] - 1 - self.gate_columns  # the embedding without gate features
         self.old_core = margin_gate.strip_rows(self.old_weight, self.core)  # trained without the gate
         self.previous = margin_gate.rungs_of(self.old_weight, self.frozen, self.core, len(self.gate))
         self.previous += [None] * (len(labels) - len(self.old_weight))  # rows this update adds
@@ -263,6 +327,9 @@ class LinearHead(HeadKind):
     def features(self, emb: np.ndarray) -> np.ndarray:
         """What the linear rows read, from what the backbone gives: the same here."""
         return emb
+
+    def stand_in_embeddings(self) -> np.ndarray:
+        return self._stand_ins[0]
 
     def rehearsal(self, ex_emb: np.ndarray, ex_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Only rehearsed: they are noise, so the guard (which measures forgetting) and the
@@ -321,7 +388,28 @@ class LinearHead(HeadKind):
             renewed,
             self.previous,
         )
-        result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, len(self.gate))
+        result.weight = margin_gate.attach(result.weight, self.old_weight, rungs, self.gate_columns)
+        if self.distance:
+            self.set_distance_rows(result, real_emb, real_idx, renewed)
+
+    def set_distance_rows(
+        self, result: FitResult, real_emb: np.ndarray, real_idx: np.ndarray, renewed: set[int]
+    ) -> None:
+        """Renewed rows become distance rows (``distance_rows``), each with its gate rung; the
+        added rows this update has no examples of stay as the previous update set them."""
+        core = self.train_input(real_emb)
+        known = ~np.isin(real_idx, sorted(renewed))  # brought labels and those of earlier updates
+        right = known & (np.argmax(logits(real_emb, self.old_weight), axis=1) == real_idx)
+        rows = distance_rows(core, real_idx, sorted(renewed), core[right], self.core)
+        first_distance = self.core + len(self.gate)
+        for row in range(self.frozen, len(result.weight)):
+            if row in rows:
+                weights, distance = rows[row]
+                result.weight[row, : self.core] = weights[:-1]
+                result.weight[row, first_distance : first_distance + self.distance] = distance
+                result.weight[row, -1] = weights[-1]
+            elif row < len(self.old_weight):
+                result.weight[row] = self.old_weight[row]
 
     def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
         if len(emb) == 0:
@@ -329,4 +417,4 @@ class LinearHead(HeadKind):
         return np.argmax(logits(emb, self.old_weight if result is None else result.weight), axis=1)
 
     def stored(self, result: FitResult) -> StoredHead:
-        return StoredHead(result.weight, self.scale, self.frozen, len(self.gate))
+        return StoredHead(result.weight, self.scale, self.frozen, self.gate_columns)

@@ -1,0 +1,43 @@
+"""How many threads a command may use: ``--threads N`` or ``$MLPERSONALIZE_THREADS``.
+
+N bounds ONNX Runtime's intra-op threads in every session a command opens (the backbone, the
+classifier, the training engine) and the image-decoding worker processes of ``prepare`` and
+``predict``. Unset (or 0), ONNX Runtime uses one thread per physical core and decoding one
+worker per available processor. A cron job that should leave the machine to others sets 1.
+Importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import UsageError
+
+ENV = "MLPERSONALIZE_THREADS"
+MAX_THREADS = 1024
+
+
+def _checked(value: int, where: str) -> int:
+    if not 0 <= value <= MAX_THREADS:
+        raise UsageError(f"{where} must be a whole number from 0 (automatic) to {MAX_THREADS}, got {value}")
+    return value
+
+
+def configured() -> int:
+    """The thread count asked for; 0 when none was (each library's own default)."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"{ENV} must be a whole number of threads, got {raw!r}") from None
+    return _checked(value, ENV)
+
+
+def use(threads: int | None) -> None:
+    """Make ``threads`` (from ``--threads``) this process's setting; None keeps the environment's."""
+    if threads is None:
+        configured()  # a bad environment value is reported before any work starts
+        return
+    os.environ[ENV] = str(_checked(threads, "--threads"))

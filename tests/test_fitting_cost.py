@@ -1,0 +1,176 @@
+"""An update costs what its new examples cost: epoch plans, memory-light steps, size limits, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clirun import main_cli
+from conftest import pooled_pixel_backbone, write_batch
+
+from mlpersonalize import batch as batch_module
+from mlpersonalize import fitting, threads, updater
+from mlpersonalize.batch import load_batch
+from mlpersonalize.embedding import embed
+from mlpersonalize.errors import UsageError
+from mlpersonalize.fitting import MIN_PER_LABEL, EpochPlan
+from mlpersonalize.images import ImageConstraint
+from mlpersonalize.params import UpdateParams
+from mlpersonalize.update_algorithm import label_indices, select_exemplars, select_exemplars_of
+
+
+def plan(memory_per_label: int, old_labels: int, new_counts: list[int]) -> EpochPlan:
+    """The plan for an exemplar memory of ``old_labels`` x ``memory_per_label`` and new labels."""
+    old = np.repeat(np.arange(old_labels), memory_per_label)
+    new = np.concatenate([np.full(n, old_labels + k) for k, n in enumerate(new_counts)])
+    return EpochPlan.of(np.concatenate([old, new]), len(old))
+
+
+def test_steps_do_not_grow_with_the_exemplar_memory_or_the_largest_label() -> None:
+    seed_case = plan(20, 43, [4, 4, 4])
+    assert plan(200, 43, [4, 4, 4]).size == seed_case.size  # a memory ten times larger
+    # the former epochs cycled all 46 labels to 20 (the memory's count): 920 examples
+    assert seed_case.size == 46 * MIN_PER_LABEL < 46 * 20
+    assert seed_case.steps(16) == 29
+
+
+def test_the_same_examples_cost_the_same_split_over_2_or_10_labels() -> None:
+    two, ten = plan(20, 43, [5000] * 2), plan(20, 43, [1000] * 10)
+    assert max(two.size, ten.size) / min(two.size, ten.size) <= 1.01
+    small, large = plan(20, 43, [50] * 2), plan(20, 43, [500] * 2)
+    assert small.size < large.size  # more new examples, more steps
+    assert plan(20, 43, [100_000]).size == plan(20, 43, [20_000]).size  # bounded by MAX_NEW
+
+
+def test_each_epoch_balances_new_labels_and_spreads_rehearsal_over_known_ones() -> None:
+    p = plan(20, 43, [3, 30])
+    rng = np.random.default_rng(0)
+    idx = np.concatenate([np.repeat(np.arange(43), 20), np.full(3, 43), np.full(30, 44)])
+    seen: set[int] = set()
+    for epoch in range(10):
+        order = p.order(epoch, rng)
+        counts = np.bincount(idx[order], minlength=45)
+        assert counts[43] == counts[44] == p.new_per_label  # three drawings count as much as thirty
+        assert counts[:43].min() >= 1 and counts[:43].max() - counts[:43].min() <= 1
+        seen |= set(order[idx[order] == 44].tolist())
+    assert seen == set(range(860 + 3, 860 + 33))  # every new example is used
+
+
+def test_the_loop_counts_steps_and_follows_the_plan() -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.batches: list[np.ndarray] = []
+
+        def step(self, x: np.ndarray, y: np.ndarray) -> float:
+            self.batches.append(y.copy())
+            return 0.5
+
+        def parameters(self) -> dict[str, np.ndarray]:
+            return {"w": np.zeros((2, 2), np.float32)}
+
+        def set_parameter(self, name: str, value: np.ndarray) -> None:
+            pass
+
+        def logits(self, x: np.ndarray) -> np.ndarray:
+            raise AssertionError
+
+        def close(self) -> None:
+            pass
+
+    idx = np.concatenate([np.repeat(np.arange(43), 20), np.full(5, 43)])
+    emb = np.zeros((len(idx), 4), np.float32)
+    session = Counter()
+    params = UpdateParams(epochs=3, batch_size=16)
+    losses = fitting.train(session, emb, idx, params, rehearsed=860)
+    expected = EpochPlan.of(idx, 860).steps(16) * 3
+    assert losses.steps == len(session.batches) == expected
+    assert len(losses) == 3
+
+
+def test_embedding_in_a_given_order_matches_embedding_then_reordering() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8) for n in (7, 5)]
+    backbone = pooled_pixel_backbone().SerializeToString()
+    c = ImageConstraint(28, 28)
+    plain = embed(backbone, np.concatenate(parts), c)
+    order = rng.permutation(12)
+    np.testing.assert_allclose(embed(backbone, parts, c, batch=4, order=order), plain[order], atol=1e-6)
+    np.testing.assert_allclose(embed(backbone, parts, c, batch=3), plain, atol=1e-6)
+
+
+def test_exemplars_chosen_over_parts_match_the_joined_arrays() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((30, 8)).astype(np.float32), rng.standard_normal((50, 8)).astype(np.float32)
+    ia, ib = rng.integers(0, 3, 30), rng.integers(1, 5, 50)
+    joined = select_exemplars(np.concatenate([a, b]), np.concatenate([ia, ib]), 4)
+    parts = select_exemplars_of([(a, ia), (b, ib)], 4)
+    np.testing.assert_array_equal(parts[0], joined[0])
+    np.testing.assert_array_equal(parts[1], joined[1])
+
+
+def test_label_indices_number_new_labels_in_order_of_appearance() -> None:
+    labels, idx = label_indices(("a", "b"), [("z", "b", "z", "y"), ("y", "x", "a")])
+    assert labels == ("a", "b", "z", "y", "x")
+    assert idx.tolist() == [2, 1, 2, 3, 3, 4, 0]
+
+
+def test_loaded_labels_are_shared_strings(tmp_path: Path, tiny_model: Path) -> None:
+    path = write_batch(tmp_path / "b.npz", tiny_model, ["circle", "square"], per_label=20)
+    batch = load_batch(path)
+    assert len({id(label) for label in batch.labels}) == 2
+    assert batch.label_counts() == {"circle": 20, "square": 20}
+
+
+def test_too_many_examples_are_refused_before_reading_them(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_batch(tmp_path / "b.npz", tiny_model, ["circle", "square"], per_label=10)
+    monkeypatch.setattr(batch_module, "MAX_UPDATE_PIXEL_BYTES", 15 * 28 * 28)
+    monkeypatch.setattr(updater, "load_batch", lambda p: pytest.fail("the pixels were read"))
+    code, out, err = main_cli(["update", str(path), "--model", str(tiny_model)], capsys)
+    assert code == 3
+    assert "20 examples" in err and "at most 15 of these" in err and err.startswith("Error: ")
+
+
+def test_threads_come_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path
+) -> None:
+    from mlpersonalize import _ort
+
+    monkeypatch.delenv(threads.ENV, raising=False)
+    assert threads.configured() == 0
+    threads.use(2)
+    assert os.environ[threads.ENV] == "2" and _ort.session_options().intra_op_num_threads == 2
+    assert _ort.session_options(1).intra_op_num_threads == 1  # a caller's own choice wins
+    monkeypatch.setenv(threads.ENV, "many")
+    with pytest.raises(UsageError, match="MLPERSONALIZE_THREADS"):
+        threads.configured()
+    code, _, err = main_cli(["update", "x.npz", "--model", str(tiny_model)], capsys)
+    assert code == 2 and "MLPERSONALIZE_THREADS" in err
+    monkeypatch.delenv(threads.ENV)
+    path = write_batch(tmp_path / "b.npz", tiny_model, ["circle", "square"], per_label=4)
+    out_dir = tmp_path / "out"
+    args = ["update", str(path), "--model", str(tiny_model), "-o", str(out_dir), "--json", "--threads", "1"]
+    code, out, _ = main_cli(args, capsys)
+    # 9: saved, but the tiny model reads these known labels' drawings as before (learned nothing)
+    assert code in (0, 9) and os.environ[threads.ENV] == "1"
+    history = json.loads((out_dir / "manifest.json").read_text())["history"][-1]
+    assert all(isinstance(n, int) and n > 0 for n in history["training_steps"])
+
+
+def test_an_update_lets_the_pixels_go_once_embedded(tmp_path: Path, tiny_model: Path) -> None:
+    path = write_batch(tmp_path / "b.npz", tiny_model, ["circle", "square"], per_label=4)
+    loaded: list[batch_module.Batch] = []
+    real = updater.load_batch
+
+    def keep(p: Path) -> batch_module.Batch:
+        loaded.append(real(p))
+        return loaded[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(updater, "load_batch", keep)
+        updater.update([path], updater.UpdateOptions(model=tiny_model, output=tmp_path / "out"))
+    assert loaded[0].pixels.shape == (0, 28, 28, 1) and len(loaded[0]) == 8

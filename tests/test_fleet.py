@@ -1,0 +1,244 @@
+"""Fleet personalization: the server's arithmetic, a whole round in one process (the device's
+side through the same handlers the ClientApp runs), what every device message carries, and
+that nothing outside mlpersonalize/fleet imports Flower."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlpersonalize import store
+from mlpersonalize.batch import Batch, save_batch
+from mlpersonalize.embedding import embed
+from mlpersonalize.fleet import device
+from mlpersonalize.fleet.aggregate import Contribution, aggregate
+from mlpersonalize.heads.cosine import normalize
+from mlpersonalize.manifest import BACKBONE_FILE
+from mlpersonalize.package import load_package
+from mlpersonalize.sample.doodles import make_dataset
+
+GROUPS = (("umbrella", "key"), ("bell", "cup"), ("envelope", "anchor"))
+
+
+# --- the server's arithmetic (no Flower needed) -------------------------------------------------
+
+
+def test_rows_of_a_label_taught_on_several_devices_are_averaged_by_their_counts() -> None:
+    a = Contribution(("x", "y"), np.array([[1, 0, 0], [0, 1, 0]], np.float32), (3, 1))
+    b = Contribution(("x",), np.array([[0, 2, 0]], np.float32), (1,))  # not normalised: it is here
+    head = aggregate([a, b])
+    expected = normalize(np.array([[3 / 4, 1 / 4, 0]], np.float32))[0]
+    assert head.labels == ("x", "y")
+    np.testing.assert_allclose(head.rows[0], expected, atol=1e-6)
+    np.testing.assert_allclose(head.rows[1], [0, 1, 0], atol=1e-6)  # taught on one device: its row
+    assert head.counts == (4, 1) and head.devices == (2, 1)
+
+
+def test_the_count_weighted_mean_of_imprinted_rows_is_the_fleet_wide_imprint() -> None:
+    rng = np.random.default_rng(0)
+    emb = [rng.standard_normal((n, 8)).astype(np.float32) for n in (2, 5)]
+    rows = [normalize(normalize(e).mean(axis=0, keepdims=True)) for e in emb]
+    head = aggregate([Contribution(("z",), r, (len(e),)) for r, e in zip(rows, emb, strict=True)])
+    # Mean of normalised rows weighted by counts points where the normalised mean of all
+    # examples' unit vectors points when each device's mean has the same length; check the
+    # direction is between the two and closer to the device with more examples.
+    cos = [float(head.rows[0] @ r[0]) for r in rows]
+    assert cos[1] > cos[0] > 0
+
+
+def test_labels_no_device_taught_this_round_are_the_plain_mean_and_keep_the_previous_order() -> None:
+    a = Contribution(("old", "new"), np.array([[1, 0], [0, 1]], np.float32), (0, 2))
+    b = Contribution(("old",), np.array([[0, 1]], np.float32), (0,))
+    head = aggregate([b, a], order=("old",))
+    assert head.labels == ("old", "new")
+    np.testing.assert_allclose(head.rows[0], normalize(np.array([[0.5, 0.5]]))[0], atol=1e-6)
+
+
+def test_contributions_that_do_not_fit_are_refused() -> None:
+    with pytest.raises(ValueError, match="one row and one count per label"):
+        Contribution(("a", "b"), np.zeros((1, 4), np.float32), (1, 1))
+    with pytest.raises(ValueError, match="different widths"):
+        aggregate(
+            [
+                Contribution(("a",), np.ones((1, 4), np.float32), (1,)),
+                Contribution(("a",), np.ones((1, 5), np.float32), (1,)),
+            ]
+        )
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        aggregate([])
+
+
+# --- devices on their own stores ---------------------------------------------------------------
+
+
+def make_devices(root: Path, groups: tuple[tuple[str, ...], ...] = GROUPS, shots: int = 3) -> list[Any]:
+    """One DeviceConfig per group: its own MLPERSONALIZE_HOME and a pending batch of its labels."""
+    manifest = load_package(store.bundled_model_path()).manifest
+    configs = []
+    for i, labels in enumerate(groups):
+        pixels, ids = make_dataset(labels, shots, 11, manifest.constraint)
+        pending = root / f"device-{i}" / "pending"
+        pending.mkdir(parents=True)
+        save_batch(pending / "drawings.npz", Batch.from_pixels(pixels, [labels[k] for k in ids], manifest))
+        configs.append(device.DeviceConfig(pending=pending, home=root / f"device-{i}" / "home"))
+    return configs
+
+
+def current_labels(config: device.DeviceConfig) -> tuple[str, ...]:
+    with device.device_home(config):
+        _, _, package = device.working(config)
+        return package.manifest.labels
+
+
+def test_a_device_shares_rows_and_counts_of_its_labels_and_keeps_labels_with_too_few_examples(
+    tmp_path: Path,
+) -> None:
+    (config,) = make_devices(tmp_path, (("umbrella", "key"),))
+    manifest = load_package(store.bundled_model_path()).manifest
+    pixels, _ = make_dataset(["bell"], 1, 3, manifest.constraint)
+    save_batch(config.pending / "one.npz", Batch.from_pixels(pixels, ["bell"], manifest))
+    report = device.train(config)
+    c = report.contribution
+    assert c is not None and report.labels_added == ("umbrella", "key", "bell")
+    assert "bell" not in c.labels  # one drawing: its row would be that drawing's embedding
+    assert dict(zip(c.labels, c.counts, strict=True))["umbrella"] == 3
+    assert set(manifest.labels) <= set(c.labels)  # the original labels are the fleet's common ground
+    assert c.rows.shape == (len(c.labels), manifest.embedding_dim)
+    assert store.current_path(store.model_home()) is None  # training alone publishes nothing
+
+
+def in_process_exchange(configs: list[device.DeviceConfig], sent: list[tuple[str, Any]]):
+    """The Grid's part, in one process: each node's reply through the ClientApp's handler."""
+    from mlpersonalize.fleet import client_app
+
+    def exchange(kind: str, contents: dict[int, Any]) -> dict[int, Any]:
+        replies = {}
+        for node, content in contents.items():
+            reply = client_app.handle(kind, configs[node], content)
+            sent.append((kind, reply))
+            replies[node] = reply
+        return replies
+
+    return exchange
+
+
+@pytest.fixture(scope="module")
+def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two rounds over three devices in one process, with every message a device sent."""
+    pytest.importorskip("flwr")
+    from mlpersonalize.fleet.server_app import run_rounds
+
+    root = tmp_path_factory.mktemp("fleet")
+    configs = make_devices(root)
+    sent: list[tuple[str, Any]] = []
+    logged: list[dict[str, Any]] = []
+    summary = run_rounds(in_process_exchange(configs, sent), [0, 1, 2], 2, 0.02, logged.append)
+    return {"configs": configs, "sent": sent, "summary": summary, "logged": logged, "root": root}
+
+
+def test_every_device_learns_every_label_taught_anywhere(fleet_run: dict[str, Any]) -> None:
+    taught = {label for group in GROUPS for label in group}
+    for config in fleet_run["configs"]:
+        assert taught <= set(current_labels(config))
+    rounds = fleet_run["summary"]["rounds"]
+    assert [r["result"] for r in rounds] == ["offered", "offered"]
+    assert all(len(r["adopted"]) == 3 and not r["kept_own"] for r in rounds)
+    assert rounds[0]["taught"] == {label: 3 for label in taught}
+    evaluation = rounds[0]["federated_evaluation"]
+    assert evaluation["devices"] == 3 and evaluation["candidate"] > evaluation["current"]
+
+
+def test_a_device_recognises_drawings_of_labels_it_never_saw(fleet_run: dict[str, Any]) -> None:
+    from mlpersonalize.api import load_model
+
+    config = fleet_run["configs"][0]
+    with device.device_home(config):
+        model = load_model(store.current_path(store.model_home()))
+    others = [label for group in GROUPS[1:] for label in group]  # taught on the other devices only
+    pixels, ids = make_dataset(others, 6, 5011, load_package(store.bundled_model_path()).manifest.constraint)
+    predictions = model.predict(pixels, top_k=1, threshold=0.0)
+    right = np.mean([p.label == others[k] for p, k in zip(predictions, ids, strict=True)])
+    assert right >= 0.75, right
+
+
+def test_adoption_is_a_version_with_history_and_rollback_steps_back(fleet_run: dict[str, Any]) -> None:
+    config = fleet_run["configs"][1]
+    with device.device_home(config):
+        root = store.model_home()
+        assert store.list_versions(root) == ["000001", "000002"]
+        manifest = load_package(store.current_path(root)).manifest
+        entry = manifest.history[-1]
+        assert (
+            entry["kind"] == "fleet" and entry["fleet_round"] == 2 and entry["replaced_version"] == "000001"
+        )
+        assert entry["accuracy"]["known_after"] >= entry["accuracy"]["known_before"] - 0.02
+        store.rollback(root)
+        assert store.current_version(root) == "000001"
+        first = load_package(store.current_path(root)).manifest
+        assert first.history[-1]["fleet_round"] == 1 and "umbrella" in first.labels
+
+
+def test_no_image_pixel_array_or_embedding_leaves_a_device(fleet_run: dict[str, Any]) -> None:
+    """Every message a device sent: float32 head rows (one per label named beside them), label
+    names, counts, accuracies, a version id. No array of pixels, no file name, and no row that
+    is one drawing's embedding."""
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+    sent = fleet_run["sent"]
+    assert {kind for kind, _ in sent} == {"train", "evaluate", "query"} and len(sent) == 18
+    bundled = load_package(store.bundled_model_path())
+    examples = []
+    for config in fleet_run["configs"]:
+        batch = np.load(config.pending / "drawings.npz", allow_pickle=False)
+        pixels = batch["pixels"]
+        examples.append(embed(bundled.path / BACKBONE_FILE, pixels, bundled.manifest.constraint))
+    unit = normalize(np.concatenate(examples))
+    taught = {label for group in GROUPS for label in group}
+    allowed_text = set(bundled.manifest.labels) | taught
+    for kind, content in sent:
+        for name, record in content.items():
+            if isinstance(record, ArrayRecord):
+                assert list(record.keys()) == ["rows"], (kind, name)
+                rows = record["rows"].numpy()
+                assert rows.dtype == np.float32 and rows.ndim == 2 and rows.shape[1] == unit.shape[1]
+                assert rows.shape[0] == len(content["config"]["labels"])
+                # the closest a shared row comes to any single drawing's embedding
+                assert float(np.max(normalize(rows) @ unit.T)) < 0.99, kind
+            elif isinstance(record, ConfigRecord):
+                for key, value in record.items():
+                    values = value if isinstance(value, list) else [value]
+                    for v in values:
+                        assert isinstance(v, (str, int, float, bool)), (kind, key)
+                        if isinstance(v, str) and key == "labels":
+                            assert v in allowed_text
+                        if isinstance(v, str):
+                            assert ".npz" not in v and ".png" not in v and "/" not in v, (kind, key, v)
+            else:
+                assert isinstance(record, MetricRecord), (kind, name, type(record))
+                assert all(isinstance(v, (int, float)) for v in record.values())
+
+
+def test_a_device_whose_guard_refuses_the_head_keeps_its_own_and_says_why(tmp_path: Path) -> None:
+    (config,) = make_devices(tmp_path, (("umbrella", "key"),))
+    labels = current_labels(config)
+    rng = np.random.default_rng(1)
+    bad = rng.standard_normal((len(labels), 128)).astype(np.float32)  # rows that know nothing
+    result = device.adopt(config, labels, bad)
+    assert not result.adopted and result.version is None
+    assert "kept this device's own model" in result.reason and "would fall" in result.reason
+    with device.device_home(config):
+        assert store.current_path(store.model_home()) is None
+
+
+def test_the_core_and_every_other_command_never_import_flower() -> None:
+    code = (
+        "import sys, mlpersonalize, mlpersonalize.api, mlpersonalize.cli.app, mlpersonalize.updater;"
+        "import mlpersonalize.fleet, mlpersonalize.fleet.device, mlpersonalize.fleet.aggregate;"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr'], 'flwr imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -198,8 +198,11 @@ def run_child(cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path |
     return Run(measured["seconds"], measured["max_rss_mb"], proc.returncode, proc.stdout, proc.stderr, cpu)
 
 
+LEARNED_NOTHING = 9  # `update` saved the model but learned nothing on its batch: it still ran
+
+
 def check(run: Run, what: str) -> Run:
-    if run.returncode != 0:
+    if run.returncode not in (0, LEARNED_NOTHING):
         tail = "\n".join(run.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"{what} failed with exit {run.returncode}: {tail}")
     return run

@@ -47,7 +47,8 @@ LABELS = tuple(f"{d}{KEYCAP}" for d in range(10))
 CANVAS = 256
 K = 3
 ROUND = 5  # new labels per round
-REFUSED = 6  # `update`'s exit code when its guard refuses the result
+REFUSED = 6  # `update`'s exit code when its guard refuses the result (or conflicts)
+LEARNED_NOTHING = 9  # `update` saved the model but learned nothing on the batch
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,10 @@ def run_seed(
             if update.returncode == REFUSED:  # the guard kept the model: counted, then forced so the
                 rec["update_refused"] = rec.get("update_refused", 0) + 1  # protocol can go on
                 update = run_child(cli("update", str(batch), "--model", target, "--force"), env=env)
-            check(update, f"update round {rnd}")
+            if update.returncode == LEARNED_NOTHING:  # saved, but judged to have learned nothing
+                rec["update_learned_nothing"] = rec.get("update_learned_nothing", 0) + 1
+            else:
+                check(update, f"update round {rnd}")
             pred = predict(name, test_dir, env)
             pred.update(predict(name, Path(proc_files[0]).parent, env))
             if rnd == 1:

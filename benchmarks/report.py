@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 METHOD_NAMES = {
     "shipped": "(a) `update` as shipped",
     "shipped_recommended": "(a') `update`, recommended params",
@@ -295,6 +297,50 @@ def quality_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def reteach_section(results: dict[str, Any]) -> list[str]:
+    """Issue 19: a known label re-taught in the user's style (style rows), and conflicts."""
+    r = results.get("reteach")
+    if not r or "records" not in r:
+        return []
+    recs = r["records"]
+
+    def ms(key: str) -> str:
+        v = np.array([x[key] for x in recs]) * 100
+        return f"{v.mean():.1f} ± {v.std():.1f}"
+
+    lines = [
+        "## 1b. Quality: a known label drawn the user's way (style rows), and conflicts",
+        "",
+        f"`python -m benchmarks.quality_rows --part style` (generated drawings, not real ones): "
+        f"{r['teach']} {r['style']}-drawn stars (benchmarks/styles.py; the model reads them as `sun`) "
+        f"labelled `{r['label']}`, taught by the update algorithm of `mlpersonalize update`; top-1 on "
+        f"{r['held_out']} held-out drawings of that style, 20 standard generated drawings of `star` and of "
+        f"each of the model's labels, before and after. Mean ± std over {len(recs)} seeds.",
+        "",
+        "| measured | before % | after % |",
+        "| --- | --- | --- |",
+        f"| held-out {r['style']} stars read `{r['label']}` | {ms('style_before')} | {ms('style_after')} "
+        f"({ms('style_after_calibrated')} with the calibrated `unknown` counted wrong) |",
+        f"| standard stars read `{r['label']}` | {ms('standard_before')} | {ms('standard_after')} |",
+        f"| all labels' standard drawings | {ms('all_before')} | {ms('all_after')} |",
+        "",
+        "Heads chosen: "
+        + ", ".join(sorted({x["head"] for x in recs}))
+        + f"; learned: {sum(x['learned'] for x in recs)}/{len(recs)}.",
+        "",
+        "Conflicts (20 standard drawings, labels swapped; refused with exit 6 unless `--force`):",
+        "",
+    ]
+    for what, c in r["conflicts"].items():
+        named = "; ".join(
+            f"{n['drawings']} of {n['of']} labelled `{n['label']}` read as "
+            + ", ".join(f"`{k}` ({v})" for k, v in n["read_as"].items())
+            for n in c.get("named", [])
+        )
+        lines.append(f"- {what}: " + (f"refused: {named}" if c["refused"] else "not refused"))
+    return lines + [""]
+
+
 def speed_section(results: dict[str, Any]) -> list[str]:
     lines = ["## 2. Speed (ratios measured in the same run, same data)", ""]
     t = results.get("train")
@@ -484,6 +530,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
     lines += real_digits_section(results)
     lines += quality_section(results)
+    lines += reteach_section(results)
     lines += speed_section(results)
     lines += cost_section(results)
     lines += scaling_section(results)

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import common, quality, real_digits, report, scaling, speed
+from . import common, quality, quality_rows, real_digits, report, scaling, speed
 
 SECTIONS = (
     "real_digits",
     "quality",
+    "reteach",
     "train",
     "e2e",
     "predict",
@@ -80,6 +81,7 @@ def run(model: Path, sizes: common.Sizes, only: tuple[str, ...] = SECTIONS) -> d
                 else {"skipped": "scikit-learn is not installed (pip install -e '.[bench]')"}
             ),
             "quality": lambda: quality.run(model, sizes, log),
+            "reteach": lambda: quality_rows.run(model, sizes.seeds, log),
             "train": lambda: speed.train(data, sizes, log),
             "e2e": lambda: speed.e2e(data, sizes, work, log),
             "predict": lambda: speed.predict(data, sizes, files_dir, log),

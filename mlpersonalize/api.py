@@ -120,8 +120,8 @@ class Model:
         is then ``"#i"``). Below ``threshold`` (default: the model's) the label is "unknown"."""
         classifier = Classifier(self.package)
         if isinstance(images, np.ndarray):
-            limit = self.package.manifest.unknown_threshold if threshold is None else threshold
-            decided = classifier.decide(classifier.probabilities(images), top_k, limit)
+            probs, scores = classifier.outputs(images)
+            decided = classifier.decide(probs, top_k, threshold, scores)
             return [
                 Prediction(file=f"#{i}", label=label, confidence=confidence, top=top)
                 for i, (label, confidence, top) in enumerate(decided)
@@ -139,7 +139,13 @@ class Model:
             return np.zeros(0, np.int64)
         session = _ort.inference_session(self.path / HEAD_FILE)
         (logits,) = session.run(["logits"], {"embedding": np.ascontiguousarray(embeddings, np.float32)})
-        return np.argmax(logits, axis=1)
+        rows = self.package.manifest.row_labels
+        if not rows:
+            return np.argmax(logits, axis=1)
+        prob = np.exp(logits - logits.max(axis=1, keepdims=True))  # a head with style rows: the
+        per_label = np.zeros((len(prob), len(self.labels)))  # softmax over rows summed per label
+        np.add.at(per_label.T, np.asarray(rows), prob.T)
+        return np.argmax(per_label, axis=1)
 
 
 def load_model(model: PathLike | None = None) -> Model:

@@ -34,8 +34,12 @@ import numpy as np
 # Pseudo-examples of the pooled spread added to each label's own spread estimate. 5 means a label
 # with 3 examples trusts the pool 5:2 and a label with 20 exemplars trusts itself 19:5.
 PRIOR = 5.0
-# Share of right answers the thresholds aim to turn ``unknown`` (issue 12's target).
-TARGET_FRR = 0.05
+# Share of right answers the thresholds aim to turn ``unknown``. Issue 12's target is 5% on fresh
+# drawings; aimed at 5% from the examples the model has, fresh real digits came out 6-7% (3 and 5
+# drawings, the glyph-pretrained backbone, 5 seeds) and generated drawings of the 43 labels 6%:
+# the examples sit closer to their rows than new drawings do. Aimed at 2%: 3.2-3.4% and 2.8%,
+# untaught digits rejected 41% / 36% instead of 56% / 48% (benchmarks/quality_rows.py --target).
+TARGET_FRR = 0.02
 NO_ROW = -2.0  # a label with no row: below every cosine
 
 

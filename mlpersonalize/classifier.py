@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 OPSET = 17
 ML_OPSET = 2
+SCORES = "head.scores"  # a head's per-label open-set score, if it gives one
 IR_VERSION = 9  # ONNX Runtime 1.19 reads up to 10; 9 keeps older runtimes happy too
 
 
@@ -44,7 +45,10 @@ def build_inference_model(
 
     ``head`` is the head's nodes and initializers from ``embedding_output`` ([N, ``dim``]) to
     "head.logits" ([N, ``classes``]); ``features`` is a part of the head whose opsets count too.
-    Outputs: "label" (string per example), "probabilities" [N, C] and the backbone's embedding.
+    Outputs: "label" (string per example), "probabilities" [N, C], the backbone's embedding and,
+    when the head's nodes give "head.scores" [N, C] (a cosine head: the cosine to each label's
+    best row), "scores", the open-set score predict compares with the calibrated thresholds.
+    A head with more rows than labels gives per-label logits all the same (heads/cosine.py).
     """
     nodes, inits = head
     nodes = list(nodes)
@@ -69,6 +73,9 @@ def build_inference_model(
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
         helper.make_tensor_value_info(embedding_output, TensorProto.FLOAT, ["N", dim]),
     ]
+    if any(SCORES in node.output for node in nodes):
+        nodes.append(helper.make_node("Identity", [SCORES], ["scores"]))
+        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes]))
     merged = helper.make_graph(
         list(graph.node) + nodes,
         "classifier",

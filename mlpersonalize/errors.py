@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     REJECTED = 6  # the update guard refused to swap in the new model
     IO = 7  # the disk refused a write (full, read-only, permission, I/O error)
     PARTIAL = 8  # some images could not be read; the rest were handled
+    LEARNED_NOTHING = 9  # the update was saved but did not learn the batch (reason in the summary)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; nothing was changed
 
 
@@ -58,6 +59,20 @@ class RejectedError(MLPersonalizeError):
     """The guard refused an update; the old model stays."""
 
     exit_code = ExitCode.REJECTED
+
+
+class ConflictError(RejectedError):
+    """The batch's labels contradict what the model is sure of; refused unless --force."""
+
+    def __init__(self, message: str, conflicts: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
+class LearnedNothing(MLPersonalizeError):
+    """An update was saved, but held-out accuracy on its batch did not rise (the reason says why)."""
+
+    exit_code = ExitCode.LEARNED_NOTHING
 
 
 class StorageError(MLPersonalizeError):

@@ -1,4 +1,10 @@
-"""Classify images with a model package: one ONNX Runtime session, batched runs, top-k, "unknown"."""
+"""Classify images with a model package: one ONNX Runtime session, batched runs, top-k, "unknown".
+
+``unknown``: a model with a calibrated ``unknown`` in its manifest (calibration.py) answers it when
+the top label's open-set score (model.onnx's ``scores``: the cosine to the label's best row) is
+under that label's threshold; a model without one, or any ``threshold`` the caller gives, compares
+the top probability with one number (the manifest's ``unknown_threshold`` by default).
+"""
 
 from __future__ import annotations
 
@@ -74,30 +80,50 @@ class Classifier:
                 f"{package.file(MODEL_FILE)}: input is not {self.manifest.input_name!r} as the manifest says"
             )
         self.input_name = inputs[0].name
+        outputs = {o.name for o in self.session.get_outputs()}
+        calibrated = self.manifest.unknown.get("thresholds")
+        # Per-label thresholds on "scores", when the manifest has them and model.onnx gives scores.
+        self.thresholds = np.asarray(calibrated, np.float32) if calibrated and "scores" in outputs else None
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Per-label probabilities [N, C] for preprocessed uint8 examples (N, H, W, C)."""
-        out = []
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-label probabilities [N, C] and, for a calibrated model, the open-set scores [N, C]."""
+        names = ["probabilities"] + (["scores"] if self.thresholds is not None else [])
+        out: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(pixels), RUN_BATCH):
             x = images.to_model_input(pixels[start : start + RUN_BATCH], self.constraint)
-            (probs,) = self.session.run(["probabilities"], {self.input_name: x})
-            out.append(probs)
-        if not out:
-            return np.zeros((0, len(self.labels)), np.float32)
-        probs = np.concatenate(out)
+            for part, value in zip(out, self.session.run(names, {self.input_name: x}), strict=True):
+                part.append(value)
+        if not out[0]:
+            empty = np.zeros((0, len(self.labels)), np.float32)
+            return empty, (empty if self.thresholds is not None else None)
+        probs = np.concatenate(out[0])
         if probs.shape[1] != len(self.labels):
             raise ModelError(f"model gives {probs.shape[1]} probabilities for {len(self.labels)} labels")
-        return probs
+        return probs, (np.concatenate(out[1]) if len(out) > 1 else None)
 
-    def decide(self, probs: np.ndarray, top_k: int, threshold: float) -> list[tuple[str, float, list]]:
-        """(label, confidence, top-k) per row; below ``threshold`` the label is "unknown"."""
+    def decide(
+        self, probs: np.ndarray, top_k: int, threshold: float | None, scores: np.ndarray | None = None
+    ) -> list[tuple[str, float, list]]:
+        """(label, confidence, top-k) per row. The label is "unknown" when its score is under its
+        calibrated threshold (``threshold`` None, ``scores`` given, the model calibrated), else when
+        its probability is under ``threshold`` (None: the manifest's ``unknown_threshold``)."""
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        calibrated = threshold is None and scores is not None and self.thresholds is not None
+        limit = self.manifest.unknown_threshold if threshold is None else threshold
         results = []
-        for row, idx in zip(probs, order, strict=True):
+        for n, (row, idx) in enumerate(zip(probs, order, strict=True)):
             top = [(self.labels[i], float(row[i])) for i in idx]
             label, confidence = top[0]
-            if confidence < threshold:
+            if calibrated:
+                assert scores is not None and self.thresholds is not None
+                if scores[n, idx[0]] < self.thresholds[idx[0]]:
+                    label = UNKNOWN
+            elif confidence < limit:
                 label = UNKNOWN
             results.append((label, confidence, top))
         return results
@@ -114,7 +140,7 @@ class Classifier:
         ``decoded`` gives each path's :func:`decoding.decode_file` result (from a
         :class:`decoding.Decoder`'s workers); without it the files are decoded here, one by one.
         """
-        limit = self.manifest.unknown_threshold if threshold is None else threshold
+        limit = threshold
         paths = list(paths)
         if decoded is None:
             decoded = (decode_file(os.fspath(path), False, self.constraint, digest=False) for path in paths)
@@ -129,10 +155,14 @@ class Classifier:
             yield from self._run(chunk, top_k, limit)
 
     def _run(
-        self, chunk: list[tuple[str, np.ndarray | None, str]], top_k: int, threshold: float
+        self, chunk: list[tuple[str, np.ndarray | None, str]], top_k: int, threshold: float | None
     ) -> Iterator[Prediction]:
         good = [pixels for _, pixels, _ in chunk if pixels is not None]
-        decided = iter(self.decide(self.probabilities(np.stack(good)), top_k, threshold) if good else [])
+        if good:
+            probs, scores = self.outputs(np.stack(good))
+            decided = iter(self.decide(probs, top_k, threshold, scores))
+        else:
+            decided = iter([])
         for name, pixels, error in chunk:
             if pixels is None:
                 yield Prediction(file=name, error=error)

@@ -120,6 +120,12 @@ class Manifest:
     # The trainable parameters with their shapes, as the head kind's training graph has them
     # (HeadKind.updatable); written with every package.
     updatable: tuple[dict[str, Any], ...] = ()
+    # The label of each head row when a head has more rows than labels (style rows, see
+    # heads/cosine.py); empty means one row per label, in order (every package made before them).
+    row_labels: tuple[int, ...] = ()
+    # The calibrated ``unknown`` (calibration.py): {"score": "max_cosine", "thresholds": [per label]};
+    # empty: predict uses ``unknown_threshold`` on the top probability.
+    unknown: dict[str, Any] = field(default_factory=dict)
     # Per training engine: CURRENT, REGENERATE or UNSUPPORTED (see ENGINE_FILES). A manifest
     # written before the field existed carries what its files show (read_engines).
     engines: dict[str, str] = field(default_factory=dict)
@@ -137,6 +143,8 @@ class Manifest:
         }
         if self.frozen_labels:
             head["frozen_labels"] = self.frozen_labels
+        if self.row_labels:
+            head["row_labels"] = list(self.row_labels)
         return head
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +165,7 @@ class Manifest:
             "labels": list(self.labels),
             "unknown_label": UNKNOWN,
             "unknown_threshold": self.unknown_threshold,
+            **({"unknown": self.unknown} if self.unknown else {}),
             "head": self.head_dict(),
             "updatable": [dict(p) for p in self.updatable],
             "engines": dict(self.engines),
@@ -209,6 +218,8 @@ class Manifest:
                 head_kind=str(head.get("kind", "cosine")),
                 frozen_labels=int(head.get("frozen_labels", 0)),
                 updatable=tuple(_parameter(p) for p in data.get("updatable", [])),
+                row_labels=tuple(int(r) for r in head.get("row_labels", [])),
+                unknown=_unknown(data.get("unknown"), len(data["labels"]), where),
                 engines=read_engines(data.get("engines"), files, where),
             )
         except ModelError as exc:
@@ -223,6 +234,7 @@ class Manifest:
             raise ModelError(f"{where}: head.embedding_dim and head.logit_scale are invalid")
         if not 0 <= manifest.frozen_labels <= len(manifest.labels):
             raise ModelError(f"{where}: head.frozen_labels must be within [0, number of labels]")
+        _check_row_labels(manifest.row_labels, len(manifest.labels), where)
         missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
             raise ModelError(f"{where}: files lists no entry for {', '.join(missing)}")
@@ -265,6 +277,32 @@ def read_engines(value: Any, files: dict[str, FileEntry], where: str) -> dict[st
 def _parameter(entry: Any) -> dict[str, Any]:
     """One ``updatable`` entry: a parameter's name and shape."""
     return {"name": str(entry["name"]), "shape": [int(n) for n in entry["shape"]]}
+
+
+def _check_row_labels(row_labels: tuple[int, ...], n_labels: int, where: str) -> None:
+    """Every row names a label and every label has a row (empty: one row per label)."""
+    if row_labels and (
+        min(row_labels) < 0 or max(row_labels) >= n_labels or len(set(row_labels)) != n_labels
+    ):
+        raise ModelError(
+            f"{where}: head.row_labels must name every label (0 to {n_labels - 1}) at least once"
+        )
+
+
+def _unknown(entry: Any, n_labels: int, where: str) -> dict[str, Any]:
+    """The calibrated ``unknown``: a score name and one finite threshold per label (absent: {})."""
+    if entry is None:
+        return {}
+    thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+    if (
+        not isinstance(entry, dict)
+        or entry.get("score") != "max_cosine"
+        or not isinstance(thresholds, list)
+        or len(thresholds) != n_labels
+        or not all(isinstance(t, (int, float)) and np.isfinite(t) for t in thresholds)
+    ):
+        raise ModelError(f"{where}: unknown must be {{'score': 'max_cosine', 'thresholds': [one per label]}}")
+    return {"score": "max_cosine", "thresholds": [float(t) for t in thresholds]}
 
 
 def check_relative(name: str, where: str) -> None:

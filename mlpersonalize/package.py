@@ -230,7 +230,7 @@ def build_contents(
 
     kind = kind_named(head_kind)
     backbone = onnx.load_from_string(backbone_bytes)
-    classes = int(head.weight.shape[0])
+    classes = len(labels)  # a head may have more rows than labels (StoredHead.row_labels)
     model = build_inference_model(
         backbone,
         kind.classifier_parts(head, "embedding", "head.logits"),
@@ -353,6 +353,7 @@ def create_package(
         head_kind=head_kind,
         frozen_labels=frozen_labels,
         updatable=tuple(kind.updatable(head)),
+        unknown=kind.calibrate(head, exemplar_embeddings, exemplar_labels, len(labels)),
         engines=engines,
     )
     directory.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,8 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
         history=(*manifest.history, outcome.history),
         metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
         producer=outcome.history["producer"],
+        row_labels=outcome.head.row_labels,
+        unknown=outcome.unknown,
         engines=engines,
     )
     try:
@@ -165,7 +167,9 @@ def _train(
     params = options.params(package.manifest.update_defaults, package.manifest.update_ranges)
     engine = _engine(package, options)
     # the batches were loaded for this update alone: their pixels go once embedded
-    outcome = personalize(package, batches, params, options.max_drop, on_event, engine, release_pixels=True)
+    outcome = personalize(
+        package, batches, params, options.max_drop, on_event, engine, release_pixels=True, force=options.force
+    )
     # The history entry's I/O: what the batches were, when, and what wrote the package.
     outcome.history = {
         "time": now_iso(),
@@ -268,4 +272,12 @@ def _completed(outcome: Outcome, path: Path, version: str | None) -> dict[str, A
         "final_loss": outcome.history["final_loss"],
         "metrics": acc,
         "guard": outcome.history["guard"],
+        **learned(outcome.history),
     }
+
+
+def learned(history: dict[str, Any]) -> dict[str, Any]:
+    """``learned`` (bool) and its ``reason`` (None when it learned): an update that learned nothing
+    is saved, and says so (the CLI exits ExitCode.LEARNED_NOTHING)."""
+    entry = history.get("learned") or {}
+    return {"learned": bool(entry.get("learned", True)), "learned_reason": entry.get("reason")}

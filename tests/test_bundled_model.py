@@ -114,7 +114,12 @@ def test_three_drawings_teach_new_emoji_and_the_original_is_untouched(tmp_path: 
     assert accuracy(before.stdout, new=True) == 0.0
     # One draw of 3 labels x 8 drawings (umbrella is easily taken for the known mushroom); the
     # >= 90% target over many draws is measured in benchmarks/quality.py.
-    assert accuracy(after.stdout, new=True) >= 0.8
+    # The calibrated unknown may turn a right answer or two of 24 into `unknown` (real digits: 3-6%
+    # of answers, BENCHMARKS.md section 0); the top-ranked label is still right.
+    assert accuracy(after.stdout, new=True) >= 0.75
+    ranked = [json.loads(line) for line in after.stdout.splitlines()]
+    new_rows = [r for r in ranked if Path(r["file"]).parent.name in stickers]
+    assert np.mean([r["top"][0]["label"] == Path(r["file"]).parent.name for r in new_rows]) >= 0.8
     assert accuracy(after.stdout, new=False) >= accuracy(before.stdout, new=False) - 0.025
     inspect = json.loads(cli("inspect", "--json", home=home).stdout)
     assert inspect["source"] == "personalized" and len(inspect["history"]) == 1

@@ -155,7 +155,8 @@ def test_threads_come_from_the_flag_or_the_environment(
     out_dir = tmp_path / "out"
     args = ["update", str(path), "--model", str(tiny_model), "-o", str(out_dir), "--json", "--threads", "1"]
     code, out, _ = main_cli(args, capsys)
-    assert code == 0 and os.environ[threads.ENV] == "1"
+    # 9: saved, but the tiny model reads these known labels' drawings as before (learned nothing)
+    assert code in (0, 9) and os.environ[threads.ENV] == "1"
     history = json.loads((out_dir / "manifest.json").read_text())["history"][-1]
     assert all(isinstance(n, int) and n > 0 for n in history["training_steps"])
 

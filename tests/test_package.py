@@ -145,13 +145,15 @@ def test_inference_model_matches_backbone_plus_head(tiny_model: Path) -> None:
     """model.onnx = backbone.onnx then head.onnx then softmax, and its label output agrees."""
     package = load_package(tiny_model)
     x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
-    label, probs, emb = _ort.inference_session(tiny_model / "model.onnx").run(None, {"image": x})
+    label, probs, emb, scores = _ort.inference_session(tiny_model / "model.onnx").run(None, {"image": x})
     (emb2,) = _ort.inference_session(tiny_model / "backbone.onnx").run(None, {"image": x})
     (logits,) = _ort.inference_session(tiny_model / "head.onnx").run(None, {"embedding": emb2})
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     assert np.allclose(emb, emb2, atol=1e-6) and np.allclose(probs, expected, atol=1e-5)
     assert list(label) == [package.manifest.labels[i] for i in probs.argmax(1)]
+    # "scores": the cosine to each label's row (what the calibrated unknown compares)
+    assert np.allclose(scores * package.manifest.logit_scale, logits, atol=1e-4)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

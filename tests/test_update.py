@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -178,10 +179,12 @@ def test_guard_refuses_an_update_that_costs_known_labels_accuracy(doodle_model: 
 
     refused = run_cli("update", str(batch), "--model", str(doodle_model))
     assert refused.returncode == 6, refused.stderr
-    assert (
-        refused.stderr.startswith("Error: update refused")
-        and "known labels' accuracy would fall" in refused.stderr
-    )
+    # Drawings the model is sure are known labels (circles labelled "ring"...): named as a conflict
+    # (how many, read as which label) before any training.
+    assert refused.stderr.startswith("Error: update refused") and "drawings labelled '" in refused.stderr
+    named = re.findall(r"labelled '(\w+)' look like '(\w+)'", refused.stderr)
+    assert ("plus", "cross") in named and all(new in lookalike.values() for new, _ in named), refused.stderr
+    assert "--force" in refused.stderr and refused.stderr.count("\n") == 1
     versions = store.versions_dir(store.model_home("tiny"))
     assert not versions.exists() or not list(versions.iterdir())  # nothing published, no temp left
 

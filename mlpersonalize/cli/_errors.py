@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ExitCode, MLPersonalizeError
+from ..errors import ExitCode, LearnedNothing, MLPersonalizeError
 from ..names import quote
 from ._output import ClosedOutput
 
@@ -29,6 +29,11 @@ def _first_line(text: str) -> str:
 def _ours(exc: BaseException) -> Outcome:
     assert isinstance(exc, MLPersonalizeError)
     return Outcome(int(exc.exit_code), _first_line(str(exc)), traceback=True)
+
+
+def _learned_nothing(exc: BaseException) -> Outcome:
+    """The update was saved, but learned nothing on its batch: exit 9 with the likely reason."""
+    return Outcome(ExitCode.LEARNED_NOTHING, _first_line(str(exc)))
 
 
 def _closed(exc: BaseException) -> Outcome:
@@ -98,6 +103,7 @@ def _table() -> list[tuple[type[BaseException], Callable[[BaseException], Outcom
     return [
         (ClosedOutput, _closed),
         (BrokenPipeError, _closed),
+        (LearnedNothing, _learned_nothing),
         (MLPersonalizeError, _ours),
         (KeyboardInterrupt, _interrupted),
         (typer.Abort, _aborted),

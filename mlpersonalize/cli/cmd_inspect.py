@@ -129,13 +129,22 @@ def _render(data: dict[str, Any]) -> None:
         f"input {safe_name(data['input']['name'])!r}: {image['width']}x{image['height']} {image['color']}, "
         f"ink {image['ink']}, value = pixel x {image['scale']:.6g} + {image['bias']}, {image['layout']}"
     )
+    unknown = (
+        "'unknown' below each label's calibrated score threshold"
+        if data.get("unknown")
+        else f"below {data['unknown_threshold']:.2f} confidence the label is 'unknown'"
+    )
     say(
         f"outputs: label, probabilities ({len(data['labels'])}), embedding ({data['head']['embedding_dim']})"
-        f"; below {data['unknown_threshold']:.2f} confidence the label is 'unknown'"
+        f"; {unknown}"
     )
     labels = data["labels"]
     shown = ", ".join(safe_name(label) for label in labels) if out.verbose else summarise(labels, limit=40)
     say(f"{plural(len(labels), 'label')}: {shown}")
+    row_labels = data["head"].get("row_labels") or []
+    styled = {labels[r]: row_labels.count(r) for r in sorted(set(row_labels)) if row_labels.count(r) > 1}
+    if styled:  # labels re-taught in a user's style own more than one head row
+        say("rows per label: " + ", ".join(f"{safe_name(k)} {n}" for k, n in styled.items()) + ", others 1")
     for param in data["updatable"]:
         say(f"updatable: {safe_name(param['name'])} {param['shape']}")
     engines = data.get("engines", {})

@@ -29,6 +29,7 @@ class _Renderer:
         self.out = out
         self.progress: Any = None
         self.task: Any = None
+        self.passes = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         if self.out.json:
@@ -46,9 +47,11 @@ class _Renderer:
             )
             self.progress.start()
             total = event["epochs"] * event["passes"]
+            self.passes = event["passes"]
             self.task = self.progress.add_task("Training", total=total, loss="")
         elif self.progress is not None and event["event"] == "epoch_end":
-            what = "Checking" if event["pass"] == 1 else "Training"
+            event = {**event, "passes": self.passes}
+            what = "Checking" if event["pass"] < event.get("passes", 0) else "Training"
             self.progress.update(
                 self.task,
                 advance=1,
@@ -86,7 +89,29 @@ def summary(result: Any) -> str:
             )
     where = f"version {result.version} at " if result.version else ""
     forced = " (forced past the guard)" if result.history["guard"]["forced"] else ""
-    return f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}"
+    lines = [f"Updated{forced}: {where}{safe_name(str(result.model))}{added}{held_text}"]
+    return "\n".join(lines + reteach_lines(result.history))
+
+
+def reteach_lines(history: dict[str, Any]) -> list[str]:
+    """Re-taught labels (conflicts learned with --force, style rows) and a plain "learned nothing"."""
+    from ._output import plural, safe_name
+
+    lines = []
+    for c in history.get("conflicts") or []:
+        read = ", ".join(f"{safe_name(k)} ({n})" for k, n in c["read_as"].items())
+        lines.append(
+            f"Re-taught (--force): {c['drawings']} of {plural(c['of'], 'drawing')} labelled "
+            f"{safe_name(c['label'])} that the model read as {read}"
+        )
+    styles = history.get("style_rows") or {}
+    if styles:
+        names = ", ".join(safe_name(label) for label in styles)
+        lines.append(f"Learned your way of drawing: {names} ({plural(len(styles), 'new style row')})")
+    learned = history.get("learned") or {}
+    if learned and not learned.get("learned", True):
+        lines.append(f"Learned nothing: {learned.get('reason')}")
+    return lines
 
 
 def update_command(
@@ -169,3 +194,9 @@ def update_command(
         renderer.close()
     if not out.json:
         out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))
+    learned = result.history.get("learned") or {}
+    if not learned.get("learned", True):
+        from ..errors import LearnedNothing
+
+        where = f"version {result.version}" if result.version else str(result.model)
+        raise LearnedNothing(f"the update was saved ({where}) but learned nothing: {learned.get('reason')}")

@@ -59,6 +59,15 @@ class StoredHead:
     frozen_rows: int = 0
     gate_columns: int = 0
     features: onnx.ModelProto | None = None
+    # The label of each row when a head has more rows than labels (a cosine head's style rows);
+    # empty: one row per label, in order.
+    row_labels: tuple[int, ...] = ()
+
+    def row_label(self) -> np.ndarray:
+        """The label index of each weight row."""
+        if self.row_labels:
+            return np.asarray(self.row_labels, np.int64)
+        return np.arange(len(self.weight), dtype=np.int64)
 
 
 @dataclass
@@ -79,10 +88,42 @@ class FitResult:
         return all(bool(np.all(np.isfinite(a))) for a in arrays) and all(np.isfinite(v) for v in self.losses)
 
 
+class RowHead(Protocol):
+    """What a kind with ``selects`` adds for update_algorithm's choice between imprinted and trained
+    heads and its style rows (heads/cosine.py): unit rows, each with a label (``row_label``)."""
+
+    old_weight: np.ndarray
+    scale: float
+    row_label: np.ndarray
+    rehearsed: int
+
+    def adopt(self, row_label: np.ndarray) -> None: ...
+
+    def target_rows(self, rows: np.ndarray, emb: np.ndarray, idx: np.ndarray) -> np.ndarray: ...
+
+    def predict_labels(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray: ...
+
+    def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray: ...
+
+    def train(
+        self,
+        start: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        params: UpdateParams,
+        on_epoch: EpochCallback | None,
+    ) -> FitResult: ...
+
+    def stored(self, result: FitResult) -> StoredHead: ...
+
+
 class HeadKind(ABC):
     """One head kind. Class methods describe a stored head; an instance runs one update."""
 
     kind: ClassVar[str]
+    # True for a kind that chooses between its imprinted and trained head from the user's examples
+    # and learns style rows (``choose``); the others keep the two-pass update of update_algorithm.py.
+    selects: ClassVar[bool] = False
     rehearsed: int = 0  # how many of the rows ``train`` gets are the rehearsal set (set by ``fit``)
 
     # --- the stored head ------------------------------------------------------------------
@@ -115,6 +156,12 @@ class HeadKind(ABC):
     @classmethod  # noqa: B027  (a hook: most kinds need nothing more of a manifest)
     def check(cls, manifest: Manifest, where: str) -> None:
         """ModelError (naming ``where``) when ``manifest`` lacks what this kind needs."""
+
+    @classmethod
+    def calibrate(cls, stored: StoredHead, emb: np.ndarray, idx: np.ndarray, n_labels: int) -> dict[str, Any]:
+        """The manifest's calibrated ``unknown`` for this head from labelled embeddings (the
+        exemplar memory), or {} for a kind whose predictions keep the single probability threshold."""
+        return {}
 
     @classmethod
     def updatable(cls, stored: StoredHead) -> list[dict[str, Any]]:

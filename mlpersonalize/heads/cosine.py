@@ -1,21 +1,29 @@
 """The "cosine" head kind (the bundled model's): ``logits = s * normalize(e) @ normalize(W).T``.
 
-One row of ``W`` per label. Cosine rows make weight imprinting exact (a new row is the
-normalised mean embedding of its examples) and keep old and new labels on the same scale.
-Every row trains; the exemplar memory of known labels is rehearsed with the new data and
-their rows are anchored (fitting.py) so they are not forgotten.
+One row of ``W`` per label, or more: a label the user re-taught in their own style owns a second
+(third, fourth) row, its style row (manifest ``head.row_labels``; reteach.py plans them). Cosine rows
+make weight imprinting exact (a new row is the normalised mean embedding of its examples) and keep
+old and new labels on the same scale. Every row trains; the exemplar memory of known labels is
+rehearsed with the new data and their rows are anchored (fitting.py) so they are not forgotten.
+
+head.onnx (what trains) gives one logit per row. Inside model.onnx a head with style rows turns
+them into per-label probabilities: the softmax over rows summed per label (a MatMul with a one-hot
+[R, C]), passed on as its log so the classifier's softmax returns exactly those probabilities; so
+model.onnx stays a plain classifier for any runtime. model.onnx also outputs ``scores`` [N, C], the
+cosine to each label's best row: the open-set score predict compares with the calibrated
+thresholds (calibration.py).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .. import fitting
-from ..classifier import head_model
+from .. import calibration, fitting
+from ..classifier import SCORES, head_model
 from ..manifest import HEAD_FILE
 from ..params import UpdateParams
 from .base import FitResult, HeadKind, PackageView, Parts, StoredHead
@@ -60,14 +68,53 @@ def _normalize_nodes(source: str, target: str, prefix: str) -> list[onnx.NodePro
     ]
 
 
-def head_parts(weight: np.ndarray, logit_scale: float, embedding: str, logits: str) -> Parts:
-    nodes = _normalize_nodes(WEIGHT, "head.wn", "head_w")
-    nodes += _normalize_nodes(embedding, "head.en", "head_e")
-    nodes += [
-        helper.make_node("Gemm", ["head.en", "head.wn"], ["head.cos"], transB=1),
-        helper.make_node("Mul", ["head.cos", "head.scale"], [logits]),
+FAR = 4.0  # subtracted from other labels' rows before the max: below any cosine
+
+
+def label_parts(row_label: np.ndarray, n_labels: int, logit_scale: float, logits: str) -> Parts:
+    """From the rows' cosines "head.cos" [N, R]: ``logits`` = log of the per-label probabilities
+    (softmax over rows summed per label) and SCORES = the cosine to each label's best row."""
+    onehot = np.zeros((len(row_label), n_labels), np.float32)
+    onehot[np.arange(len(row_label)), row_label] = 1.0
+    nodes = [
+        helper.make_node("Mul", ["head.cos", "head.scale"], ["head.row_logits"]),
+        helper.make_node("Softmax", ["head.row_logits"], ["head.row_prob"], axis=1),
+        helper.make_node("MatMul", ["head.row_prob", "head.onehot"], ["head.label_prob"]),
+        helper.make_node("Add", ["head.label_prob", "head.tiny"], ["head.label_prob_e"]),
+        helper.make_node("Log", ["head.label_prob_e"], [logits]),
+        helper.make_node("Unsqueeze", ["head.cos", "head.axis2"], ["head.cos3"]),
+        helper.make_node("Add", ["head.cos3", "head.row_mask"], ["head.cos_masked"]),
+        helper.make_node("ReduceMax", ["head.cos_masked"], [SCORES], axes=[1], keepdims=0),
     ]
     inits = [
+        numpy_helper.from_array(onehot, "head.onehot"),
+        numpy_helper.from_array(np.array(1e-30, np.float32), "head.tiny"),
+        numpy_helper.from_array(np.array([2], np.int64), "head.axis2"),
+        numpy_helper.from_array(((onehot - 1.0) * FAR).astype(np.float32), "head.row_mask"),
+    ]
+    return nodes, inits
+
+
+def head_parts(
+    weight: np.ndarray,
+    logit_scale: float,
+    embedding: str,
+    logits: str,
+    row_label: np.ndarray | None = None,
+) -> Parts:
+    """The head's nodes; with ``row_label`` (more rows than labels) ``logits`` are per label."""
+    nodes = _normalize_nodes(WEIGHT, "head.wn", "head_w")
+    nodes += _normalize_nodes(embedding, "head.en", "head_e")
+    nodes.append(helper.make_node("Gemm", ["head.en", "head.wn"], ["head.cos"], transB=1))
+    extra: list[onnx.TensorProto] = []
+    if row_label is None or np.array_equal(row_label, np.arange(len(weight))):
+        nodes.append(helper.make_node("Mul", ["head.cos", "head.scale"], [logits]))
+        if row_label is not None:
+            nodes.append(helper.make_node("Identity", ["head.cos"], [SCORES]))
+    else:
+        more, extra = label_parts(row_label, int(row_label.max()) + 1, logit_scale, logits)
+        nodes += more
+    inits = extra + [
         numpy_helper.from_array(np.ascontiguousarray(weight, dtype=np.float32), WEIGHT),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "head.axes"),
         numpy_helper.from_array(np.array(EPS, dtype=np.float32), "head.eps"),
@@ -88,6 +135,7 @@ class CosineHead(HeadKind):
     """The bundled kind: rehearse the exemplar memory, imprint new rows, train every row."""
 
     kind = KIND
+    selects = True
 
     @staticmethod
     def graph(stored: StoredHead) -> onnx.ModelProto:
@@ -100,7 +148,14 @@ class CosineHead(HeadKind):
 
     @staticmethod
     def classifier_parts(stored: StoredHead, embedding: str, output: str) -> Parts:
-        return head_parts(stored.weight, stored.logit_scale, embedding, output)
+        # With row_label, model.onnx also gets its per-label "scores" output.
+        return head_parts(stored.weight, stored.logit_scale, embedding, output, stored.row_label())
+
+    @classmethod
+    def calibrate(cls, stored: StoredHead, emb: np.ndarray, idx: np.ndarray, n_labels: int) -> dict[str, Any]:
+        if len(emb) == 0:
+            return {}
+        return calibration.calibrate(emb, idx, stored.weight, stored.row_label(), n_labels).to_manifest()
 
     @staticmethod
     def embedding_dim(stored: StoredHead, backbone: onnx.ModelProto) -> int:
@@ -109,7 +164,7 @@ class CosineHead(HeadKind):
     @classmethod
     def read(cls, package: PackageView) -> StoredHead:
         weight = head_weight(onnx.load(str(package.path / HEAD_FILE)))
-        return StoredHead(weight, package.manifest.logit_scale)
+        return StoredHead(weight, package.manifest.logit_scale, row_labels=package.manifest.row_labels)
 
     def __init__(
         self, package: PackageView, labels: tuple[str, ...], params: UpdateParams, engine: Engine
@@ -118,6 +173,22 @@ class CosineHead(HeadKind):
         self.old = self.read(package)
         self.old_weight = self.old.weight
         self.scale = self.old.logit_scale
+        self.row_label = self.old.row_label()  # grows with the update's style and new rows (``adopt``)
+
+    def adopt(self, row_label: np.ndarray) -> None:
+        """The rows this update's head has (style rows and new labels' rows appended)."""
+        self.row_label = np.asarray(row_label, np.int64)
+
+    def target_rows(self, rows: np.ndarray, emb: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Each example's training target: its label's row nearest to it (its only row for most)."""
+        cos = calibration.normalize(emb) @ calibration.normalize(rows).T
+        own = self.row_label[None, :] == np.asarray(idx)[:, None]
+        return np.asarray(np.where(own, cos, -np.inf).argmax(axis=1), np.int64)
+
+    def predict_labels(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Top-1 label per embedding under ``rows`` (softmax over rows summed per label)."""
+        row_label = self.row_label if len(self.row_label) == len(rows) else np.arange(len(rows))
+        return self._labels_under(emb, rows, row_label)
 
     def grow(self, emb: np.ndarray, idx: np.ndarray, rows: list[int], rehearse_emb: np.ndarray) -> np.ndarray:
         return np.concatenate([self.old_weight, imprint(emb, idx, rows)])
@@ -141,10 +212,18 @@ class CosineHead(HeadKind):
             session.close()
 
     def predict(self, emb: np.ndarray, result: FitResult | None = None) -> np.ndarray:
+        if result is None:  # the head as it was: its own rows and their labels
+            return self._labels_under(emb, self.old_weight, self.old.row_label())
+        return self.predict_labels(emb, result.weight)
+
+    def _labels_under(self, emb: np.ndarray, rows: np.ndarray, row_label: np.ndarray) -> np.ndarray:
         if len(emb) == 0:
             return np.zeros(0, np.int64)
-        weight = self.old_weight if result is None else result.weight
-        return np.argmax(cosine_logits(emb, weight, self.scale), axis=1)
+        n_labels = int(row_label.max()) + 1
+        prob = calibration.label_probabilities(emb, rows, row_label, self.scale, n_labels)
+        return np.asarray(prob.argmax(axis=1), np.int64)
 
     def stored(self, result: FitResult) -> StoredHead:
-        return StoredHead(result.weight, self.scale)
+        rl = self.row_label if len(self.row_label) == len(result.weight) else np.arange(len(result.weight))
+        identity = bool(np.array_equal(rl, np.arange(len(rl))))
+        return StoredHead(result.weight, self.scale, row_labels=() if identity else tuple(int(r) for r in rl))

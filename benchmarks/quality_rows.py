@@ -1,0 +1,360 @@
+"""The update algorithm itself (update_algorithm.personalize_rows) on embeddings, without the CLI.
+
+    python -m benchmarks.quality_rows [--model DIR] [--digits FILE] [--seeds N] [--shots 1,3,5]
+                                      [--part digits|generated|style|all]
+
+What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
+
+* ``digits``: real handwriting (scikit-learn's 8x8 digits, rendered as drawings and preprocessed,
+  read from ``--digits``: an .npz with ``pix`` [N, 28, 28, 1] and ``y``) taught in two rounds of
+  five labels with 1, 3 or 5 drawings each; every held-out drawing is predicted among all labels
+  with the calibrated ``unknown`` (counted wrong): round 1's labels after round 1, round 2's after
+  round 2, round 1's after round 2. Both sides of ``unknown``: right answers turned ``unknown``
+  (round 1's digits and generated drawings of the 43 labels) and the five digits not yet taught
+  plus generated drawings of the 17 novel labels (never in pretraining) rejected after round 1.
+  Beside it: imprinting alone (the same update with 0 epochs) and the fixed 0.5 threshold.
+* ``generated``: the same protocol on generated drawings of the novel labels (two rounds of five).
+* ``style``: 5 asterisk-drawn stars labelled ``star`` (benchmarks/styles.py; the model reads them
+  as ``sun``): held-out asterisks read as ``star`` before and after, standard stars and all 43
+  labels' generated drawings before and after; and standard stars labelled ``circle``: how many
+  the conflict check names.
+
+Embeddings come from the model's own backbone (``--model``, default: the bundled one), so the
+numbers follow the backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mlpersonalize import engines
+from mlpersonalize.calibration import label_probabilities, predict_open
+from mlpersonalize.embedding import embed
+from mlpersonalize.errors import ConflictError
+from mlpersonalize.heads.cosine import CosineHead
+from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE, Manifest
+from mlpersonalize.package import load_package
+from mlpersonalize.params import UpdateParams
+from mlpersonalize.sample.doodles import NOVEL_LABELS, make_dataset
+from mlpersonalize.update_algorithm import Outcome, personalize_rows
+
+from .styles import style_drawings
+
+DIGITS = Path("/work/wt/briefs/digits_emb.npz")
+
+
+@dataclasses.dataclass
+class View:
+    """A package as the update reads it: a folder with head.onnx, a manifest, an exemplar memory."""
+
+    path: Path
+    manifest: Manifest
+    memory: tuple[np.ndarray, np.ndarray]
+
+    def exemplars(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.memory
+
+
+def update_once(
+    view: View,
+    emb: np.ndarray,
+    names: list[str],
+    params: UpdateParams,
+    force: bool = False,
+    retry: bool = True,
+) -> tuple[View, Outcome]:
+    old = view.manifest.labels
+    added = tuple(dict.fromkeys(n for n in names if n not in old))
+    labels = old + added
+    idx = np.array([labels.index(n) for n in names], np.int64)
+    head = CosineHead(view, labels, params, engines.get(None))
+    try:
+        out = personalize_rows(
+            view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, force
+        )
+    except ConflictError:  # measured as a user who runs again with --force (counted: "refused")
+        if not retry:
+            raise
+        head = CosineHead(view, labels, params, engines.get(None))
+        out = personalize_rows(view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, True)
+        out.history["refused"] = True
+    folder = Path(tempfile.mkdtemp(prefix="quality-rows-"))
+    onnx.save(CosineHead.graph(out.head), str(folder / HEAD_FILE))
+    manifest = dataclasses.replace(
+        view.manifest,
+        labels=labels,
+        row_labels=out.head.row_labels,
+        unknown=out.unknown,
+        history=(*view.manifest.history, out.history),
+    )
+    return View(folder, manifest, (out.exemplar_embeddings, out.exemplar_labels)), out
+
+
+def predict(view: View, emb: np.ndarray, calibrated: bool | None = True) -> np.ndarray:
+    """Label index per embedding, -1 for ``unknown`` (calibrated, or the fixed 0.5 threshold;
+    ``calibrated`` None: top-1, never ``unknown``)."""
+    head = CosineHead.read(view)
+    rl = head.row_label()
+    if calibrated is None:
+        return label_probabilities(emb, head.weight, rl, head.logit_scale, len(view.manifest.labels)).argmax(
+            1
+        )
+    if calibrated and view.manifest.unknown:
+        pred, _, _ = predict_open(
+            emb, head.weight, rl, head.logit_scale, np.array(view.manifest.unknown["thresholds"])
+        )
+        return pred
+    prob = label_probabilities(emb, head.weight, rl, head.logit_scale, len(view.manifest.labels))
+    return np.where(prob.max(1) >= 0.5, prob.argmax(1), -1)
+
+
+def base_view(model: Path) -> View:
+    package = load_package(model)
+    return View(package.path, package.manifest, package.exemplars())
+
+
+def two_rounds(
+    model: Path,
+    emb: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    shots: int,
+    seed: int,
+    epochs: int | None,
+    unknown_emb: np.ndarray,
+    known_emb: np.ndarray,
+    known_y: np.ndarray,
+) -> dict[str, float]:
+    """Round 1 teaches 5 classes of ``y``, round 2 five others; accuracies with unknown counted wrong."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(y))[:10]
+    a, b = classes[:5], classes[5:]
+    train = {c: rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in classes}
+    test = {c: np.setdiff1d(np.flatnonzero(y == c), train[c]) for c in classes}
+    params = UpdateParams(seed=seed) if epochs is None else UpdateParams(seed=seed, epochs=epochs)
+    view = base_view(model)
+
+    def batch(cs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        pos = np.concatenate([train[c] for c in cs])
+        return emb[pos], [names[int(c)] for c in y[pos]]
+
+    def acc(v: View, cs: np.ndarray) -> tuple[float, float]:
+        pos = np.concatenate([test[c] for c in cs])
+        truth = np.array([v.manifest.labels.index(names[int(c)]) for c in y[pos]])
+        pred = predict(v, emb[pos])
+        return float(np.mean(pred == truth)), float(np.mean(pred == -1))
+
+    v1, out1 = update_once(view, *batch(a), params)
+    r1, r1_unknown = acc(v1, a)
+    pos1 = np.concatenate([test[c] for c in a])
+    truth1 = np.array([v1.manifest.labels.index(names[int(c)]) for c in y[pos1]])
+    raw = predict(v1, emb[pos1], calibrated=False)
+    head1 = CosineHead.read(v1)
+    top = label_probabilities(
+        emb[pos1], head1.weight, head1.row_label(), head1.logit_scale, len(v1.manifest.labels)
+    ).argmax(1)
+    right = top == truth1
+    cal = predict(v1, emb[pos1])
+    untaught = np.concatenate([test[c] for c in b])
+    known_pred = predict(v1, known_emb)
+    known_top_right = (
+        label_probabilities(
+            known_emb, head1.weight, head1.row_label(), head1.logit_scale, len(v1.manifest.labels)
+        ).argmax(1)
+        == known_y
+    )
+    v2, out2 = update_once(v1, *batch(b), params)
+    r2, _ = acc(v2, b)
+    r1_after, _ = acc(v2, a)
+    return {
+        "r1": r1,
+        "r2_new": r2,
+        "r1_after_r2": r1_after,
+        "r1_unknown": r1_unknown,
+        "right_to_unknown_new": float(np.mean(cal[right] == -1)) if right.any() else float("nan"),
+        "right_to_unknown_43": float(np.mean(known_pred[known_top_right] == -1)),
+        "untaught_rejected": float(np.mean(predict(v1, emb[untaught]) == -1)),
+        "novel_rejected": float(np.mean(predict(v1, unknown_emb) == -1)),
+        "fixed05_right_to_unknown": float(np.mean(raw[right] == -1)) if right.any() else float("nan"),
+        "fixed05_untaught_rejected": float(np.mean(predict(v1, emb[untaught], calibrated=False) == -1)),
+        "trained_r1": float(out1.history["selection"]["head"] != "imprinted"),
+        "trained_r2": float(out2.history["selection"]["head"] != "imprinted"),
+        "refused": float(out1.history.get("refused", False) or out2.history.get("refused", False)),
+    }
+
+
+def table(title: str, rows: dict[tuple[str, int], list[dict[str, float]]]) -> None:
+    print(f"\n## {title}")
+    keys = list(next(iter(rows.values()))[0])
+    print("method | shots | " + " | ".join(keys))
+    print("--- | --- | " + " | ".join("---" for _ in keys))
+    for (method, shots), recs in rows.items():
+        cells = []
+        for k in keys:
+            v = np.array([r[k] for r in recs])
+            cells.append(f"{np.nanmean(v):.3f} [{np.nanmin(v):.2f}-{np.nanmax(v):.2f}]")
+        print(f"{method} | {shots} | " + " | ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", type=Path, default=Path(__file__).parent.parent / "sample_models" / "doodles"
+    )
+    parser.add_argument("--digits", type=Path, default=DIGITS)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--shots", default="1,3,5")
+    parser.add_argument("--part", default="all")
+    parser.add_argument("--methods", default="update,imprint")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="calibration's target share of right answers turned unknown",
+    )
+    args = parser.parse_args(argv)
+    if args.target is not None:
+        from mlpersonalize import calibration
+
+        calibration.TARGET_FRR = args.target
+    shots_list = [int(s) for s in args.shots.split(",")]
+    view = base_view(args.model)
+    constraint = view.manifest.constraint
+    backbone = args.model / BACKBONE_FILE
+    named = list(view.manifest.labels)
+    std_pix, std_y = make_dataset(named, 20, seed=777, constraint=constraint)
+    std_emb = embed(backbone, std_pix, constraint)
+    novel_pix, novel_y = make_dataset(list(NOVEL_LABELS), 30, seed=4242, constraint=constraint)
+    novel_emb = embed(backbone, novel_pix, constraint)
+    methods = {"update": None, "imprint": 0}
+    chosen = [m for m in args.methods.split(",") if m in methods]
+    if args.part in ("digits", "all") and args.digits.exists():
+        z = np.load(args.digits)
+        emb = embed(backbone, z["pix"], constraint)
+        names = [f"digit {d}" for d in range(10)]
+        rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for method in chosen:
+            for shots in shots_list:
+                rows[(method, shots)] = [
+                    two_rounds(
+                        args.model, emb, z["y"], names, shots, s, methods[method], novel_emb, std_emb, std_y
+                    )
+                    for s in range(args.seeds)
+                ]
+        table("Real digits (scikit-learn, rendered), two rounds of five; unknown counted wrong", rows)
+    if args.part in ("generated", "all"):
+        rows = {}
+        names = list(NOVEL_LABELS)
+        gen_emb = np.concatenate(
+            [
+                novel_emb,
+                embed(backbone, make_dataset(names, 5, seed=99, constraint=constraint)[0], constraint),
+            ]
+        )
+        gen_y = np.concatenate([novel_y, np.repeat(np.arange(len(names)), 5)])
+        proc_pix, _ = make_dataset(
+            [f"proc-{i}" for i in range(900000, 900010)], 10, seed=3, constraint=constraint
+        )
+        proc_emb = embed(backbone, proc_pix, constraint)
+        for method in chosen:
+            for shots in shots_list:
+                rows[(method, shots)] = [
+                    two_rounds(
+                        args.model, gen_emb, gen_y, names, shots, s, methods[method], proc_emb, std_emb, std_y
+                    )
+                    for s in range(args.seeds)
+                ]
+        table(
+            "Generated drawings (novel labels), two rounds of five; "
+            "unknowns: procedural classes never taught",
+            rows,
+        )
+    if args.part in ("style", "all"):
+        style(args.model, args.seeds)
+
+
+def style_records(model: Path, seeds: int) -> dict[str, Any]:
+    """Style rows and conflicts on the model (generated drawings): per seed, before and after."""
+    view = base_view(model)
+    constraint = view.manifest.constraint
+    backbone = model / BACKBONE_FILE
+    labels = view.manifest.labels
+    std_pix, std_y = make_dataset(list(labels), 20, seed=777, constraint=constraint)
+    std_emb = embed(backbone, std_pix, constraint)
+    star = labels.index("star")
+    stars = std_y == star
+    records = []
+    for seed in range(seeds):
+        emb = embed(backbone, style_drawings("asterisk", 65, seed, constraint), constraint)
+        teach, held = emb[:5], emb[5:]
+        v2, out = update_once(view, teach, ["star"] * 5, UpdateParams(seed=seed), retry=False)
+        records.append(
+            {
+                "seed": seed,
+                "style_before": float(np.mean(predict(view, held, None) == star)),
+                "style_after": float(np.mean(predict(v2, held, None) == star)),
+                "style_after_calibrated": float(np.mean(predict(v2, held) == star)),
+                "standard_before": float(np.mean(predict(view, std_emb[stars], None) == star)),
+                "standard_after": float(np.mean(predict(v2, std_emb[stars], None) == star)),
+                "all_before": float(np.mean(predict(view, std_emb, None) == std_y)),
+                "all_after": float(np.mean(predict(v2, std_emb, None) == std_y)),
+                "head": out.history["selection"]["head"],
+                "style_rows": out.history["style_rows"],
+                "learned": out.history["learned"]["learned"],
+            }
+        )
+    conflicts = {}
+    circle = labels.index("circle")
+    for swap, what in ((star, "circle"), (circle, "star")):
+        n = int(np.sum(std_y == swap))
+        try:
+            update_once(view, std_emb[std_y == swap], [what] * n, UpdateParams(), retry=False)
+            conflicts[f"{labels[swap]} labelled {what}"] = {"refused": False, "of": n}
+        except ConflictError as exc:
+            conflicts[f"{labels[swap]} labelled {what}"] = {"refused": True, "of": n, "named": exc.conflicts}
+    return {
+        "style": "asterisk",
+        "label": "star",
+        "teach": 5,
+        "held_out": 60,
+        "records": records,
+        "conflicts": conflicts,
+    }
+
+
+def run(model: Path, seeds: int, log: Any = print) -> dict[str, Any]:
+    """What benchmarks.run records as its ``reteach`` section."""
+    labels = load_package(model).manifest.labels
+    if "star" not in labels or "circle" not in labels:
+        return {"skipped": "the model has no 'star' and 'circle' labels"}
+    log("reteach: style rows and conflicts (generated drawings)")
+    return style_records(model, seeds)
+
+
+def style(model: Path, seeds: int) -> None:
+    result = style_records(model, seeds)
+    print("\n## Style rows: asterisk-drawn stars labelled 'star' (5 drawings), generated")
+    print("top-1 before -> after (asterisks also with the calibrated unknown counted wrong)")
+    print("seed | asterisks read 'star' | standard stars | 43 labels | head | style rows | learned")
+    for r in result["records"]:
+        print(
+            f"{r['seed']} | {r['style_before']:.3f} -> {r['style_after']:.3f}"
+            f" ({r['style_after_calibrated']:.3f})"
+            f" | {r['standard_before']:.3f} -> {r['standard_after']:.3f}"
+            f" | {r['all_before']:.3f} -> {r['all_after']:.3f}"
+            f" | {r['head']} | {r['style_rows']} | {r['learned']}"
+        )
+    print("\n## Conflicts")
+    for what, c in result["conflicts"].items():
+        print(f"{what}: {c}")
+
+
+if __name__ == "__main__":
+    main()

@@ -409,7 +409,9 @@ def test_which_model_answers_after_updating_an_original(
     for command in (["predict", str(tmp_path / "data")], ["inspect"]):
         code, out, err = main_cli([*command, "--model", str(pkg), "--json", "--verbose"], capsys)
         assert code == 0 and f"note: {pkg} is the original" in err and "--model m" in err, err
-        assert "note:" not in main_cli([*command, "--model", str(pkg), "--json"], capsys)[2]  # quiet off a terminal
+        assert (
+            "note:" not in main_cli([*command, "--model", str(pkg), "--json"], capsys)[2]
+        )  # quiet off a terminal
         assert "new4" not in labels(command, out)
         code, out, err = main_cli([*command, "--model", "m", "--json"], capsys)
         assert code == 0 and "note:" not in err and "new4" in labels(command, out)

@@ -47,7 +47,19 @@ from mlpersonalize.update_algorithm import Outcome, personalize_rows
 
 from .styles import style_drawings
 
-DIGITS = Path("/work/wt/briefs/digits_emb.npz")
+
+def digit_pixels(constraint: Any) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits drawn as real_digits renders them (dark on a light
+    or transparent canvas, every other one transparent), through the tool's preprocessing."""
+    from mlpersonalize.images import preprocess
+
+    from .real_digits import load_digits, render
+
+    images, digits = load_digits()
+    pixels = np.stack(
+        [preprocess(render(img, transparent=i % 2 == 0), constraint) for i, img in enumerate(images)]
+    )
+    return pixels, digits
 
 
 @dataclasses.dataclass
@@ -77,13 +89,13 @@ def update_once(
     head = CosineHead(view, labels, params, engines.get(None))
     try:
         out = personalize_rows(
-            view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, force
+            view, head, emb, idx, labels, added, params, 0.02, lambda e: None, force
         )
     except ConflictError:  # measured as a user who runs again with --force (counted: "refused")
         if not retry:
             raise
         head = CosineHead(view, labels, params, engines.get(None))
-        out = personalize_rows(view, head, emb, idx, labels, added, names, params, 0.02, lambda e: None, True)
+        out = personalize_rows(view, head, emb, idx, labels, added, params, 0.02, lambda e: None, True)
         out.history["refused"] = True
     folder = Path(tempfile.mkdtemp(prefix="quality-rows-"))
     onnx.save(CosineHead.graph(out.head), str(folder / HEAD_FILE))
@@ -208,7 +220,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", type=Path, default=Path(__file__).parent.parent / "sample_models" / "doodles"
     )
-    parser.add_argument("--digits", type=Path, default=DIGITS)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shots", default="1,3,5")
     parser.add_argument("--part", default="all")
@@ -235,16 +246,16 @@ def main(argv: list[str] | None = None) -> None:
     novel_emb = embed(backbone, novel_pix, constraint)
     methods = {"update": None, "imprint": 0}
     chosen = [m for m in args.methods.split(",") if m in methods]
-    if args.part in ("digits", "all") and args.digits.exists():
-        z = np.load(args.digits)
-        emb = embed(backbone, z["pix"], constraint)
+    if args.part in ("digits", "all"):
+        digit_pix, digit_y = digit_pixels(constraint)
+        emb = embed(backbone, digit_pix, constraint)
         names = [f"digit {d}" for d in range(10)]
         rows: dict[tuple[str, int], list[dict[str, float]]] = {}
         for method in chosen:
             for shots in shots_list:
                 rows[(method, shots)] = [
                     two_rounds(
-                        args.model, emb, z["y"], names, shots, s, methods[method], novel_emb, std_emb, std_y
+                        args.model, emb, digit_y, names, shots, s, methods[method], novel_emb, std_emb, std_y
                     )
                     for s in range(args.seeds)
                 ]

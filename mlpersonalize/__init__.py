@@ -16,7 +16,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Model", "__version__", "load_model", "prepare", "update"]
 _API = ("Model", "load_model", "prepare", "update")

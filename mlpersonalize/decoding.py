@@ -12,10 +12,12 @@ engine's thread pool exists copies a process whose other threads are gone.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -88,8 +90,6 @@ def _decode_chunk(tasks: Sequence[Task], constraint: images.ImageConstraint, dig
 
 
 def _worker_init(parent: int) -> None:
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
@@ -102,9 +102,8 @@ def _die_with_parent(parent: int) -> None:
     """A worker never outlives the command that started it (a SIGKILLed prepare left two
     workers blocked on their pipe for good). Linux: the kernel sends SIGKILL when the parent
     dies; elsewhere the pool's pipe EOF ends idle workers."""
-    import signal
-
     if sys.platform.startswith("linux"):
+        # lazy: ctypes, on Linux only (prctl)
         import ctypes
 
         try:
@@ -145,9 +144,6 @@ class Decoder:
 
     def __enter__(self) -> Decoder:
         if self.workers:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             # fork starts workers in milliseconds; macOS and Windows need spawn
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
             self._pool = ProcessPoolExecutor(

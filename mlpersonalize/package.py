@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import ModelError
 from .fsio import fsync_dir, write_bytes_synced
 from .heads import StoredHead, kind_named, kind_of

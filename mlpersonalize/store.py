@@ -12,13 +12,19 @@ complete package) and a ``current`` symlink naming one of them; see ``swap``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+import platformdirs
+
 from . import fsio
-from .fsio import FileLock
+from .errors import ModelError, UsageError
+from .faults import fault_point
+from .fsio import FileLock, fsync_dir, makedirs_durable, storage_error
 
 T = TypeVar("T")
 
@@ -45,12 +51,8 @@ def home() -> Path:
     if env:
         path = Path(env).expanduser()
         if path.exists() and not path.is_dir():
-            from .errors import UsageError
-
             raise UsageError(f"MLPERSONALIZE_HOME={env} is not a folder; point it at a folder (or unset it)")
         return path
-    import platformdirs
-
     return Path(platformdirs.user_data_dir("mlpersonalize", appauthor=False))
 
 
@@ -77,8 +79,6 @@ def resolve_model(flag: Path | None = None) -> ResolvedModel:
             return ResolvedModel(_follow(named), "personalized")
         path = flag.expanduser()
         if not path.exists() and len(path.parts) == 1:
-            from .errors import ModelError
-
             raise ModelError(
                 f"{flag}: no such model package, and no personalized model of that name "
                 f"in {home() / 'models'}"
@@ -121,8 +121,6 @@ def open_model(flag: Path | None, load: Callable[[ResolvedModel], T], attempts: 
 
     A file that vanished is reported as such, never as a corrupt model.
     """
-    from .errors import ModelError
-
     for attempt in range(attempts):
         resolved = resolve_model(flag)
         try:
@@ -196,8 +194,6 @@ class ModelLock(FileLock):
 
 def clean_stale(root: Path) -> list[str]:
     """Remove temp folders and half-made links left by killed runs (call with the lock held)."""
-    import shutil
-
     removed: list[str] = []
     folder = versions_dir(root)
     for entry in list(folder.iterdir()) if folder.is_dir() else []:
@@ -212,9 +208,6 @@ def clean_stale(root: Path) -> list[str]:
 
 def new_temp_dir(root: Path) -> Path:
     """A fresh, empty ``versions/.tmp-…`` folder beside the versions (same filesystem: rename works)."""
-    import tempfile
-
-    from .fsio import makedirs_durable
 
     folder = versions_dir(root)
     makedirs_durable(folder)
@@ -237,8 +230,6 @@ def point_current(
     ``os.replace`` of a symlink is atomic where ``ln -sfn`` is not. ``stage`` names the fault
     points (``update:before-swap``, ``rollback:after-swap``, …).
     """
-    from .fsio import fsync_dir
-
     temp = root / f"{TEMP_PREFIX}current-{os.getpid()}"
     temp.unlink(missing_ok=True)
     try:
@@ -261,9 +252,6 @@ def commit(root: Path, temp: Path, fault: Callable[[str], None] | None = None) -
     If the swap does not happen (disk error), the renamed folder is removed again, so a failed
     update never leaves a version that ``current`` never named (rollback would step onto it).
     """
-    import shutil
-
-    from .fsio import fsync_dir
 
     version = next_version(root)
     final = versions_dir(root) / version
@@ -291,8 +279,6 @@ def prune(root: Path, keep: int = DEFAULT_KEEP, fault: Callable[[str], None] | N
     Versions rollback can never reach (published by a run killed before its swap, or rolled
     back from) go first.
     """
-    import shutil
-
     if fault:
         fault("update:during-cleanup")
     chain = rollback_chain(root)
@@ -308,8 +294,6 @@ def prune(root: Path, keep: int = DEFAULT_KEEP, fault: Callable[[str], None] | N
 
 def model_root(flag: Path | None = None) -> Path:
     """The model home rollback/reset act on: the flag's (or $MLPERSONALIZE_MODEL's), else the bundled."""
-    from .errors import ModelError
-
     given = (
         flag
         if flag is not None
@@ -327,7 +311,7 @@ def model_root(flag: Path | None = None) -> Path:
     if root is not None:
         return root
     if (given / "manifest.json").is_file():  # an original package: its personalized copy
-        from .manifest import read_manifest
+        from .manifest import read_manifest  # lazy: manifest pulls numpy + PIL (~50 ms)
 
         return model_home(read_manifest(given).name)
     raise ModelError(f"{given} is neither a model package nor a personalized model")
@@ -335,12 +319,8 @@ def model_root(flag: Path | None = None) -> Path:
 
 def rollback(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = None) -> str:
     """Point ``current`` at the version before it (under the lock); returns that version id."""
-    from .errors import ModelError
-
     if current_version(root) is None:
         raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
-    from .fsio import storage_error
-
     with ModelLock(root).acquire(wait, on_wait):
         try:
             return _rollback_locked(root)
@@ -349,8 +329,6 @@ def rollback(root: Path, wait: bool = True, on_wait: Callable[[], None] | None =
 
 
 def _rollback_locked(root: Path) -> str:
-    from .errors import ModelError
-
     current = current_version(root)
     if current is None:
         raise ModelError(f"there is no personalized model at {root}; nothing to roll back")
@@ -360,8 +338,6 @@ def _rollback_locked(root: Path) -> str:
             f"no version before {current} is kept at {root}; nothing to roll back to "
             "(`mlpersonalize reset` returns to the original)"
         )
-    from .faults import fault_point
-
     point_current(root, target, fault_point, stage="rollback")
     return target
 
@@ -382,7 +358,7 @@ def _replaced_by(root: Path, version: str) -> str | None:
     Updates record it in their history entry; for versions without that record the newest
     older version stands in.
     """
-    from .errors import ModelError
+    # lazy: manifest pulls numpy + PIL (~50 ms)
     from .manifest import read_manifest
 
     try:
@@ -401,8 +377,6 @@ def reset(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = No
     """Drop the personalized copy (under the lock); returns the versions deleted (none: nothing to do)."""
     if not root.is_dir():
         return []
-    from .fsio import storage_error
-
     with ModelLock(root).acquire(wait, on_wait):
         try:
             return _reset_locked(root)
@@ -412,9 +386,6 @@ def reset(root: Path, wait: bool = True, on_wait: Callable[[], None] | None = No
 
 def _reset_locked(root: Path) -> list[str]:
     """Unlink ``current`` (durably) first, so readers fall back to the original, then delete versions."""
-    import shutil
-
-    from .fsio import fsync_dir
 
     link = root / "current"
     if link.is_symlink():

@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import typer
+
 from ..errors import ExitCode, LearnedNothing, MLPersonalizeError
+from ..fsio import describe_os_error
 from ..names import quote
 from ._output import ClosedOutput
 
@@ -76,8 +79,6 @@ def _click(exc: BaseException) -> Outcome:
 
 
 def _os_error(exc: BaseException) -> Outcome:
-    from ..fsio import describe_os_error
-
     assert isinstance(exc, OSError)
     name = quote(str(getattr(exc, "filename", "") or ""), backslash=False)
     return Outcome(ExitCode.IO, f"{name} {describe_os_error(exc)}".strip(), traceback=True)
@@ -93,8 +94,6 @@ def _unexpected(exc: BaseException) -> Outcome:
 
 
 def _table() -> list[tuple[type[BaseException], Callable[[BaseException], Outcome]]]:
-    import typer
-
     try:
         from typer._click.exceptions import ClickException  # typer >= 0.21 vendors click
     except ImportError:  # typer < 0.21 (the `fleet` extra's flwr 1.42 pins it) uses click itself

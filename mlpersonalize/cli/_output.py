@@ -21,6 +21,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ..names import quote
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ class Output:
 
     # --- configuration -------------------------------------------------------------------
     def configure(self, json_out: bool = False, quiet: bool = False, verbose: bool = False) -> Output:
-        from ..errors import UsageError
-
         if quiet and verbose:
             raise UsageError("--quiet and --verbose cannot be used together")
         self.mode = "json" if json_out else "quiet" if quiet else "human"
@@ -117,6 +116,7 @@ class Output:
 
     # --- consoles ------------------------------------------------------------------------
     def stdout_console(self) -> Console:
+        # lazy: rich costs 8-18 ms, and only human output needs it
         from rich.console import Console
 
         class _Stdout(Console):
@@ -128,6 +128,7 @@ class Output:
         return self._stdout
 
     def stderr_console(self) -> Console:
+        # lazy: rich costs 8-18 ms, and only human output needs it
         from rich.console import Console
 
         if self._stderr is None or self._stderr.file is not sys.stderr:

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from ._errors import outcome
+from ._output import ClosedOutput
 
 app = typer.Typer(
     name="mlpersonalize",
@@ -94,8 +96,6 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, map every failure to one line and a documented code."""
-    from ._errors import outcome
-
     saved = {signal.SIGTERM: signal.signal(signal.SIGTERM, _sigterm)}
     saved[signal.SIGINT] = signal.signal(signal.SIGINT, _sigint)
     debug = bool(os.environ.get("MLPERSONALIZE_DEBUG"))
@@ -142,6 +142,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _is_closed_output(exc: BaseException) -> bool:
-    from ._output import ClosedOutput
-
     return isinstance(exc, (ClosedOutput, BrokenPipeError))

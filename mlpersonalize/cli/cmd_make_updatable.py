@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UsageError
 from ._options import JsonOpt, QuietOpt, VerboseOpt
+from ._output import out, safe_name
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +18,6 @@ def register(app: typer.Typer) -> None:
 
 def _floats(values: list[str] | None, flag: str) -> tuple[float, ...] | None:
     """Repeated or comma-separated numbers (`--bias -0.5 --bias 0.1` or `--bias=-0.5,0.1`)."""
-    from ..errors import UsageError
-
     if not values:
         return None
     try:
@@ -27,8 +27,6 @@ def _floats(values: list[str] | None, flag: str) -> tuple[float, ...] | None:
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
-    from ..errors import UsageError
-
     if text is None:
         return None
     try:
@@ -87,8 +85,8 @@ def make_updatable_command(
 
     Example: mlpersonalize make-updatable mnist.onnx -o mnist-pkg --ink light --labels digits.txt
     """
+    # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
     from ..byo import DEFAULTS, ByoOptions, make_updatable
-    from ._output import out, safe_name
 
     out.configure(json_out, quiet, verbose)
     options = ByoOptions(

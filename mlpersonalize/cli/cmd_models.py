@@ -6,7 +6,10 @@ from typing import Any
 
 import typer
 
+from ..errors import ModelError
 from ._options import JsonOpt, ModelOpt, QuietOpt, VerboseOpt
+from ._output import out, safe_name, summarise
+from .cmd_inspect import percent
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +19,8 @@ def register(app: typer.Typer) -> None:
 
 def model_versions(root: Any) -> list[dict[str, Any]]:
     """Each kept version of one model home: id, current or not, time, labels added, accuracy."""
+    # lazy: store ~7 ms; manifest pulls numpy + PIL (~50 ms)
     from .. import store
-    from ..errors import ModelError
     from ..manifest import read_manifest
 
     current = store.current_version(root)
@@ -49,12 +52,8 @@ def models_command(json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: 
 
     Example: mlpersonalize models --json | jq '.[].name'
     """
-    from rich.table import Table
-    from rich.text import Text
-
+    # lazy: store ~7 ms
     from .. import store
-    from ._output import out, safe_name, summarise
-    from .cmd_inspect import percent
 
     out.configure(json_out, quiet, verbose)
     folder = store.home() / "models"
@@ -67,6 +66,10 @@ def models_command(json_out: JsonOpt = False, quiet: QuietOpt = False, verbose: 
     if not models:
         out.note(f"no personalized models in {safe_name(str(folder))}")
         return
+    # lazy: rich costs 8-18 ms, and only human output needs it
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("model", "version", "current", "when", "labels", "added", "known acc", "held-out acc")
     for model in models:
         for row in model["versions"]:
@@ -108,8 +111,8 @@ def which_command(
 
     Example: mlpersonalize which
     """
+    # lazy: store ~7 ms
     from .. import store
-    from ._output import out, safe_name
 
     out.configure(json_out, quiet, verbose)
     resolved = store.resolve_model(model)

@@ -9,7 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import threads as thread_setting
+from ..errors import InputError, PartialError
 from ._options import JsonOpt, ModelOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from ._output import out, safe_name, safe_text
 
 PROGRESS_MIN_FILES = 200  # a bar for runs long enough to wonder about (a terminal only)
 
@@ -20,9 +23,8 @@ def register(app: typer.Typer) -> None:
 
 def table_row(result: Any) -> tuple[Any, ...]:
     """One prediction as table cells; names and labels are quoted data, never rich markup."""
+    # lazy: rich costs 8-18 ms, and only human output needs it
     from rich.text import Text
-
-    from ._output import safe_name, safe_text
 
     if result.error:
         return Text(safe_name(result.file)), Text("error", style="red"), "", Text(safe_text(result.error))
@@ -57,11 +59,10 @@ def predict_command(
 
     Example: mlpersonalize predict drawings/ --json
     """
-    from .. import threads as thread_setting
+    # lazy: decoding + inference pull numpy, PIL, ONNX Runtime (~0.16 s); store ~7 ms
     from ..decoding import Decoder
     from ..inference import collect_images
     from ..store import open_model
-    from ._output import out
 
     out.configure(json_out, quiet, verbose)
     paths = list(collect_images(inputs))
@@ -77,8 +78,8 @@ def predict_command(
 
 def _note_copy(resolved: Any, name: str) -> None:
     """An original package whose personalized copy exists: say which answers (byo.copy_note)."""
+    # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
     from ..byo import copy_note
-    from ._output import out, safe_name
 
     message = copy_note(resolved.path, resolved.source, name)
     if message:
@@ -86,6 +87,7 @@ def _note_copy(resolved: Any, name: str) -> None:
 
 
 def _open_classifier(resolved: Any) -> Any:
+    # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
     from ..inference import Classifier
     from ..package import load_package
 
@@ -95,6 +97,7 @@ def _open_classifier(resolved: Any) -> Any:
 
 
 def _constraint(model: Path | None) -> Any:
+    # lazy: package pulls numpy + onnx (~0.12 s); store ~7 ms
     from ..package import load_package
     from ..store import open_model
 
@@ -104,11 +107,10 @@ def _constraint(model: Path | None) -> Any:
 def _with_progress(results: Iterable[Any], total: int) -> Iterator[Any]:
     """The results, with a transient bar on a terminal's stderr for long runs (not in a table run:
     the table prints at the end, so the bar shows how far it is)."""
-    from ._output import out
-
     if not (out.live and total >= PROGRESS_MIN_FILES):
         yield from results
         return
+    # lazy: rich costs 8-18 ms, and only human output needs it
     from rich.progress import Progress
 
     with Progress(console=out.stderr_console(), transient=True) as bar:
@@ -120,13 +122,11 @@ def _with_progress(results: Iterable[Any], total: int) -> Iterator[Any]:
 
 def _print(results: Iterable[Any], inputs: list[Path], top_k: int) -> None:
     """Each result as it comes (JSON Lines, a table, or tab-separated lines); a PartialError at the end."""
-    from rich.table import Table
-
-    from ..errors import InputError, PartialError
-    from ._output import out, safe_text
-
     table = None
     if out.tables:
+        # lazy: rich costs 8-18 ms, and only human output needs it
+        from rich.table import Table
+
         table = Table("file", "label", "confidence", f"top {top_k}")
         table.columns[0].overflow = "fold"  # a long name wraps, never cut to "test/☂️/0…"
     total = failed = 0
@@ -150,6 +150,4 @@ def _print(results: Iterable[Any], inputs: list[Path], top_k: int) -> None:
 
 
 def _name(text: str) -> str:
-    from ._output import safe_name
-
     return safe_name(text)

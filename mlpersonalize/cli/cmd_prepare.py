@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .. import threads as thread_setting
+from ..errors import UsageError
 from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, ThreadsOpt, VerboseOpt
+from ._output import out, plural, safe_name, safe_text, summarise
 
 if TYPE_CHECKING:
     from ..prepare import Progress, Report
@@ -61,12 +64,10 @@ def prepare_command(
 
     Example: mlpersonalize prepare ~/drawings -o batch.npz
     """
-    from .. import threads as thread_setting
-    from ..errors import UsageError
+    # lazy: package + prepare pull numpy, PIL, onnx (~0.12 s); store ~7 ms
     from ..package import load_package
     from ..prepare import PrepareError, prepare
     from ..store import open_model
-    from ._output import out, safe_name
 
     out.configure(json_out, quiet, verbose)
     if str(output) == "-":
@@ -98,11 +99,10 @@ def prepare_command(
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Progress | None]:
     """A transient progress bar on a terminal's stderr, redrawn at most ten times a second."""
-    from ._output import out
-
     if not enabled:
         yield None
         return
+    # lazy: rich costs 8-18 ms, and only human output needs it
     from rich.progress import Progress as Bar
 
     # auto_refresh off: no refresh thread, so forking the decoding workers stays safe
@@ -122,8 +122,6 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 
 
 def _render(report: Report, failed: bool = False) -> None:
-    from ._output import out, safe_text
-
     if out.json:
         out.record(report.to_dict(), escaped=True)
         return
@@ -142,8 +140,6 @@ def _render(report: Report, failed: bool = False) -> None:
 
 
 def _summary(report: Report) -> str:
-    from ._output import plural, safe_text, summarise
-
     ignored = sum(1 for s in report.skipped if s.kind == "ignored")
     others = len(report.skipped) - ignored
     verb = ("added to" if report.appended else "wrote") if report.written else "nothing new for"
@@ -157,10 +153,9 @@ def _summary(report: Report) -> str:
 
 
 def _tables(report: Report) -> None:
+    # lazy: rich costs 8-18 ms, and only human output needs it
     from rich.table import Table
     from rich.text import Text
-
-    from ._output import out, safe_name, safe_text
 
     # Text(), not str: labels and file names are data, never rich markup
     counts = Table(

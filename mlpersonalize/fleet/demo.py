@@ -24,6 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import store
+from ..api import load_model
+from ..batch import Batch, save_batch
+from ..package import load_package
+from ..sample.doodles import make_dataset
+from ..updater import UpdateOptions, update
+from .deploy import LocalFleet
+from .device import DeviceConfig, device_home
+
 GROUPS = (("umbrella", "key", "flower"), ("bell", "glasses", "cup"), ("envelope", "music note", "anchor"))
 KNOWN = ("star", "heart", "house", "fish", "moon", "car")  # labels the bundled model already has
 SHOTS = 3
@@ -36,11 +45,6 @@ def _say(text: str) -> None:
 
 def make_batches(workdir: Path, groups: Sequence[Sequence[str]]) -> list[Path]:
     """One pending batch per device: SHOTS generated drawings of each of its labels."""
-    from .. import store
-    from ..batch import Batch, save_batch
-    from ..package import load_package
-    from ..sample.doodles import make_dataset
-
     manifest = load_package(store.bundled_model_path()).manifest
     paths = []
     for i, labels in enumerate(groups):
@@ -53,10 +57,6 @@ def make_batches(workdir: Path, groups: Sequence[Sequence[str]]) -> list[Path]:
 
 
 def held_out(labels: Sequence[str], per_label: int) -> tuple[np.ndarray, list[str]]:
-    from .. import store
-    from ..package import load_package
-    from ..sample.doodles import make_dataset
-
     constraint = load_package(store.bundled_model_path()).manifest.constraint
     pixels, ids = make_dataset(labels, per_label, TEST_SEED, constraint)
     return pixels, [labels[k] for k in ids]
@@ -64,25 +64,17 @@ def held_out(labels: Sequence[str], per_label: int) -> tuple[np.ndarray, list[st
 
 def accuracy(model: Path, pixels: np.ndarray, truth: Sequence[str]) -> float:
     """Top-1 accuracy of a package through the same path as ``predict`` (threshold 0)."""
-    from ..api import load_model
-
     predictions = load_model(model).predict(pixels, top_k=1, threshold=0.0)
     return float(np.mean([p.label == t for p, t in zip(predictions, truth, strict=True)]))
 
 
 def local_update(home: Path, batches: Sequence[Path]) -> Path:
     """The plain ``mlpersonalize update`` of the bundled model in its own store: a baseline."""
-    from ..updater import UpdateOptions, update
-    from .device import DeviceConfig, device_home
-
     with device_home(DeviceConfig(pending=home, home=home)):
         return update(list(batches), UpdateOptions()).model
 
 
 def current_model(home: Path) -> Path:
-    from .. import store
-    from .device import DeviceConfig, device_home
-
     with device_home(DeviceConfig(pending=home, home=home)):
         path = store.current_path(store.model_home(store.BUNDLED_NAME))
     if path is None:
@@ -91,9 +83,6 @@ def current_model(home: Path) -> Path:
 
 
 def run(workdir: Path, rounds: int, tests: int, groups: Sequence[Sequence[str]] = GROUPS) -> dict[str, Any]:
-    from .. import store
-    from .deploy import LocalFleet
-
     started = time.monotonic()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,8 +206,6 @@ def wait_for_file(path: Path, seconds: float, watch: Sequence[Process] = ()) -> 
 
 
 def wait_for_port(host: str, port: int, seconds: float, proc: Process) -> None:
-    import socket
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
@@ -218,8 +217,6 @@ def wait_for_port(host: str, port: int, seconds: float, proc: Process) -> None:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -81,6 +81,7 @@ def missing_packages(root: Path = FONT_ROOT) -> list[str]:
 
 @cache
 def _cmap(path: str) -> frozenset[str]:
+    # lazy: fontTools is optional (the `sample` extra)
     from fontTools.ttLib import TTFont
 
     font = TTFont(path, lazy=True, fontNumber=0)
@@ -144,6 +145,7 @@ def _elastic(image: np.ndarray, rng: np.random.Generator, amount: float, grid: i
 
 def _restroke(ink: np.ndarray, rng: np.random.Generator, canvas: int) -> np.ndarray:
     """Skeletonise the glyph and draw the skeleton again with a pen of random width and pressure."""
+    # lazy: scikit-image is optional (the `sample` extra)
     from skimage.morphology import skeletonize
 
     skeleton = skeletonize(ink > 0.5)

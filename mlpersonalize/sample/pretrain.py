@@ -31,7 +31,8 @@ import numpy as np
 from .. import _ort
 from ..engines.ort import generate_artifacts
 from ..images import ImageConstraint, to_model_input
-from . import doodles, evaluate, network
+from ..package import create_package
+from . import doodles, evaluate, glyphs, network, torch_train
 
 CONSTRAINT = ImageConstraint(width=28, height=28, color="gray", scale=1 / 255, bias=(0.0,), ink="light")
 
@@ -150,6 +151,7 @@ def train(cfg: Config, pixels: np.ndarray, ids: np.ndarray, num_classes: int) ->
 
 def _engine_version(engine: str) -> str:
     if engine == "torch":
+        # lazy: torch is optional (the `sample` extra)
         import torch
 
         return f"torch {torch.__version__}"
@@ -186,8 +188,6 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
     pixels = np.concatenate([px_named, px_proc])
     ids = np.concatenate([id_named, id_proc + len(named)])
     if cfg.glyph_classes:
-        from . import glyphs
-
         chosen = glyphs.glyph_classes(cfg.glyph_classes, cfg.seed, cfg.glyphs_per_font)
         log(f"rendering {len(chosen)}×{cfg.per_glyph} font glyphs ({len(glyphs.font_files())} fonts)")
         px_glyph, id_glyph = glyphs.make_dataset(
@@ -198,8 +198,6 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
         classes = classes + [f"glyph-U+{ord(char):04X}" for char, _ in chosen]
     log(f"{len(pixels)} drawings of {len(classes)} classes ({time.perf_counter() - began:.0f} s); training")
     if cfg.engine == "torch":
-        from . import torch_train
-
         weights = torch_train.train(
             network.init_weights(cfg.shape, len(classes), np.random.default_rng(cfg.seed)),
             lambda idx, rng: shifted(to_model_input(pixels[idx], CONSTRAINT), rng, cfg.shift),
@@ -259,8 +257,6 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
         ex_px, ex_ids = doodles.make_dataset(named, 20, cfg.seed + 2_000_003, CONSTRAINT, workers=cfg.workers)
         ex_feats = embed(ex_px)
         exemplars = {label: ex_feats[ex_ids == i] for i, label in enumerate(named)}
-        from ..package import create_package
-
         training = {
             **asdict(cfg),
             "classes": len(classes),

@@ -37,6 +37,7 @@ def train(
 
     ``inputs(indices, rng)`` gives the float32 NCHW batch of those examples (augmented).
     """
+    # lazy: torch is optional (the `sample` extra)
     import torch
     import torch.nn.functional as F  # noqa: N812
 

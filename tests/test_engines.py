@@ -282,6 +282,31 @@ def test_cosine_head_same_head_and_predictions_on_both_engines(doodle_model: Pat
 
 
 @needs_ort
+def test_a_style_row_update_is_the_same_on_both_engines(tmp_path: Path) -> None:
+    """Issue 19: a known label re-taught in the user's style (a style row beside the label's own
+    row) trains to the same head, rows and predictions on either engine."""
+    from benchmarks.styles import style_drawings
+
+    from mlpersonalize.store import bundled_model_path
+
+    bundled = bundled_model_path()
+    manifest = load_package(bundled).manifest
+    drawings = style_drawings("asterisk", 15, seed=3, constraint=manifest.constraint)
+    batch = tmp_path / "style.npz"
+    save_batch(batch, Batch.from_pixels(drawings[:5], ["star"] * 5, manifest), force=True)
+    ort_pkg, portable_pkg = _both({"batches": batch, "model": bundled}, tmp_path)
+    star = list(manifest.labels).index("star")
+    for pkg in (ort_pkg, portable_pkg):
+        assert load_package(pkg).manifest.row_labels.count(star) == 2  # the label's row and a style row
+    assert load_package(ort_pkg).manifest.history[-1]["selection"]["head"] == "trained"  # engines ran
+    _assert_same_update(ort_pkg, portable_pkg)
+    held = drawings[5:]
+    ort_pred = [p.label for p in mlpersonalize.load_model(ort_pkg).predict(held)]
+    portable_pred = [p.label for p in mlpersonalize.load_model(portable_pkg).predict(held)]
+    assert ort_pred == portable_pred
+
+
+@needs_ort
 @pytest.mark.parametrize("kind", ["linear", "branch-mlp"])
 def test_brought_model_heads_same_head_and_predictions_on_both_engines(tmp_path: Path, kind: str) -> None:
     """A brought model's linear head (frozen rows, margin gate, noise stand-ins rehearsed), and

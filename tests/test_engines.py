@@ -286,7 +286,6 @@ def test_a_style_row_update_is_the_same_on_both_engines(tmp_path: Path) -> None:
     """Issue 19: a known label re-taught in the user's style (a style row beside the label's own
     row) trains to the same head, rows and predictions on either engine."""
     from benchmarks.styles import style_drawings
-
     from mlpersonalize.store import bundled_model_path
 
     bundled = bundled_model_path()

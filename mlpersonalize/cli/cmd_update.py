@@ -138,7 +138,6 @@ def update_command(
     Example: mlpersonalize update batch.npz --json
     """
     from .. import threads as thread_setting
-    from ..byo import update_hint
     from ..errors import UsageError
     from ..updater import UpdateOptions, update
     from ._output import out, safe_name
@@ -168,4 +167,6 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
+        from ..byo import update_hint  # byo's head kinds and graph tools: only for this hint
+
         out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))

@@ -120,13 +120,13 @@ def _with_progress(results: Iterable[Any], total: int) -> Iterator[Any]:
 
 def _print(results: Iterable[Any], inputs: list[Path], top_k: int) -> None:
     """Each result as it comes (JSON Lines, a table, or tab-separated lines); a PartialError at the end."""
-    from rich.table import Table
-
     from ..errors import InputError, PartialError
     from ._output import out, safe_text
 
     table = None
     if out.tables:
+        from rich.table import Table  # rich: only for a terminal's table, never with --json
+
         table = Table("file", "label", "confidence", f"top {top_k}")
         table.columns[0].overflow = "fold"  # a long name wraps, never cut to "test/☂️/0…"
     total = failed = 0

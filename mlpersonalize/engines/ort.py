@@ -139,9 +139,9 @@ class _ModelCache:
         key = _shape_key(head, trainable, params)
         with self._lock:
             folder = self._folders.get(key)
-            if folder is not None:
+            if folder is not None and (folder / MODEL_FILES[0]).is_file():
                 return folder
-            if self._root is None:
+            if self._root is None or not Path(self._root.name).is_dir():  # removed under us: anew
                 self._root = tempfile.TemporaryDirectory(prefix="mlp-artifacts-")
             folder = Path(self._root.name) / f"{next(self._serial)}"
             try:

@@ -124,8 +124,8 @@ def _speed(results: dict[str, Any]) -> list[str]:
             f"(peak memory {e['ours']['peak_rss_mb']:.0f} MB vs {e['ours_no_torch']['peak_rss_mb']:.0f} MB). "
             "The rest is: interpreter + numpy + onnxruntime import (~0.2–0.3 s), the backbone once, two "
             "training passes (guard pass and final pass) whose epochs follow the new examples "
-            "(fitting.EpochPlan; steps in section 2b), three "
-            "artifact generations (one per pass and one for the written package), building and checking "
+            "(fitting.EpochPlan; steps in section 2b), the training artifacts generated once (the "
+            "second pass and the written package reuse them), building and checking "
             "model.onnx, hashing and fsyncing the package."
         )
         if e.get("speedup_vs_torch") is not None:

@@ -1,10 +1,12 @@
 """The one place that imports ONNX Runtime and its training modules.
 
-Two upstream quirks are handled here and nowhere else:
+Three upstream quirks are handled here and nowhere else:
 
 * ``import onnxruntime.training.<x>`` runs ``onnxruntime/training/__init__.py``, which imports
   torch (microsoft/onnxruntime#22070), and ``import onnxruntime`` probes ``training.ortmodule``.
   On-device training needs none of that: see ``_bare_training_package``.
+* ``onnxruntime.training.artifacts`` imports the ORT-format converter (flatbuffers schemas, ~10 ms)
+  that only ``generate_artifacts(ort_format=True)`` uses: see ``_DeferredConverter``.
 * ONNX Runtime logs from C++ straight to stderr (``generate_artifacts`` even turns it up to INFO).
   The default logger is held at ERROR-and-worse severity so users never see those lines.
 """
@@ -53,7 +55,44 @@ def _bare_training_package() -> bool:
     _bare_package(name, folder)
     if "onnxruntime.tools" not in sys.modules and (folder.parent / "tools").is_dir():
         _bare_package("onnxruntime.tools", folder.parent / "tools")
+        sys.modules[_CONVERTER] = _DeferredConverter(_CONVERTER)
     return True
+
+
+_CONVERTER = "onnxruntime.tools.convert_onnx_models_to_ort"
+
+
+class _DeferredConverter(types.ModuleType):
+    """Stands in for ``onnxruntime.tools.convert_onnx_models_to_ort`` until something uses it.
+
+    ``onnxruntime.training.artifacts`` imports ``OptimizationStyle`` and
+    ``convert_onnx_models_to_ort`` from it at import time but calls them only to write ORT-format
+    models, which this tool never asks for. Both names here, and any other attribute, import
+    the real module (replacing this one in ``sys.modules``) when first used.
+    """
+
+    def _real(self) -> types.ModuleType:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return importlib.import_module(self.__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._real(), name)
+
+    def convert_onnx_models_to_ort(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().convert_onnx_models_to_ort(*args, **kwargs)
+
+    @property
+    def OptimizationStyle(self) -> Any:  # noqa: N802 (the real module's name)
+        real = self._real
+
+        class _Styles:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real().OptimizationStyle, name)
+
+        return _Styles()
 
 
 _bare_training_package()

@@ -325,3 +325,61 @@ def test_brought_model_heads_same_head_and_predictions_on_both_engines(tmp_path:
     ort_pred = bm.predict(str(ort_pkg / "model.onnx"), pixels, "nchw", "probabilities")
     portable_pred = bm.predict(str(portable_pkg / "model.onnx"), pixels, "nchw", "probabilities")
     np.testing.assert_array_equal(ort_pred, portable_pred)
+
+
+# --- ONNX Runtime's artifacts: generated once per head shape ---------------------------------
+def _cosine_head(weight: np.ndarray) -> onnx.ModelProto:
+    from mlpersonalize.heads.base import StoredHead
+    from mlpersonalize.heads.cosine import CosineHead
+
+    return CosineHead.graph(StoredHead(weight, 10.0))
+
+
+@needs_ort
+def test_an_updates_sessions_and_package_share_one_generation_and_get_their_own_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mlpersonalize.engines import ort
+    from mlpersonalize.params import UpdateParams
+
+    made: list[Path] = []
+    real = ort.generate_artifacts
+
+    def counted(head: onnx.ModelProto, trainable: list[str], directory: Path, *args: object) -> None:
+        made.append(directory)
+        real(head, trainable, directory, *args)
+
+    monkeypatch.setattr(ort, "generate_artifacts", counted)
+    ort.MODELS.clear()
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(5, 8)).astype(np.float32) for _ in range(3)]
+    params = UpdateParams()
+    for weight in weights[:2]:  # the guard pass and the final pass: one shape, other values
+        session = ort.ENGINE.open(_cosine_head(weight), ["head.weight"], params)
+        try:
+            np.testing.assert_array_equal(session.parameters()["head.weight"], weight)
+            session.step(rng.normal(size=(4, 8)).astype(np.float32), np.array([0, 1, 2, 3]))
+            assert not np.array_equal(session.parameters()["head.weight"], weight)
+        finally:
+            session.close()
+    files = ort.artifact_files(_cosine_head(weights[2]), ["head.weight"], params)
+    assert len(made) == 1
+    # the package's checkpoint is byte for byte the one a fresh generation writes for its head
+    real(_cosine_head(weights[2]), ["head.weight"], tmp_path, ort.optimizer_block(params), ort.EXTRA_OUTPUTS)
+    assert files["checkpoint"] == (tmp_path / "checkpoint").read_bytes()
+    assert sorted(files) == sorted(p.name for p in tmp_path.iterdir())
+    # another shape, or other optimizer hyperparameters, generate anew
+    ort.artifact_files(_cosine_head(weights[0][:4]), ["head.weight"], params)
+    ort.artifact_files(_cosine_head(weights[0]), ["head.weight"], UpdateParams(beta1=0.8))
+    assert len(made) == 3
+    # models removed under the process (a temp cleaner) are generated again, not missed
+    for folder in made:
+        for file in folder.iterdir():
+            file.unlink()
+    assert (
+        ort.artifact_files(_cosine_head(weights[2]), ["head.weight"], params)["checkpoint"]
+        == files["checkpoint"]
+    )
+    assert len(made) == 4
+    ort.MODELS.clear()
+    assert not any(folder.exists() for folder in made)

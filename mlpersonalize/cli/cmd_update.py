@@ -161,7 +161,6 @@ def update_command(
     Example: mlpersonalize update batch.npz --json
     """
     # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
-    from ..byo import update_hint
     from ..updater import UpdateOptions, update
 
     thread_setting.use(threads)
@@ -189,6 +188,8 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
+        from ..byo import update_hint  # byo's head kinds and graph tools: only for this hint
+
         out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))
     learned = result.history.get("learned") or {}
     if not learned.get("learned", True):

@@ -2,13 +2,24 @@
 
 A head's forward graph and trainable names become training, eval and optimizer models plus a
 checkpoint (``onnxruntime.training.artifacts``); a session loads them as CheckpointState /
-Module / Optimizer in a private temp folder. The same artifacts are what a package stores in
-``training/`` (see :func:`artifact_files`).
+Module / Optimizer. The same artifacts are what a package stores in ``training/`` (see
+:func:`artifact_files`).
+
+The three models depend only on the head's graph with its trainable tensors' *shapes* (not their
+values), the trainable names and the optimizer's hyperparameters; the checkpoint holds the
+trainable values. An update opens two sessions over heads of one shape and writes a package for
+the same shape, so the models are generated once per process for each such key (see
+:class:`_ModelCache`) and each session or package gets only its own checkpoint, written the way
+``generate_artifacts`` writes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,12 +83,101 @@ def generate_artifacts(
         onnx.save(opt_model, str(path))
 
 
+MODEL_FILES = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx")
+CHECKPOINT = "checkpoint"
+
+
+def _optimizer_key(params: UpdateParams) -> tuple[object, ...]:
+    """What of ``params`` the optimizer model holds (the learning rate is an input, set per session)."""
+    if params.optimizer == "sgd":
+        return ("sgd",)
+    return (params.optimizer, params.beta1, params.beta2, params.eps, params.weight_decay)
+
+
+def _shape_key(head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> str:
+    """A digest of everything the training, eval and optimizer models depend on: the graph with
+    the trainable tensors' values left out (name, type and shape kept), the trainable names in
+    order, the optimizer's hyperparameters and the extra outputs."""
+    names = set(trainable)
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(head)
+    for init in skeleton.graph.initializer:
+        if init.name in names:
+            name, dims, dtype = init.name, list(init.dims), init.data_type
+            init.Clear()
+            init.name, init.data_type = name, dtype
+            init.dims.extend(dims)
+    digest = hashlib.sha256(skeleton.SerializeToString(deterministic=True))
+    digest.update(repr((list(trainable), _optimizer_key(params), EXTRA_OUTPUTS)).encode())
+    return digest.hexdigest()
+
+
+def write_checkpoint(head: onnx.ModelProto, trainable: Sequence[str], path: Path) -> None:
+    """The checkpoint ``generate_artifacts`` writes for ``head``: its trainable initializers in
+    graph order, no frozen ones (it is called with ``frozen_params=[]``, so the others stay in
+    the models), through the same ``onnxblock.save_checkpoint``."""
+    names = set(trainable)
+    params = [init for init in head.graph.initializer if init.name in names]
+    _ort.onnxblock_api().save_checkpoint((params, []), str(path))
+
+
+class _ModelCache:
+    """Generated training, eval and optimizer models by :func:`_shape_key`, in one temp folder
+    for the process (removed when the process ends). A few keys at most are kept: an update
+    needs one; a long-lived process training many head shapes regenerates the oldest."""
+
+    LIMIT = 8
+
+    def __init__(self) -> None:
+        self._root: tempfile.TemporaryDirectory[str] | None = None
+        self._folders: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self._serial = itertools.count()
+
+    def models(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> Path:
+        """The folder holding the three models for ``head`` (generated on first use)."""
+        key = _shape_key(head, trainable, params)
+        with self._lock:
+            folder = self._folders.get(key)
+            if folder is not None and (folder / MODEL_FILES[0]).is_file():
+                return folder
+            if self._root is None or not Path(self._root.name).is_dir():  # removed under us: anew
+                self._root = tempfile.TemporaryDirectory(prefix="mlp-artifacts-")
+            folder = Path(self._root.name) / f"{next(self._serial)}"
+            try:
+                generate_artifacts(head, trainable, folder, optimizer_block(params), EXTRA_OUTPUTS)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            (folder / CHECKPOINT).unlink()  # each user writes its own
+            while len(self._folders) >= self.LIMIT:
+                shutil.rmtree(self._folders.pop(next(iter(self._folders))), ignore_errors=True)
+            self._folders[key] = folder
+            return folder
+
+    def clear(self) -> None:
+        with self._lock:
+            self._folders.clear()
+            if self._root is not None:
+                self._root.cleanup()
+                self._root = None
+
+
+MODELS = _ModelCache()
+
+
 def artifact_files(head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> dict[str, bytes]:
-    """The artifacts a package stores (file name -> bytes): training, eval, optimizer, checkpoint."""
-    with tempfile.TemporaryDirectory(prefix="mlp-artifacts-") as tmp:
-        folder = Path(tmp)
-        generate_artifacts(head, trainable, folder, optimizer_block(params), EXTRA_OUTPUTS)
-        return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    """The artifacts a package stores (file name -> bytes): training, eval, optimizer, checkpoint.
+
+    The models come from :data:`MODELS` (an update's training sessions generated them for the
+    same shape); the checkpoint holds ``head``'s trainable values."""
+    folder = MODELS.models(head, trainable, params)
+    files = {name: (folder / name).read_bytes() for name in MODEL_FILES}
+    with tempfile.TemporaryDirectory(prefix="mlp-checkpoint-") as tmp:
+        path = Path(tmp) / CHECKPOINT
+        write_checkpoint(head, trainable, path)
+        files[CHECKPOINT] = path.read_bytes()
+    return files
 
 
 ONE_THREAD_MAX = 1 << 20  # trainable parameters up to which a session runs on one thread
@@ -89,16 +189,18 @@ def _size(head: onnx.ModelProto, trainable: Sequence[str]) -> int:
 
 
 class OrtSession:
-    """One head's training state: artifacts in a private temp folder, Module and Optimizer."""
+    """One head's training state: the shared models (:data:`MODELS`), its own checkpoint in a
+    private temp folder, Module and Optimizer."""
 
     def __init__(self, head: onnx.ModelProto, trainable: Sequence[str], params: UpdateParams) -> None:
         self._trainable = list(trainable)
         self._tmp = tempfile.TemporaryDirectory(prefix="mlp-train-")
         try:
-            folder = Path(self._tmp.name)
-            generate_artifacts(head, trainable, folder, optimizer_block(params), EXTRA_OUTPUTS)
+            folder = MODELS.models(head, trainable, params)
+            checkpoint = Path(self._tmp.name) / CHECKPOINT
+            write_checkpoint(head, trainable, checkpoint)
             api = _ort.training_api()
-            self.state = api.CheckpointState.load_checkpoint(str(folder / "checkpoint"))
+            self.state = api.CheckpointState.load_checkpoint(str(checkpoint))
             self.module = api.Module(
                 str(folder / "training_model.onnx"),
                 self.state,

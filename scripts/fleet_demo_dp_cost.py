@@ -2,10 +2,11 @@
 
 Three devices as in `make fleet-demo` train in one process (mlpersonalize.fleet.device, no
 Flower processes); each shared row is clipped to norm 1 and gets Gaussian noise before it is
-aggregated, with the functions Flower's LocalDpMod uses (flwr.supercore.differential_privacy)
-and its noise scale: std = sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon, sensitivity 2 (a
-clipped row can become any other). The aggregated head is scored on held-out generated
-drawings of the nine labels (top-1, cosine head), for several epsilons, one round.
+aggregated, by the code a device runs with `fleet join --dp-epsilon E` (fleet.privacy.privatize:
+Flower's LocalDpMod functions and noise scale, std = sensitivity * sqrt(2 ln(1.25 / delta)) /
+epsilon, sensitivity 2 (a clipped row can become any other)). The aggregated head is scored on
+held-out generated drawings of the six new labels among all labels (top-1, cosine head), for
+several epsilons, one round.
 
     .venv-fleet/bin/python scripts/fleet_demo_dp_cost.py [--tests 20] [--trials 5]
 """
@@ -19,13 +20,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace
 
 from mlpersonalize import store
 from mlpersonalize.embedding import embed
 from mlpersonalize.fleet import device
 from mlpersonalize.fleet.aggregate import Contribution, aggregate
 from mlpersonalize.fleet.demo import GROUPS, held_out, make_batches
+from mlpersonalize.fleet.privacy import DpConfig, privatize
 from mlpersonalize.heads.cosine import cosine_logits
 from mlpersonalize.manifest import BACKBONE_FILE
 from mlpersonalize.package import load_package
@@ -37,12 +38,7 @@ def noisy(c: Contribution, epsilon: float, rng_seed: int) -> Contribution:
     if math.isinf(epsilon):
         return c
     np.random.seed(rng_seed)  # Flower's helper draws from numpy's global generator
-    rows = [np.array(r, np.float64) for r in c.rows]
-    for row in rows:
-        clip_inputs_inplace([row], 1.0)
-    std = 2.0 * math.sqrt(2 * math.log(1.25 / DELTA)) / epsilon
-    add_gaussian_noise_inplace(rows, std)
-    return Contribution(c.labels, np.stack(rows).astype(np.float32), c.counts)
+    return privatize(c, DpConfig(epsilon, DELTA, 1.0))
 
 
 def main() -> None:
@@ -67,7 +63,7 @@ def main() -> None:
             head = aggregate([noisy(c, epsilon, 1000 * trial + i) for i, c in enumerate(contributions)])  # type: ignore[arg-type]
             pred = np.argmax(cosine_logits(emb, head.rows, scale), axis=1)
             scores.append(float(np.mean([head.labels[p] == t for p, t in zip(pred, truth, strict=True)])))
-        std = 0.0 if math.isinf(epsilon) else 2.0 * math.sqrt(2 * math.log(1.25 / DELTA)) / epsilon
+        std = 0.0 if math.isinf(epsilon) else DpConfig(epsilon, DELTA, 1.0).noise_std
         results["no noise" if math.isinf(epsilon) else f"epsilon={epsilon:g}"] = {
             "noise_std_per_coordinate": round(std, 4),
             "accuracy": round(float(np.mean(scores)), 4),

@@ -242,3 +242,119 @@ def test_the_core_and_every_other_command_never_import_flower() -> None:
         "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr'], 'flwr imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- optional differential privacy on what a device sends ---------------------------------------
+
+
+def dp_train_reply(monkeypatch: pytest.MonkeyPatch, sent: Contribution, dp: Any) -> Any:
+    """The train reply the ClientApp sends for a device whose training produced ``sent``."""
+    from mlpersonalize.fleet import client_app, messages
+
+    monkeypatch.setattr(device, "train", lambda config, known: device.TrainReport(sent, "", 3, ()))
+    config = device.DeviceConfig(pending=Path("unused"), dp=dp)
+    return client_app.handle("train", config, messages.train_request(1, []))
+
+
+@pytest.fixture
+def unit_rows() -> Contribution:
+    rng = np.random.default_rng(7)
+    rows = normalize(rng.standard_normal((52, 128))).astype(np.float32)
+    return Contribution(tuple(f"label-{i}" for i in range(52)), rows, (3,) * 52)
+
+
+def test_without_dp_a_device_sends_its_rows_exactly(
+    monkeypatch: pytest.MonkeyPatch, unit_rows: Contribution
+) -> None:
+    pytest.importorskip("flwr")
+    from mlpersonalize.fleet import messages
+
+    reply = dp_train_reply(monkeypatch, unit_rows, None)
+    np.testing.assert_array_equal(reply["arrays"]["rows"].numpy(), unit_rows.rows)
+    assert messages.read_dp(reply) is None
+    assert not [key for key in reply["config"].keys() if key.startswith("dp-")]
+
+
+def test_with_dp_every_sent_row_is_clipped_and_noised_and_larger_epsilon_means_less_noise(
+    monkeypatch: pytest.MonkeyPatch, unit_rows: Contribution
+) -> None:
+    pytest.importorskip("flwr")
+    from mlpersonalize.fleet import messages
+    from mlpersonalize.fleet.privacy import DpConfig
+
+    measured = {}
+    for epsilon in (50.0, 100.0):
+        dp = DpConfig(epsilon, 1e-5, 1.0)
+        reply = dp_train_reply(monkeypatch, unit_rows, dp)
+        rows = reply["arrays"]["rows"].numpy()
+        assert rows.dtype == np.float32 and rows.shape == unit_rows.rows.shape
+        assert reply["config"]["labels"] == list(unit_rows.labels)  # names and counts travel as they were
+        noise = rows - unit_rows.rows  # unit rows: a clip at norm 1 leaves them whole
+        assert np.all(np.any(noise != 0, axis=1))  # every sent row differs from the un-noised one
+        measured[epsilon] = float(noise.std())
+        # Flower's LocalDpMod scale: 2·clip·sqrt(2 ln(1.25/δ))/ε, ~6600 coordinates: within 5 %
+        expected = 2.0 * np.sqrt(2 * np.log(1.25 / 1e-5)) / epsilon
+        assert abs(measured[epsilon] - expected) < 0.05 * expected, (epsilon, measured[epsilon], expected)
+        assert messages.read_dp(reply) == pytest.approx(
+            {"epsilon": epsilon, "delta": 1e-5, "clip": 1.0, "noise_std": expected}, rel=1e-5
+        )
+    assert measured[100.0] < measured[50.0]
+
+
+def test_with_dp_rows_are_clipped_to_the_norm_asked_for(unit_rows: Contribution) -> None:
+    pytest.importorskip("flwr")
+    from mlpersonalize.fleet.privacy import DpConfig, privatize
+
+    sent = privatize(unit_rows, DpConfig(1e9, 1e-5, 0.25))  # noise ~1e-9: the clip alone shows
+    np.testing.assert_allclose(np.linalg.norm(sent.rows, axis=1), 0.25, atol=1e-5)
+    np.testing.assert_allclose(normalize(sent.rows), unit_rows.rows, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dp-epsilon": 0}, "dp-epsilon must be a positive number"),
+        ({"dp-epsilon": 5, "dp-delta": 1.5}, "dp-delta must be within"),
+        ({"dp-epsilon": 5, "dp-clip": -1}, "dp-clip must be a positive number"),
+        ({"dp-delta": 1e-6}, "need dp-epsilon"),
+    ],
+)
+def test_bad_dp_settings_are_refused(values: dict[str, Any], message: str) -> None:
+    from mlpersonalize.errors import UsageError
+    from mlpersonalize.fleet.privacy import dp_config
+
+    with pytest.raises(UsageError, match=message):
+        dp_config(values)
+
+
+def test_dp_is_off_unless_the_node_config_asks(tmp_path: Path) -> None:
+    pytest.importorskip("flwr")
+    from mlpersonalize.fleet.client_app import device_config
+
+    assert device_config({"home": str(tmp_path)}).dp is None
+    dp = device_config({"home": str(tmp_path), "dp-epsilon": 20.0}).dp
+    assert dp is not None and (dp.epsilon, dp.delta, dp.clip) == (20.0, 1e-5, 1.0)
+
+
+def test_a_run_with_dp_records_it_in_the_summary_and_in_the_adopted_versions_history(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("flwr")
+    import dataclasses
+
+    from mlpersonalize.fleet.privacy import DpConfig
+    from mlpersonalize.fleet.server_app import run_rounds
+
+    dp = DpConfig(1e4, 1e-5, 1.0)  # noise std ~1e-3: small enough that the head is still adopted
+    plain = make_devices(tmp_path, GROUPS[:2])
+    configs = [dataclasses.replace(plain[0], dp=dp), plain[1]]  # one device noises, one does not
+    sent: list[tuple[str, Any]] = []
+    summary = run_rounds(in_process_exchange(configs, sent), [0, 1], 1, 0.02, lambda record: None)
+    (record,) = summary["rounds"]
+    assert record["dp"] == {"0": pytest.approx(dp.record())}
+    assert record["result"] == "offered" and record["adopted"] == ["0", "1"]
+    with device.device_home(configs[0]):
+        entry = load_package(store.current_path(store.model_home())).manifest.history[-1]
+    assert entry["kind"] == "fleet" and entry["dp"] == pytest.approx(dp.record())
+    with device.device_home(configs[1]):
+        assert "dp" not in load_package(store.current_path(store.model_home())).manifest.history[-1]

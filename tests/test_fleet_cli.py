@@ -58,3 +58,14 @@ def test_join_refuses_a_model_that_is_not_a_package(
         ["fleet", "join", "127.0.0.1:9092", "--insecure", "--model", str(tmp_path / "nope")], capsys
     )
     assert code == 2 and out == "" and "not a model package folder" in err and err.count("\n") == 1
+
+
+def test_join_refuses_bad_differential_privacy_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra, message in (
+        (["--dp-epsilon", "0"], "dp-epsilon must be a positive number"),
+        (["--dp-clip", "0.5"], "need dp-epsilon"),
+    ):
+        code, out, err = main_cli(["fleet", "join", "127.0.0.1:9092", "--insecure", *extra], capsys)
+        assert code == 2 and out == "" and message in err and err.count("\n") == 1

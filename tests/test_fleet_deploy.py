@@ -42,6 +42,7 @@ def test_two_supernodes_learn_each_others_labels_through_a_superlink(tmp_path: P
         pending.mkdir(parents=True)
         save_batch(pending / "b.npz", Batch.from_pixels(pixels, [labels[k] for k in ids], manifest))
         devices.append({"home": str(tmp_path / f"device-{i}" / "home"), "pending": str(pending)})
+    devices[0]["dp-epsilon"] = 1e4  # differential privacy through the node config (noise std ~1e-3)
 
     fleet = deploy.LocalFleet(tmp_path / "flower", devices)
     with fleet:
@@ -54,6 +55,7 @@ def test_two_supernodes_learn_each_others_labels_through_a_superlink(tmp_path: P
 
     (only,) = summary["rounds"]
     assert summary["devices"] == 2 and only["result"] == "offered" and len(only["adopted"]) == 2
+    assert [dp["epsilon"] for dp in only["dp"].values()] == [1e4]  # one device noised its rows
     for config in devices:
         dc = device.DeviceConfig(pending=Path(config["pending"]), home=Path(config["home"]))
         with device.device_home(dc):

@@ -119,6 +119,21 @@ def join_command(
     max_drop: Annotated[
         float, typer.Option("--max-drop", help="Refuse a fleet head that costs more accuracy points.")
     ] = 2.0,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--dp-epsilon",
+            help="Turn on differential privacy: clip and noise every row sent, with this epsilon "
+            "per row and round (smaller: more noise). Costs accuracy; see docs/fleet.md. Default: off.",
+        ),
+    ] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option("--dp-delta", help="Differential privacy's delta. Default: 1e-5.")
+    ] = None,
+    dp_clip: Annotated[
+        float | None,
+        typer.Option("--dp-clip", help="Clip each row sent to this L2 norm before the noise. Default: 1."),
+    ] = None,
     port: PortOpt = 9094,
     insecure: InsecureOpt = False,
     ca_certfile: CaOpt = None,
@@ -138,25 +153,32 @@ def join_command(
     from .. import store
     from ..fleet import deploy
     from ..fleet.device import DeviceConfig
+    from ..fleet.privacy import dp_config
 
     out.configure(json_out, quiet, verbose)
     home = store.home().resolve()
+    dp_values = {"dp-epsilon": dp_epsilon, "dp-delta": dp_delta, "dp-clip": dp_clip}
+    dp = dp_config(dp_values)
     config = DeviceConfig(
         pending=(pending or home / "fleet" / "pending").expanduser().resolve(),
         home=home,
         model=model.expanduser().resolve() if model else None,
         min_examples=min_examples,
         max_drop=max_drop / 100,
+        dp=dp,
     )
     if config.model is not None and not config.model.is_dir():
         raise UsageError(f"--model {model}: not a model package folder")
     node = {"home": str(home), "pending": str(config.pending), "min-examples": min_examples}
     node |= {"max-drop": config.max_drop, **({"model": str(config.model)} if config.model else {})}
+    if dp is not None:
+        node |= {"dp-epsilon": dp.epsilon, "dp-delta": dp.delta, "dp-clip": dp.clip}
     security = deploy.Security(insecure, ca_certfile=ca_certfile, auth_private_key=auth_key)
     flwr_home = _workdir(workdir, "supernode")
     log = flwr_home / "supernode.log"
     proc = deploy.start_supernode(superlink, port, node, flwr_home, security, log)
     started = {"role": "supernode", "address": superlink, "home": str(home), "pending": str(config.pending)}
+    started["dp"] = dp.record() if dp is not None else None
     _foreground(proc, {**started, "pid": proc.popen.pid, "log": str(log)})
 
 

@@ -3,20 +3,24 @@
 SuperNode ``--node-config`` keys: ``home`` (the device's MLPERSONALIZE_HOME; default: the
 SuperNode's environment), ``pending`` (the folder of batch files to learn from; default
 ``<home>/fleet/pending``), ``model`` (an original package; default the bundled model),
-``min-examples`` (2), ``max-drop`` (0.02).
+``min-examples`` (2), ``max-drop`` (0.02), and, to turn on local differential privacy on the
+rows it sends (off by default), ``dp-epsilon`` with optional ``dp-delta`` (1e-5) and
+``dp-clip`` (1.0): see :mod:`.privacy`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from .. import store
 from ..errors import MLPersonalizeError
-from . import device, messages
+from . import device, messages, privacy
 
 app = ClientApp()
 
@@ -35,12 +39,17 @@ def device_config(node_config: Mapping) -> device.DeviceConfig:
         model=model,
         min_examples=int(node_config.get("min-examples", 2)),
         max_drop=float(node_config.get("max-drop", device.DEFAULT_MAX_DROP)),
+        dp=privacy.dp_config(dict(node_config)),
     )
 
 
 def handle_train(config: device.DeviceConfig, content: RecordDict) -> RecordDict:
     known = [str(x) for x in messages.get(content, "config", "known", [])]
-    return messages.train_reply(device.train(config, known))
+    report = device.train(config, known)
+    if report.contribution is not None and config.dp is not None:
+        sent = privacy.privatize(report.contribution, config.dp)
+        report = dataclasses.replace(report, contribution=sent)
+    return messages.train_reply(report, config.dp)
 
 
 def handle_evaluate(config: device.DeviceConfig, content: RecordDict) -> RecordDict:
@@ -50,7 +59,9 @@ def handle_evaluate(config: device.DeviceConfig, content: RecordDict) -> RecordD
 
 def handle_adopt(config: device.DeviceConfig, content: RecordDict) -> RecordDict:
     labels, rows = messages.read_head(content)
-    entry = {"fleet_round": int(messages.get(content, "config", "round", 0))}
+    entry: dict[str, Any] = {"fleet_round": int(messages.get(content, "config", "round", 0))}
+    if config.dp is not None:  # the rows this device sent were noised
+        entry["dp"] = config.dp.record()
     return messages.adopt_reply(device.adopt(config, labels, rows, entry))
 
 

@@ -37,6 +37,7 @@ from ..package import ModelPackage, load_package
 from ..update_algorithm import personalize, select_exemplars
 from ..updater import DEFAULT_MAX_DROP
 from .aggregate import Contribution
+from .privacy import DpConfig
 from .publish import publish_head
 
 
@@ -50,6 +51,7 @@ class DeviceConfig:
     min_examples: int = 2  # a label is shared only when this device has this many examples of it
     max_drop: float = DEFAULT_MAX_DROP
     keep: int = store.DEFAULT_KEEP
+    dp: DpConfig | None = None  # local differential privacy on the rows it sends (None: off)
 
     def __post_init__(self) -> None:
         if self.min_examples < 1:

@@ -2,7 +2,8 @@
 rows, label names, counts and accuracies: never pixels, file names or embeddings.
 
 * server → device, ``train``:    config {round, known labels}
-* device → server, ``train``:    arrays {rows [L, D] float32}, config {labels [L], counts [L], reason}
+* device → server, ``train``:    arrays {rows [L, D] float32}, config {labels [L], counts [L], reason,
+  and with differential privacy on: dp-epsilon, dp-delta, dp-clip, dp-noise-std}
 * server → device, ``evaluate``: arrays {rows}, config {labels}
 * device → server, ``evaluate``: metrics {num-examples, candidate-accuracy, current-accuracy}
 * server → device, ``query``:    arrays {rows}, config {action "adopt", labels, round}
@@ -19,6 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .aggregate import Contribution
 from .device import Adoption, Evaluation, TrainReport
+from .privacy import DpConfig
 
 ROWS = "rows"
 
@@ -57,11 +59,13 @@ def train_request(round_no: int, known: Sequence[str]) -> RecordDict:
     return RecordDict({"config": ConfigRecord({"round": round_no, "known": list(known)})})
 
 
-def train_reply(report: TrainReport) -> RecordDict:
+def train_reply(report: TrainReport, dp: DpConfig | None = None) -> RecordDict:
+    """The device's rows and counts (``dp``: the privacy the rows were sent with, recorded beside)."""
     c = report.contribution
     if c is None:
         return RecordDict({"config": ConfigRecord({"reason": report.reason, "labels": [], "counts": []})})
-    record = head_record(c.labels, c.rows, counts=list(c.counts), reason="")
+    extra = {f"dp-{k.replace('_', '-')}": float(v) for k, v in dp.record().items()} if dp else {}
+    record = head_record(c.labels, c.rows, counts=list(c.counts), reason="", **extra)
     record["metrics"] = MetricRecord({"num-examples": int(sum(c.counts))})
     return record
 
@@ -74,6 +78,13 @@ def read_train_reply(content: RecordDict) -> Contribution | str:
         return str(get(content, "config", "reason") or "the device sent no rows")
     labels, rows = read_head(content)
     return Contribution(labels, rows, tuple(int(n) for n in get(content, "config", "counts", [])))
+
+
+def read_dp(content: RecordDict) -> dict[str, float] | None:
+    """The differential privacy a train reply's rows were sent with; None when it was off."""
+    keys = ("epsilon", "delta", "clip", "noise_std")
+    values = {k: get(content, "config", f"dp-{k.replace('_', '-')}") for k in keys}
+    return None if values["epsilon"] is None else {k: float(v) for k, v in values.items()}
 
 
 def evaluate_reply(result: Evaluation) -> RecordDict:

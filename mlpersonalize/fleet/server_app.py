@@ -38,14 +38,17 @@ def run_rounds(
     summary: dict[str, Any] = {"devices": len(nodes), "rounds": []}
     for round_no in range(1, rounds + 1):
         replies = exchange(MessageType.TRAIN, {n: messages.train_request(round_no, known) for n in nodes})
-        contributions, refused = [], {}
+        contributions, refused, private = [], {}, {}
         for node, content in replies.items():
             got = messages.read_train_reply(content)
             if isinstance(got, str):
                 refused[str(node)] = got
             else:
                 contributions.append(got)
+                if (dp := messages.read_dp(content)) is not None:
+                    private[str(node)] = dp
         record: dict[str, Any] = {"round": round_no, "replies": len(replies), "refused": refused}
+        record["dp"] = private  # the devices whose rows came clipped and noised, and how
         if not contributions:
             record["result"] = "no device sent rows"
             summary["rounds"].append(record)

@@ -110,7 +110,7 @@ def quiet_logs() -> None:
 def session_options(threads: int = 0) -> ort.SessionOptions:
     """Session options with logging silenced; intra-op threads: ``threads``, else the process's
     setting (``--threads`` / $MLPERSONALIZE_THREADS, see threads.py), else ONNX Runtime's."""
-    from .threads import configured
+    from .threads import configured  # lazy: read when a session is made (the setting can change after import)
 
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import _ort, byo_graph, margin_gate
+from . import _ort, byo_graph, margin_gate, store
 from .embedding import embed
 from .errors import InputError, ModelError, UsageError
 from .fsio import publish, read_bounded
@@ -216,6 +217,7 @@ def _examples(
 ) -> dict[str, np.ndarray]:
     """``--examples DIR``: its ``<label>/`` folders' images through the package's backbone, per label
     (the exemplar memory updates rehearse and the guard measures). Every folder must name a label."""
+    # lazy: predict imports this module for its which-model note; only --examples needs these
     from .prepare import collect
     from .update_algorithm import select_exemplars
 
@@ -321,10 +323,6 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
 def personalized_copy(path: Path, name: str) -> Path | None:
     """The current version of the personalized copy of the package at ``path`` (manifest name
     ``name``), when one exists in the store and ``path`` is not a version of it."""
-    import os
-
-    from . import store
-
     root = store.model_home(name)
     link = root / "current"
     if not link.is_symlink():
@@ -350,8 +348,6 @@ def copy_note(path: Path, source: str, name: str) -> str | None:
 def update_hint(flag: Path | None, model: Path, version: str | None) -> str:
     """What ``update`` adds to its summary when it updated an original named by path: how to
     name the personalized copy it wrote (``model``, a version in the store)."""
-    from . import store
-
     if version is None or flag is None or store.personalized_by_name(flag) is not None:
         return ""
     return f"; use it with --model {model.parent.parent.name}"

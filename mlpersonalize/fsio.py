@@ -64,7 +64,7 @@ def storage_error(action: str, path: Path | str, exc: OSError) -> StorageError:
 
 def fsync_file(handle_fd: int) -> None:
     if sys.platform == "darwin":  # plain fsync on macOS does not reach the platter
-        import fcntl
+        import fcntl  # lazy: POSIX only; the rest of this module runs on Windows too
 
         fcntl.fcntl(handle_fd, fcntl.F_FULLFSYNC)
     else:

@@ -63,6 +63,7 @@ from .manifest import (
 from .params import DEFAULT_RANGES, UpdateParams
 
 if TYPE_CHECKING:
+    # lazy: onnx (~30 ms) and the classifier graph builder: only when a package is written
     import onnx
 
 
@@ -125,6 +126,8 @@ def check_external_data(path: Path, manifest: Manifest) -> None:
     """
     # onnx takes ~0.1 s to import: loaded when a package is, not when the CLI starts.
     import onnx
+
+    # lazy: onnx's external-data helpers, only for a model that uses external data
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     for name in sorted(n for n in manifest.files if n.endswith(".onnx")):
@@ -172,7 +175,7 @@ def producer() -> dict[str, str]:
     # onnx and onnxruntime: only a command that writes a package needs their versions
     import onnx
 
-    from . import _ort
+    from . import _ort  # lazy: onnxruntime (~0.1 s); inspect and predict of a loaded package skip it
 
     return {
         "name": "mlpersonalize",
@@ -261,6 +264,8 @@ def engine_files(
       installed; elsewhere REGENERATE: none are written, rather than stale ones.
     """
     from . import _ort  # onnxruntime: only writing a package needs it here
+
+    # lazy: the portable engine's graph builder, only when a package is written
     from .engines.portable import UnsupportedOpError, build_train_step
 
     files: dict[str, bytes] = {}

@@ -63,7 +63,6 @@ from .manifest import (
 from .params import DEFAULT_RANGES, UpdateParams
 
 if TYPE_CHECKING:
-    # lazy: onnx (~30 ms) and the classifier graph builder: only when a package is written
     import onnx
 
 
@@ -227,6 +226,7 @@ def build_contents(
 ) -> tuple[dict[str, bytes], dict[str, str]]:
     """All package files except the manifest, from a backbone and a head of kind ``head_kind``,
     and the manifest's ``engines`` (see :func:`engine_files`)."""
+    # lazy: onnx (~30 ms) and the classifier graph builder: only when a package is written
     import onnx
 
     from .classifier import build_inference_model

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import threads as thread_setting
-from ..errors import UsageError
+from ..errors import LearnedNothing, UsageError
 from ._options import JsonOpt, ModelOpt, NoWaitOpt, QuietOpt, ThreadsOpt, VerboseOpt
 from ._output import out, plural, safe_name, summarise
 
@@ -93,8 +93,6 @@ def summary(result: Any) -> str:
 
 def reteach_lines(history: dict[str, Any]) -> list[str]:
     """Re-taught labels (conflicts learned with --force, style rows) and a plain "learned nothing"."""
-    from ._output import plural, safe_name
-
     lines = []
     for c in history.get("conflicts") or []:
         read = ", ".join(f"{safe_name(k)} ({n})" for k, n in c["read_as"].items())
@@ -193,7 +191,5 @@ def update_command(
         out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))
     learned = result.history.get("learned") or {}
     if not learned.get("learned", True):
-        from ..errors import LearnedNothing
-
         where = f"version {result.version}" if result.version else str(result.model)
         raise LearnedNothing(f"the update was saved ({where}) but learned nothing: {learned.get('reason')}")

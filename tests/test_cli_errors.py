@@ -100,3 +100,23 @@ def test_debug_tracebacks_are_for_failures_not_for_usage_or_pipes() -> None:
     assert (
         not traceback(NoSuchOption("--x")) and not traceback(ClosedOutput()) and not traceback(typer.Exit(0))
     )
+
+
+def test_an_interrupt_that_a_c_extension_reports_as_its_own_import_error_is_still_an_interrupt(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while numpy's C extension initialises comes out as "ImportError: initialization
+    failed" (seen in the random-SIGTERM test): the run was interrupted, so exit 130 and the
+    interrupt's one line, not exit 1 and "unexpected ImportError"."""
+    from mlpersonalize.cli import app as app_module
+
+    def stopped_during_an_import(*args: object, **kwargs: object) -> None:
+        with pytest.raises(KeyboardInterrupt):
+            app_module._sigterm(15, None)
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(app_module, "app", stopped_during_an_import)
+    with pytest.raises(SystemExit) as exited:
+        app_module.main(["inspect"])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "Error: interrupted; nothing was changed\n"

@@ -64,15 +64,20 @@ def _committed() -> bool:
     return bool(store is not None and getattr(store, "swapped", None))
 
 
+_interrupted: list[int] = []  # the signals this run was stopped by (see main's error branch)
+
+
 def _sigterm(signum: int, frame: object) -> None:
     # Before the pointer moves, SIGTERM is Ctrl-C: stop, nothing changed. After it moved, the
     # run's outcome is success: the signal is ignored and the command finishes (README).
     if not _committed():
+        _interrupted.append(signum)
         raise KeyboardInterrupt
 
 
 def _sigint(signum: int, frame: object) -> None:
     if not _committed():
+        _interrupted.append(signum)
         raise KeyboardInterrupt
 
 
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     store = sys.modules.get("mlpersonalize.store")
     if store is not None:  # a new run (in-process callers run several) has committed nothing yet
         store.swapped.clear()
+    _interrupted.clear()
     code = 0
     try:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
@@ -114,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure goes through the one error table
+        if _interrupted and not isinstance(exc, KeyboardInterrupt):
+            # The interrupt raised inside an import of a C extension, which reports it as its own
+            # failure (numpy: "ImportError: initialization failed"): it is still an interrupt.
+            exc = KeyboardInterrupt()
         result = outcome(exc)
         if result is None:
             raise

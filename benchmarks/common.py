@@ -19,6 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "sample_models" / "doodles"
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as results record it: relative to the repository when inside it, so committed
+    results name no folder of the machine that measured them."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 @dataclass(frozen=True)
 class Sizes:
     """How big each benchmark is; ``quick`` must fit ``make bench`` in 10 minutes on 2 cores."""

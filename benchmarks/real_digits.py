@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import BUNDLED, check, cli, mean_std, run_child
+from .common import BUNDLED, check, cli, mean_std, run_child, shown_path
 
 KEYCAP = "\ufe0f\u20e3"
 LABELS = tuple(f"{d}{KEYCAP}" for d in range(10))
@@ -450,7 +450,7 @@ def run(model: Path, sizes: Sizes, logger: Callable[[str], None] = log) -> dict[
     manifest = load_package(model).manifest
     return {
         "sizes": asdict(sizes),
-        "model": {"path": str(model), "model_id": manifest.model_id, "labels": len(manifest.labels)},
+        "model": {"path": shown_path(model), "model_id": manifest.model_id, "labels": len(manifest.labels)},
         "knn_k": K,
         "summary": summarize(records, sizes.shots),
         "runs": records,

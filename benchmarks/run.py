@@ -60,7 +60,7 @@ def run(model: Path, sizes: common.Sizes, only: tuple[str, ...] = SECTIONS) -> d
     results: dict[str, Any] = {
         "machine": common.machine(),
         "mode": sizes.to_dict(),
-        "model": {"path": str(model)},
+        "model": {"path": common.shown_path(model)},
     }
     with tempfile.TemporaryDirectory(prefix="mlp-bench-") as tmp:
         work = Path(tmp)

@@ -211,6 +211,50 @@ def write_package(directory: Path, manifest: Manifest, contents: dict[str, bytes
     return final
 
 
+def write_version(
+    temp: Path,
+    base: ModelPackage,
+    head: StoredHead,
+    labels: tuple[str, ...],
+    exemplars: tuple[np.ndarray, np.ndarray],
+    params: UpdateParams,
+    entry: dict[str, Any],
+    unknown: dict[str, Any] | None = None,
+) -> Manifest:
+    """``base`` with a new head, labels, exemplar memory and history ``entry``, written into the
+    empty folder ``temp`` (fsynced): what an update and a fleet adoption publish.
+
+    ``unknown`` is the calibrated ``unknown`` of the new head; None calibrates it here from the
+    exemplar memory (the head's kind decides; a kind without calibration gives {}), so it always
+    has one threshold per label and never outlives the labels it was made for.
+    """
+    manifest = base.manifest
+    kind = kind_named(manifest.head_kind)
+    if unknown is None:
+        unknown = kind.calibrate(head, exemplars[0], exemplars[1], len(labels))
+    contents, engines = build_contents(
+        (base.path / BACKBONE_FILE).read_bytes(),
+        head,
+        manifest.head_kind,
+        list(labels),
+        exemplars[0],
+        exemplars[1],
+        params,
+    )
+    new_manifest = _replace(
+        manifest,
+        labels=tuple(labels),
+        updatable=tuple(kind.updatable(head)),
+        history=(*manifest.history, entry),
+        metrics={**manifest.metrics, "last_update": entry.get("accuracy", {})},
+        producer=entry["producer"],
+        row_labels=head.row_labels,
+        unknown=unknown,
+        engines=engines,
+    )
+    return write_package(temp, new_manifest, contents)
+
+
 def _replace(manifest: Manifest, **changes: Any) -> Manifest:
     return dataclasses.replace(manifest, **changes)
 

@@ -216,6 +216,42 @@ def new_temp_dir(root: Path) -> Path:
     return temp
 
 
+def publish_version(
+    root: Path,
+    write: Callable[[Path], object],
+    keep: int = DEFAULT_KEEP,
+    fault: Callable[[str], None] | None = None,
+) -> tuple[str, list[str]]:
+    """Make what ``write(temp)`` puts in a fresh temp folder the next version of the model at
+    ``root`` and point ``current`` at it; return the version and the versions pruned.
+
+    The caller holds the model's lock. Commit runs with signals deferred (once begun, the swap
+    finishes); on any failure before it the temp folder is removed and an OSError becomes a
+    StorageError (exit 7). Pruning comes after the swap is durable; if the disk refuses it the
+    version stays committed and the next run removes what is left.
+    """
+    try:
+        temp = new_temp_dir(root)
+    except OSError as exc:
+        raise storage_error("create a temporary folder in", versions_dir(root), exc) from exc
+    try:
+        write(temp)
+        with fsio.signals_deferred():
+            version = commit(root, temp, fault)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise storage_error("swap in the updated model at", root, exc) from exc
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    with fsio.signals_deferred():
+        try:
+            pruned = prune(root, keep, fault)
+        except OSError:
+            pruned = []  # committed; the next run removes what is left
+    return version, pruned
+
+
 def next_version(root: Path) -> str:
     existing = [int(v) for v in list_versions(root)]
     return f"{(max(existing) + 1 if existing else 1):06d}"

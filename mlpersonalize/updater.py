@@ -7,10 +7,7 @@ package it started from is only read. Progress goes to ``on_event(dict)``; nothi
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +16,11 @@ from . import engines, store
 from .batch import Batch, check_batch_fits, check_update_size, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
-from .fsio import fsync_dir, publish, signals_deferred, storage_error
-from .heads import kind_named, kind_of
-from .manifest import BACKBONE_FILE, UNKNOWN, normalize_label
+from .fsio import fsync_dir, publish, storage_error
+from .heads import kind_of
+from .manifest import UNKNOWN, normalize_label
 from .names import escape
-from .package import ModelPackage, build_contents, load_package, now_iso, producer, write_package
+from .package import ModelPackage, load_package, now_iso, producer, write_version
 from .params import UpdateParams
 from .update_algorithm import Outcome, personalize
 
@@ -97,44 +94,20 @@ def _check_options(options: UpdateOptions) -> None:
         raise UsageError(f"--output {out} exists and is not an empty folder")
 
 
-@contextlib.contextmanager
-def _removed_on_failure(temp: Path, action: str, target: Path) -> Iterator[None]:
-    """Delete the temp folder if the block fails (Ctrl-C included); OS errors become StorageError."""
-    try:
-        yield
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise storage_error(action, target, exc) from exc
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-
-
 def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
     """Write the new package into ``temp`` (fsynced), turning OS errors into StorageError."""
-    manifest = package.manifest
-    contents, engines = build_contents(
-        (package.path / BACKBONE_FILE).read_bytes(),
-        outcome.head,
-        manifest.head_kind,
-        list(outcome.labels),
-        outcome.exemplar_embeddings,
-        outcome.exemplar_labels,
-        outcome.params,
-    )
-    new_manifest = dataclasses.replace(
-        manifest,
-        labels=tuple(outcome.labels),
-        updatable=tuple(kind_named(manifest.head_kind).updatable(outcome.head)),
-        history=(*manifest.history, outcome.history),
-        metrics={**manifest.metrics, "last_update": outcome.history["accuracy"]},
-        producer=outcome.history["producer"],
-        row_labels=outcome.head.row_labels,
-        unknown=outcome.unknown,
-        engines=engines,
-    )
+    exemplars = (outcome.exemplar_embeddings, outcome.exemplar_labels)
     try:
-        write_package(temp, new_manifest, contents)
+        write_version(
+            temp,
+            package,
+            outcome.head,
+            outcome.labels,
+            exemplars,
+            outcome.params,
+            outcome.history,
+            outcome.unknown,
+        )
         fault_point("update:after-temp-write")
         fsync_dir(temp.parent)
         fault_point("update:after-fsync")
@@ -244,19 +217,9 @@ def update(
         # What `current` named when this version replaced it: rollback's target, so a version
         # published by a run killed before its swap (never current) is never rolled back onto.
         outcome.history["replaced_version"] = store.current_version(root)
-        try:
-            temp = store.new_temp_dir(root)
-        except OSError as exc:
-            raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
-        with _removed_on_failure(temp, "swap in the updated model at", root):
-            _write_package(temp, base, outcome)
-            with signals_deferred():
-                version = store.commit(root, temp, fault_point)
-        with signals_deferred():
-            try:
-                pruned = store.prune(root, options.keep, fault_point)
-            except OSError:
-                pruned = []  # the update is committed; the next run removes what is left
+        version, pruned = store.publish_version(
+            root, lambda temp: _write_package(temp, base, outcome), options.keep, fault_point
+        )
     path = store.versions_dir(root) / version
     _emit(on_event, _completed(outcome, path, version))
     return UpdateResult(path, version, outcome.added, outcome.history, tuple(pruned))

@@ -358,3 +358,34 @@ def test_a_run_with_dp_records_it_in_the_summary_and_in_the_adopted_versions_his
     assert entry["kind"] == "fleet" and entry["dp"] == pytest.approx(dp.record())
     with device.device_home(configs[1]):
         assert "dp" not in load_package(store.current_path(store.model_home())).manifest.history[-1]
+
+
+def test_adopting_a_head_with_more_labels_on_a_model_personalized_by_update_publishes_a_loadable_version(
+    tmp_path: Path,
+) -> None:
+    """A device that also runs `mlpersonalize update` has a calibrated `unknown` (one threshold per
+    label). Adopting a fleet head with a label more must publish a version that loads, with its
+    thresholds made for the new head, not the old ones kept (that version failed to load)."""
+    from conftest import NEW, write_batch
+
+    import mlpersonalize
+    from mlpersonalize.fleet.publish import publish_head
+    from mlpersonalize.heads.cosine import head_weight
+
+    bundled = store.bundled_model_path()
+    result = mlpersonalize.update(write_batch(tmp_path / "b.npz", bundled, NEW[:2], per_label=4), bundled)
+    package = load_package(result.model)
+    assert len(package.manifest.unknown["thresholds"]) == len(package.manifest.labels)
+    import onnx
+
+    weight = head_weight(onnx.load(str(result.model / "head.onnx")))
+    labels = (*package.manifest.labels, "fleet label")
+    root = result.model.parent.parent
+    with store.ModelLock(root).acquire():
+        version = publish_head(
+            root, package, labels, np.concatenate([weight, weight[:1]]), package.exemplars(), {}
+        )
+    adopted = load_package(store.versions_dir(root) / version)
+    assert adopted.manifest.labels == labels
+    assert len(adopted.manifest.unknown["thresholds"]) == len(labels)
+    assert store.current_version(root) == version

@@ -1,26 +1,23 @@
 """A head given as rows, published as a new version of a personalized model (store.py's swap).
 
-The same steps as an update's publish (updater.py): a complete package is written into a
-temp folder beside the versions and fsynced, ``store.commit`` renames it and moves ``current``
-atomically, old versions are pruned. The caller holds the model's lock (``store.ModelLock``),
-so a fleet adoption and a local ``update`` never interleave, and ``rollback`` steps back over
-it like over any update (the history entry names the version it replaced).
+The same steps as an update's publish, through the same code: ``package.write_version`` writes
+the complete package (its calibrated ``unknown`` made for the new head) into the temp folder that
+``store.publish_version`` commits (rename, ``current`` moved atomically) and prunes after. The
+caller holds the model's lock (``store.ModelLock``), so a fleet adoption and a local ``update``
+never interleave, and ``rollback`` steps back over it like over any update (the history entry
+names the version it replaced).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import store
-from ..fsio import fsync_dir, signals_deferred, storage_error
-from ..heads import StoredHead, kind_named
-from ..manifest import BACKBONE_FILE
-from ..package import ModelPackage, build_contents, now_iso, producer, write_package
+from ..heads import StoredHead
+from ..package import ModelPackage, now_iso, producer, write_version
 
 
 def publish_head(
@@ -38,7 +35,6 @@ def publish_head(
     replaced are added). Call with ``store.ModelLock(root)`` held. OS errors become StorageError.
     """
     manifest = base.manifest
-    kind = kind_named(manifest.head_kind)
     head = StoredHead(np.asarray(weight, np.float32), manifest.logit_scale)
     entry = {
         "time": now_iso(),
@@ -48,42 +44,12 @@ def publish_head(
         "replaced_version": store.current_version(root),
     }
     store.clean_stale(root)
-    try:
-        temp = store.new_temp_dir(root)
-    except OSError as exc:
-        raise storage_error("create a temporary folder in", store.versions_dir(root), exc) from exc
-    try:
-        contents, engines = build_contents(
-            (base.path / BACKBONE_FILE).read_bytes(),
-            head,
-            manifest.head_kind,
-            list(labels),
-            exemplars[0],
-            exemplars[1],
-            manifest.update_defaults,
-        )
-        new_manifest = dataclasses.replace(
-            manifest,
-            labels=tuple(labels),
-            updatable=tuple(kind.updatable(head)),
-            history=(*manifest.history, entry),
-            metrics={**manifest.metrics, "last_update": entry.get("accuracy", {})},
-            producer=entry["producer"],
-            engines=engines,
-        )
-        write_package(temp, new_manifest, contents)
-        fsync_dir(temp.parent)
-        with signals_deferred():
-            version = store.commit(root, temp)
-    except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise storage_error("publish the fleet's head at", root, exc) from exc
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    with signals_deferred():
-        try:
-            store.prune(root, keep)
-        except OSError:
-            pass  # committed; the next run removes what is left
+    version, _pruned = store.publish_version(
+        root,
+        # the calibrated `unknown` is made anew for the adopted head (its labels may be more)
+        lambda temp: write_version(
+            temp, base, head, tuple(labels), exemplars, manifest.update_defaults, entry
+        ),
+        keep,
+    )
     return version

@@ -289,8 +289,8 @@ def run_seed(
             path = sub / f"{i}.png"
             render(images[i], transparent=i % 2 == 0).save(path)
             train_files_all[d].append(str(path))
-    train_emb = {d: base.embed(base.pixels(train_files_all[d])) for d in range(10)}
-    train_px = {d: base.pixels(train_files_all[d]) for d in range(10)}
+    train_px = {d: base.pixels(train_files_all[d]) for d in range(10)}  # each file decoded once
+    train_emb = {d: base.embed(train_px[d]) for d in range(10)}
     records = []
     for shots in sizes.shots:
         rec: dict[str, Any] = {

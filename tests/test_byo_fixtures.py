@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,9 +24,13 @@ import onnxruntime as ort
 import pytest
 
 from benchmarks.byo import Fixture, LastLayer, fixtures, ncm_predict
+from mlpersonalize.batch import Batch
+from mlpersonalize.byo import DEFAULTS, ByoOptions, make_updatable
 from mlpersonalize.cli.app import main
 from mlpersonalize.images import load, to_model_input
+from mlpersonalize.package import load_package
 from mlpersonalize.sample.doodles import write_folder
+from mlpersonalize.update_algorithm import personalize
 
 FIXTURES = fixtures()
 HELDOUT = 20  # held-out drawings per label
@@ -318,3 +323,24 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     } <= methods
     table = capsys.readouterr().out
     assert "| mlp (8, " in table and table.count("\n|") == len(byo.ROWS) + 2
+
+
+def test_brought_update_trains_its_rows_in_few_steps_and_writes_the_distance_rows(tmp_path: Path) -> None:
+    """A package with distance features replaces the rows it trains by distance rows, so its
+    epochs are fitting's epoch plan (new drawings and stand-ins drawn 10 per label), not
+    label-balanced epochs over 256 stand-ins (510-1080 steps a pass on the fixtures), and the
+    head it writes does not depend on how long the rows trained."""
+    fx = FIXTURES["mlp"]
+    made = make_updatable(fx.path, tmp_path / "pkg", ByoOptions(labels=fx.labels_file, ink=fx.constraint.ink))
+    package = load_package(made.path)
+    files = write_folder(tmp_path / "new", fx.new_labels, SHOTS, seed=31)
+    pixels = np.stack([load(f, fx.constraint) for f in files])
+    batch = Batch.from_pixels(pixels, [f.parent.name for f in files], package.manifest)
+    params = DEFAULTS.replace(seed=0)
+    long = personalize(package, [batch], params, 0.02)
+    short = personalize(package, [batch], params.replace(epochs=1), 0.02)
+    # at most 10 draws of each of the 5 new and 8 brought labels per epoch
+    most = params.epochs * math.ceil(10 * (len(fx.new_labels) + len(fx.labels)) / params.batch_size)
+    assert 0 < max(long.history["training_steps"]) <= most, long.history["training_steps"]
+    np.testing.assert_array_equal(long.weight, short.weight)
+    assert len(long.history["losses"]) == params.epochs  # the losses are still reported per epoch

@@ -366,8 +366,16 @@ class LinearHead(HeadKind):
         session = self.engine.open(LinearHead.graph(stored), LinearHead.trainable(stored), params)
         try:
             known = max(0, len(self.old_weight) - frozen)  # added rows of earlier updates: anchored
+            # With distance features ``finish`` replaces every renewed row by its distance row,
+            # so these rows give the update its reported losses and nothing else: fitting's
+            # epoch plan (the rehearsal set first, see HeadKind.fit) trains them in 80-140 steps
+            # a pass on the trained fixtures (15 new drawings, 20 epochs) instead of 1020-2160
+            # (label-balanced epochs over 256 stand-ins), and the head written is the same.
+            # Heads without them (packages made before the distance features, the branch
+            # kind's first stage) keep the epochs they were measured with.
+            rehearsed = self.rehearsed if self.distance else 0
             losses = fitting.train(
-                session, (x - centre) / scale, y, params, {WEIGHT: known, BIAS: known}, on_epoch
+                session, (x - centre) / scale, y, params, {WEIGHT: known, BIAS: known}, on_epoch, rehearsed
             )
             weight = assemble(session.parameters(), standard[:frozen], fixed, core)
         finally:

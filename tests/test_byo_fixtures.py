@@ -322,7 +322,9 @@ def test_benchmark_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         ("ncm", 3),
     } <= methods
     table = capsys.readouterr().out
-    assert "| mlp (8, " in table and table.count("\n|") == len(byo.ROWS) + 2
+    assert "| mlp (8, " in table and table.count("\n|") == len(byo.ROWS) + 2 + len(byo.RULES) + 2
+    assert {r["rule"] for r in record["runs"] if r["method"] == "rule"} == set(byo.RULES)
+    assert {("gate-score", 0), ("gate-knn", 0)} <= methods
 
 
 def test_brought_update_trains_its_rows_in_few_steps_and_writes_the_distance_rows(tmp_path: Path) -> None:

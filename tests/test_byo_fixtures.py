@@ -234,7 +234,10 @@ def test_update_adds_the_new_labels(name: str, tmp_path_factory: pytest.TempPath
 # 0.260 vs 0.600; mlp 0.994 / 0.988 / 0.994, 0.330 vs 0.640; nhwc 0.925 / 0.925 / 0.925, 0.270
 # vs 0.660; made with --examples (5 per own label), new labels only: 0.994, 0.894, 0.994, 0.925
 # (mobilenet loses the same 2 of 160 drawings). Retention is bought with the new labels' accuracy: the ball an added row wins in is
-# small, since without the old data nothing tells where the brought labels' inputs lie.
+# small, since without the old data nothing tells where the brought labels' inputs lie. NCM is
+# out of reach on mobilenet, mlp and nhwc whatever the rule: a 7-NN own-vs-new gate fitted on the
+# held-out drawings themselves only just reaches it at >= 97% kept (`python -m benchmarks.byo`,
+# the ceiling rows; docs/bring-your-own-model.md, "Why the new labels stay below NCM").
 _KEEP_FAILS: set[str] = set()
 _KEEP_WITH_OLD_FAILS = {"mobilenet"}
 _KEEP_WITH_EXAMPLES_FAILS = {"mobilenet"}
@@ -346,3 +349,31 @@ def test_brought_update_trains_its_rows_in_few_steps_and_writes_the_distance_row
     assert 0 < max(long.history["training_steps"]) <= most, long.history["training_steps"]
     np.testing.assert_array_equal(long.weight, short.weight)
     assert len(long.history["losses"]) == params.epochs  # the losses are still reported per epoch
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the branch kind has no distance rows: its added rows take the own labels"
+)
+def test_branch_kind_keeps_the_brought_accuracy_without_old_data(tmp_path: Path) -> None:
+    """`--trainable` naming the MLP's hidden layer (the branch kind, heads/branch.py): an update
+    with 3 drawings of each of 5 new labels keeps >= 97% of the own labels' accuracy.
+
+    Not yet: the branch's added rows have only the margin gate, not the distance rows of the
+    linear kind. Measured in-process on the benchmark's batches (seeds 100-102, held-out seed
+    5000, 30 per label): kept 0.51 (mlp, this layer), 0.77 (mobilenet, its last pointwise conv),
+    0.61 (nhwc, its last conv), 0.86 (resnet, the last block's skip conv); and the guard, with
+    no old data to judge on, let the mlp's update through (exit 0).
+    """
+    fx = FIXTURES["mlp"]
+    home, package = tmp_path / "home", tmp_path / "pkg"
+    trainable = ["--trainable", "features.3.weight", "--trainable", "features.3.bias"]
+    cli(home, "make-updatable", str(fx.path), "-o", str(package), *fx.make_updatable_args(), *trainable)
+    heldout = tmp_path / "heldout"
+    write_folder(heldout, fx.labels + fx.new_labels, HELDOUT, seed=4242)
+    before = top1_accuracy(predictions(home, str(package), heldout), fx.labels)
+    write_folder(tmp_path / "new", fx.new_labels, SHOTS, seed=31)
+    batch = tmp_path / "b.npz"
+    cli(home, "prepare", str(tmp_path / "new"), "-o", str(batch), "--model", str(package))
+    cli(home, "update", str(batch), "--model", str(package), "--seed", "0", "--force")
+    after = top1_accuracy(predictions(home, fx.name, heldout), fx.labels)
+    assert after >= KEEP * before, (before, after)

@@ -48,6 +48,16 @@ def test_json_commands_load_what_they_use_but_not_rich(tiny_model: Path, tmp_pat
     assert "onnxruntime" in used and "rich" not in used
 
 
+def test_predict_and_inspect_do_not_import_onnx(tiny_model: Path, doodle_model: Path, tmp_path: Path) -> None:
+    """Reading a package and running its model.onnx needs ONNX Runtime, never onnx (~30 ms):
+    only building or reading a graph does, and a package without external data is not parsed."""
+    image = tmp_path / "a.png"
+    Image.new("L", (28, 28), 255).save(image)
+    for model in (tiny_model, doodle_model):
+        assert "onnx" not in loaded("inspect", "--json", "--model", str(model))
+        assert "onnx" not in loaded("predict", "--json", "--model", str(model), str(image))
+
+
 COMMANDS = (
     "mlpersonalize.cli.cmd_prepare",
     "mlpersonalize.cli.cmd_inspect",

@@ -315,6 +315,3 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
 
     manifest = publish(output, write)
     return ByoResult(output, manifest, record)
-
-
-# --- which model answers: an original package and its personalized copy ------------------------

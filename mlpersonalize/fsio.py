@@ -207,7 +207,8 @@ def publish(output: Path, write: Callable[[Path], T], synced: bool = False) -> T
         result = write(temp)
         if not synced:
             fsync_tree(temp)
-        fsync_dir(temp.parent)
+        # No fsync of the parent before the rename: the one after it makes the folder's entry
+        # durable under its final name, and before that a crash leaves only a stale temp folder.
         with signals_deferred():
             if output.exists():
                 output.rmdir()  # empty (the caller checked); rename cannot replace it everywhere

@@ -198,8 +198,10 @@ def read_exemplars(path: Path, n_labels: int, dim: int) -> tuple[np.ndarray, np.
 
 
 def exemplars_bytes(embeddings: np.ndarray, label_index: np.ndarray) -> bytes:
+    """exemplars.npz, stored: float16 embeddings barely compress (203 of 220 kB for the bundled
+    model's 860), and deflating them took 5 ms of every update."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, embeddings=embeddings.astype(np.float16), labels=label_index.astype(np.int32))
+    np.savez(buffer, embeddings=embeddings.astype(np.float16), labels=label_index.astype(np.int32))
     return buffer.getvalue()
 
 

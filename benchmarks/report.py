@@ -140,7 +140,8 @@ def cost_section(results: dict[str, Any]) -> list[str]:
         "## 2b. What an update costs (whole processes, interleaved runs, medians)",
         "",
         f"**Fixed costs**: the seed's case (bundled model, 3 new labels × 5 generated drawings; "
-        f"{steps} training steps in the two passes) and one-image commands against the floor "
+        f"{steps} training steps in its {len(f['steps'])} trainings) and one-image commands against "
+        "the floor "
         f'`python -c "import numpy, onnxruntime, PIL"` ({f["repeats"]} rounds; ratios are the median '
         "of round-by-round ratios; torch hidden from every process, as in a runtime-only install):",
         "",
@@ -166,7 +167,7 @@ def cost_section(results: dict[str, Any]) -> list[str]:
         f"**Label mix**: the same {m['examples']:,} generated drawings as 2 or 10 new labels "
         f"({m['repeats']} rounds):",
         "",
-        "| labels | wall s | CPU s | peak MB | training steps (pass 1 + 2) |",
+        "| labels | wall s | CPU s | peak MB | training steps (each training) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for k in (2, 10):

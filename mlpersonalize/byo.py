@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from . import _ort, byo_graph, margin_gate, store
+from . import _ort, byo_graph, margin_gate
 from .embedding import embed
 from .errors import InputError, ModelError, UsageError
 from .fsio import publish, read_bounded
@@ -29,6 +28,7 @@ from .images import ImageConstraint, to_model_input
 from .manifest import MODEL_FILE, Manifest, check_labels, normalize_label
 from .package import create_package
 from .params import UpdateParams
+from .store import copy_note, personalized_copy, update_hint  # noqa: F401 (moved: see store.py)
 
 # Defaults for updates of a brought model, measured on the test architectures (tests/test_byo.py):
 # the old rows are frozen, so a higher rate than the cosine head's only moves the new rows.
@@ -315,39 +315,3 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
 
     manifest = publish(output, write)
     return ByoResult(output, manifest, record)
-
-
-# --- which model answers: an original package and its personalized copy ------------------------
-
-
-def personalized_copy(path: Path, name: str) -> Path | None:
-    """The current version of the personalized copy of the package at ``path`` (manifest name
-    ``name``), when one exists in the store and ``path`` is not a version of it."""
-    root = store.model_home(name)
-    link = root / "current"
-    if not link.is_symlink():
-        return None
-    resolved = path.resolve()
-    if resolved.is_relative_to(root.resolve()):
-        return None  # the copy itself (or one of its versions)
-    return Path(os.path.realpath(link))
-
-
-def copy_note(path: Path, source: str, name: str) -> str | None:
-    """What ``predict``/``inspect`` say on stderr when a package named by path or by
-    $MLPERSONALIZE_MODEL is an original whose personalized copy exists: the path is used, as
-    given, and the copy answers with ``--model NAME`` (README, "Which model a command uses")."""
-    if source not in ("flag", "environment"):
-        return None
-    copy = personalized_copy(path, name)
-    if copy is None:
-        return None
-    return f"note: {path} is the original; its personalized copy ({copy.name}) answers with --model {name}"
-
-
-def update_hint(flag: Path | None, model: Path, version: str | None) -> str:
-    """What ``update`` adds to its summary when it updated an original named by path: how to
-    name the personalized copy it wrote (``model``, a version in the store)."""
-    if version is None or flag is None or store.personalized_by_name(flag) is not None:
-        return ""
-    return f"; use it with --model {model.parent.parent.name}"

@@ -7,8 +7,15 @@ and initializers reading the embedding.
 
 from __future__ import annotations
 
-import onnx
-from onnx import TensorProto, helper
+from typing import TYPE_CHECKING
+
+from ._lazy import deferred
+
+if TYPE_CHECKING:
+    import onnx
+    from onnx import helper
+else:  # onnx (~30 ms): imported when a model is built, which predict and inspect never do
+    onnx, helper = deferred("onnx", "onnx.helper")
 
 OPSET = 17
 ML_OPSET = 2
@@ -23,8 +30,8 @@ def head_model(
     graph = helper.make_graph(
         nodes,
         "head",
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        [helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", classes])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -69,13 +76,13 @@ def build_inference_model(
         ),
     ]
     outputs = [
-        helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
-        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
-        helper.make_tensor_value_info(embedding_output, TensorProto.FLOAT, ["N", dim]),
+        helper.make_tensor_value_info("label", onnx.TensorProto.STRING, ["N"]),
+        helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", classes]),
+        helper.make_tensor_value_info(embedding_output, onnx.TensorProto.FLOAT, ["N", dim]),
     ]
     if any(SCORES in node.output for node in nodes):
         nodes.append(helper.make_node("Identity", [SCORES], ["scores"]))
-        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes]))
+        outputs.append(helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["N", classes]))
     merged = helper.make_graph(
         list(graph.node) + nodes,
         "classifier",

@@ -188,13 +188,14 @@ def signals_deferred() -> Iterator[None]:
 T = TypeVar("T")
 
 
-def publish(output: Path, write: Callable[[Path], T]) -> T:
+def publish(output: Path, write: Callable[[Path], T], synced: bool = False) -> T:
     """Make the folder ``output`` (absent or empty) appear whole or not at all; return what ``write`` did.
 
     ``write(temp)`` fills a temp folder beside ``output``; every file and folder in it is then
-    fsynced, the temp folder is renamed to ``output`` with signals deferred and the parent folder
-    is fsynced. On any failure (Ctrl-C included) the temp folder is removed; an OSError becomes a
-    StorageError (exit 7) naming ``output``.
+    fsynced (``synced``: ``write`` did that itself, as package.write_package does), the temp
+    folder is renamed to ``output`` with signals deferred and the parent folder is fsynced. On
+    any failure (Ctrl-C included) the temp folder is removed; an OSError becomes a StorageError
+    (exit 7) naming ``output``.
     """
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +205,10 @@ def publish(output: Path, write: Callable[[Path], T]) -> T:
         raise storage_error("create a folder beside", output, exc) from exc
     try:
         result = write(temp)
-        fsync_tree(temp)
-        fsync_dir(temp.parent)
+        if not synced:
+            fsync_tree(temp)
+        # No fsync of the parent before the rename: the one after it makes the folder's entry
+        # durable under its final name, and before that a crash leaves only a stale temp folder.
         with signals_deferred():
             if output.exists():
                 output.rmdir()  # empty (the caller checked); rename cannot replace it everywhere

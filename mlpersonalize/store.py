@@ -435,3 +435,39 @@ def _reset_locked(root: Path) -> list[str]:
         shutil.rmtree(trash, ignore_errors=True)
     clean_stale(root)
     return versions
+
+
+# --- which copy answers (predict/inspect notes, update's hint) ----------------------------------
+
+
+def personalized_copy(path: Path, name: str) -> Path | None:
+    """The current version of the personalized copy of the package at ``path`` (manifest name
+    ``name``), when one exists in the store and ``path`` is not a version of it."""
+    root = model_home(name)
+    link = root / "current"
+    if not link.is_symlink():
+        return None
+    resolved = path.resolve()
+    if resolved.is_relative_to(root.resolve()):
+        return None  # the copy itself (or one of its versions)
+    return Path(os.path.realpath(link))
+
+
+def copy_note(path: Path, source: str, name: str) -> str | None:
+    """What ``predict``/``inspect`` say on stderr when a package named by path or by
+    $MLPERSONALIZE_MODEL is an original whose personalized copy exists: the path is used, as
+    given, and the copy answers with ``--model NAME`` (README, "Which model a command uses")."""
+    if source not in ("flag", "environment"):
+        return None
+    copy = personalized_copy(path, name)
+    if copy is None:
+        return None
+    return f"note: {path} is the original; its personalized copy ({copy.name}) answers with --model {name}"
+
+
+def update_hint(flag: Path | None, model: Path, version: str | None) -> str:
+    """What ``update`` adds to its summary when it updated an original named by path: how to
+    name the personalized copy it wrote (``model``, a version in the store)."""
+    if version is None or flag is None or personalized_by_name(flag) is not None:
+        return ""
+    return f"; use it with --model {model.parent.parent.name}"

@@ -16,7 +16,7 @@ from . import engines, store
 from .batch import Batch, check_batch_fits, check_update_size, file_sha256, load_batch
 from .errors import BatchError, ModelError, RejectedError, UsageError
 from .faults import fault_point
-from .fsio import fsync_dir, publish, storage_error
+from .fsio import publish, storage_error
 from .heads import kind_of
 from .manifest import UNKNOWN, normalize_label
 from .names import escape
@@ -109,7 +109,8 @@ def _write_package(temp: Path, package: ModelPackage, outcome: Outcome) -> None:
             outcome.unknown,
         )
         fault_point("update:after-temp-write")
-        fsync_dir(temp.parent)
+        # The temp folder's own entry in its parent needs no fsync of its own: the parent is
+        # fsynced after the rename that names the folder (fsio.publish, store.commit).
         fault_point("update:after-fsync")
     except OSError as exc:
         raise storage_error("write the updated model to", temp, exc) from exc
@@ -163,7 +164,7 @@ def _train(
 
 def _to_output(package: ModelPackage, outcome: Outcome, output: Path) -> Path:
     """Write a new package at ``output`` (fsio.publish: a temp folder beside it and one rename)."""
-    publish(output, lambda temp: _write_package(temp, package, outcome))
+    publish(output, lambda temp: _write_package(temp, package, outcome), synced=True)
     return output
 
 

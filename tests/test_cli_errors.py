@@ -115,7 +115,7 @@ def test_an_interrupt_that_a_c_extension_reports_as_its_own_import_error_is_stil
             app_module._sigterm(15, None)
         raise ImportError("initialization failed")
 
-    monkeypatch.setattr(app_module, "app", stopped_during_an_import)
+    monkeypatch.setattr(app_module, "_app_for", lambda args: stopped_during_an_import)
     with pytest.raises(SystemExit) as exited:
         app_module.main(["inspect"])
     assert exited.value.code == 130

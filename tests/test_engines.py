@@ -383,3 +383,37 @@ def test_an_updates_sessions_and_package_share_one_generation_and_get_their_own_
     assert len(made) == 4
     ort.MODELS.clear()
     assert not any(folder.exists() for folder in made)
+
+
+@needs_ort
+def test_the_ort_step_without_modules_wrapping_trains_exactly_as_module_call_does(doodle_model: Path) -> None:
+    """OrtSession.step calls the C++ train step and reads only the loss (44 against 78 us a step):
+    the losses and parameters are bit for bit those of ONNX Runtime's Module.__call__."""
+    from mlpersonalize.engines import ort as ort_engine
+    from mlpersonalize.heads import kind_of
+
+    package = load_package(doodle_model)
+    kind = kind_of(package.manifest)
+    stored = kind.read(package)
+    graph, trainable = kind.graph(stored), kind.trainable(stored)
+    rng = np.random.default_rng(3)
+    classes = len(stored.weight)
+    steps = [
+        (rng.standard_normal((8, stored.weight.shape[1])).astype(np.float32), rng.integers(0, classes, 8))
+        for _ in range(20)
+    ]
+    results = []
+    for direct in (True, False):
+        session = ort_engine.ENGINE.open(graph, trainable, package.manifest.update_defaults)
+        try:
+            assert session._train_step is not None  # the fast path is the one in use here
+            if not direct:
+                session._train_step = None  # the public path: Module.__call__
+            losses = [session.step(x, y) for x, y in steps]
+            results.append((losses, session.parameters()))
+        finally:
+            session.close()
+    (fast_losses, fast), (public_losses, public) = results
+    assert fast_losses == public_losses
+    assert fast.keys() == public.keys()
+    assert all(np.array_equal(fast[name], public[name]) for name in fast)

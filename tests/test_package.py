@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from mlpersonalize import _ort
 from mlpersonalize.errors import ModelError
 from mlpersonalize.manifest import ENGINE_FILES, MANIFEST, REQUIRED_FILES, read_manifest
-from mlpersonalize.package import describe, load_package
+from mlpersonalize.package import _digest, describe, load_package
 
 
 def carried_files(package: Path) -> set[str]:
@@ -162,3 +163,18 @@ def test_any_manifest_bytes_load_or_raise_model_error(tiny_model: Path, data: by
     (tiny_model / MANIFEST).write_bytes(data)
     with pytest.raises(ModelError):
         read_manifest(tiny_model)
+
+
+@pytest.mark.parametrize("at", [0, (1 << 20) - 4, (1 << 20) - 8, 1 << 20, (1 << 21) + 5])
+def test_the_external_data_key_is_found_wherever_it_lies_in_the_file(tmp_path: Path, at: int) -> None:
+    """load_package parses (with onnx) only the .onnx files whose bytes name external data; the
+    key must be seen across the reader's 1 MiB chunks too, or a hostile model would slip by."""
+    data = bytearray(b"\0" * ((1 << 21) + 64))
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(bytes(data))
+    data[at : at + 8] = b"location"
+    marked = tmp_path / "marked.onnx"
+    marked.write_bytes(bytes(data))
+    assert _digest(plain, True)[1] is False
+    digest, found = _digest(marked, True)
+    assert found is True and digest == hashlib.sha256(bytes(data)).hexdigest()

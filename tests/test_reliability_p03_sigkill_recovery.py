@@ -96,3 +96,37 @@ def test_p3_rollback_never_steps_onto_a_version_whose_swap_was_killed(
     assert store.rollback(home) == "000002"
     assert store.rollback(home) == "000001"
     assert_healthy(home)
+
+
+def test_p3_the_temp_folders_a_killed_update_left_are_removed_by_a_later_run(
+    doodle_model: Path, tmp_path: Path
+) -> None:
+    """A SIGKILLed update (a cron timeout) cannot remove its training temp folders; they carry its
+    pid, and a later run removes those of processes that no longer run once an hour old (a pid
+    seen dead from another pid namespace sharing /tmp may still be training: none runs an hour)."""
+    import os
+
+    from mlpersonalize.engines import ort as ort_engine
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"TMPDIR": str(temp), "MLPERSONALIZE_FAULT": "update:after-temp-write"}
+    batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[1:2])
+    killed = cli(["update", str(batch), "--model", str(doodle_model), "-o", str(tmp_path / "o1")], env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (parent,) = temp.iterdir()
+    left = sorted(p.name for p in parent.iterdir())
+    assert left and all(name.split("-")[1].isdigit() for name in left), left
+    del env["MLPERSONALIZE_FAULT"]
+    again = cli(["update", str(batch), "--model", str(doodle_model), "-o", str(tmp_path / "o2")], env)
+    assert again.returncode in (0, 9), again.stderr
+    assert sorted(p.name for p in parent.iterdir()) == left  # young: kept
+    old = ort_engine.STALE_AFTER + 60
+    for path in parent.iterdir():
+        os.utime(path, (path.stat().st_atime - old, path.stat().st_mtime - old))
+    mine = parent / f"train-{os.getpid()}-x"
+    mine.mkdir()
+    os.utime(mine, (0, 0))
+    third = cli(["update", str(batch), "--model", str(doodle_model), "-o", str(tmp_path / "o3")], env)
+    assert third.returncode in (0, 9), third.stderr
+    assert [p.name for p in parent.iterdir()] == [mine.name]  # a running process's folder stays

@@ -23,7 +23,7 @@ def inspect_command(
 
     Example: mlpersonalize inspect --json | jq .labels
     """
-    # lazy: package pulls numpy + onnx (~0.12 s); store ~7 ms
+    # lazy: package pulls numpy (~50 ms); store ~7 ms
     from ..package import describe, load_package
     from ..store import open_model
 

@@ -77,9 +77,9 @@ def predict_command(
 
 
 def _note_copy(resolved: Any, name: str) -> None:
-    """An original package whose personalized copy exists: say which answers (byo.copy_note)."""
-    # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
-    from ..byo import copy_note
+    """An original package whose personalized copy exists: say which answers (store.copy_note)."""
+    # lazy: store ~7 ms
+    from ..store import copy_note
 
     message = copy_note(resolved.path, resolved.source, name)
     if message:
@@ -87,7 +87,7 @@ def _note_copy(resolved: Any, name: str) -> None:
 
 
 def _open_classifier(resolved: Any) -> Any:
-    # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
+    # lazy: numpy, ONNX Runtime 0.1-0.15 s
     from ..inference import Classifier
     from ..package import load_package
 
@@ -97,7 +97,7 @@ def _open_classifier(resolved: Any) -> Any:
 
 
 def _constraint(model: Path | None) -> Any:
-    # lazy: package pulls numpy + onnx (~0.12 s); store ~7 ms
+    # lazy: package pulls numpy (~50 ms); store ~7 ms
     from ..package import load_package
     from ..store import open_model
 

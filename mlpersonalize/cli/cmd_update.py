@@ -186,7 +186,7 @@ def update_command(
     finally:
         renderer.close()
     if not out.json:
-        from ..byo import update_hint  # byo's head kinds and graph tools: only for this hint
+        from ..store import update_hint
 
         out.done(summary(result) + safe_name(update_hint(model, result.model, result.version)))
     learned = result.history.get("learned") or {}

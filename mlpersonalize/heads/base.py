@@ -19,19 +19,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias
 
 import numpy as np
-import onnx
 
 from ..fitting import EpochCallback
 from ..manifest import Manifest
 from ..params import UpdateParams
 
 if TYPE_CHECKING:
+    import onnx  # annotations only: predict and inspect load a package without importing onnx
+
     from ..engines import Engine
 
-Parts = tuple[list[onnx.NodeProto], list[onnx.TensorProto]]
+Parts: TypeAlias = "tuple[list[onnx.NodeProto], list[onnx.TensorProto]]"
 
 
 class PackageView(Protocol):

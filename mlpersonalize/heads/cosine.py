@@ -19,17 +19,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from .. import calibration, fitting
+from .._lazy import deferred
 from ..classifier import SCORES, head_model
 from ..manifest import HEAD_FILE
 from ..params import UpdateParams
 from .base import FitResult, HeadKind, PackageView, Parts, StoredHead
 
 if TYPE_CHECKING:
+    import onnx
+    from onnx import helper, numpy_helper
+
     from ..engines import Engine
+else:  # onnx (~30 ms): when a head graph is built or read, which predict and inspect never do
+    onnx, helper, numpy_helper = deferred("onnx", "onnx.helper", "onnx.numpy_helper")
 
 KIND = "cosine"
 WEIGHT = "head.weight"

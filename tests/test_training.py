@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from mlpersonalize import engines, fitting
 from mlpersonalize.fitting import balanced_order
 from mlpersonalize.heads import FitResult, StoredHead
 from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, imprint, normalize
+from mlpersonalize.package import load_package
 from mlpersonalize.params import UpdateParams
 from mlpersonalize.update_algorithm import select_exemplars, split_holdout
 
@@ -125,3 +127,52 @@ def test_the_loop_anchors_known_rows_and_stops_on_nan_whatever_the_engine() -> N
     np.testing.assert_array_equal(session.values["w"][:2], np.full((2, 2), 1.5))
     np.testing.assert_array_equal(session.values["w"][2:], np.full((1, 2), 4.0))
     np.testing.assert_array_equal(session.values["b"], np.full(3, 4.0))
+
+
+class _StepEngine:
+    """An engine whose sessions are _Stepper-like: every step moves each parameter by +1."""
+
+    def open(self, head, trainable, params):  # type: ignore[no-untyped-def]
+        weight = next(i for i in head.graph.initializer if i.name == WEIGHT)
+        session = _Stepper([1.0] * 1000)
+        session.values = {WEIGHT: numpy_helper.to_array(weight).astype(np.float32).copy()}
+        return session
+
+
+def test_a_taught_labels_row_is_anchored_to_its_imprint_like_a_known_labels_row(doodle_template) -> None:  # type: ignore[no-untyped-def]
+    # Three drawings must not pull a new row far off its imprint (the update would then read the
+    # new label worse than imprinting alone): every row, known or new, is pulled back alike.
+    package = load_package(doodle_template)
+    labels = (*package.manifest.labels, "new")
+    params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
+    head = CosineHead(package, labels, params, _StepEngine())  # type: ignore[arg-type]
+    n_old, dim = head.old_weight.shape
+    start = np.concatenate([head.old_weight, np.ones((1, dim), np.float32)])
+    x = np.ones((4, dim), np.float32)
+    result = head.train(start, x, np.full(4, n_old), params, None)
+    moved = result.weight - start
+    assert np.allclose(moved, moved[0, 0])  # the new row moved exactly as far as the known ones
+    assert 0 < moved[0, 0] < 2  # one step an epoch, each pulled back halfway: (0+1)/2 then (0.5+1)/2
+
+
+def test_the_loop_anchors_the_rows_a_mask_names() -> None:
+    session = _Stepper([1.0] * 10)
+    params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
+    fitting.train(
+        session,
+        np.zeros((4, 2), np.float32),
+        np.array([0, 0, 1, 1]),
+        params,
+        {"w": np.array([True, False, True])},
+    )
+    # one step an epoch: masked rows (0 + 1) * .5 = .5, then (.5 + 1) * .5 = .75; the other row 2
+    np.testing.assert_array_equal(session.values["w"][:, 0], [0.75, 2.0, 0.75])
+
+
+def test_style_rows_for_known_labels_train_free_and_new_labels_rows_stay_anchored(doodle_template) -> None:  # type: ignore[no-untyped-def]
+    package = load_package(doodle_template)
+    labels = (*package.manifest.labels, "new")
+    head = CosineHead(package, labels, UpdateParams(), engines.get(None))
+    n_old = len(head.old_weight)
+    head.adopt(np.concatenate([head.old.row_label(), [0, len(labels) - 1]]))  # a style row of label 0
+    assert head.anchored_rows(n_old + 2).tolist() == [True] * n_old + [False, True]

@@ -1,18 +1,22 @@
 """The update algorithm itself (update_algorithm.personalize_rows) on embeddings, without the CLI.
 
-    python -m benchmarks.quality_rows [--model DIR] [--digits FILE] [--seeds N] [--shots 1,3,5]
-                                      [--part digits|generated|style|all]
+    python -m benchmarks.quality_rows [--model DIR] [--seeds N] [--shots 1,3,5]
+                                      [--part digits|generated|style|all] [--target FRR]
 
 What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
 
-* ``digits``: real handwriting (scikit-learn's 8x8 digits, rendered as drawings and preprocessed,
-  read from ``--digits``: an .npz with ``pix`` [N, 28, 28, 1] and ``y``) taught in two rounds of
+* ``digits``: real handwriting (scikit-learn's 8x8 digits, rendered as benchmarks/real_digits.py
+  renders them and preprocessed as ``prepare`` does) taught in two rounds of
   five labels with 1, 3 or 5 drawings each; every held-out drawing is predicted among all labels
   with the calibrated ``unknown`` (counted wrong): round 1's labels after round 1, round 2's after
   round 2, round 1's after round 2. Both sides of ``unknown``: right answers turned ``unknown``
   (round 1's digits and generated drawings of the 43 labels) and the five digits not yet taught
   plus generated drawings of the 17 novel labels (never in pretraining) rejected after round 1.
-  Beside it: imprinting alone (the same update with 0 epochs) and the fixed 0.5 threshold.
+  Beside it: imprinting alone (the same update with 0 epochs) and the fixed 0.5 threshold. Each
+  column also without any ``unknown`` (``*_top1``: what the head alone reads right), the 43 labels'
+  top-1 after each round (``known_top1_r*``), and ``imprint05_*``: what ``update`` must never lose
+  to, each taught label's row its normalised mean embedding next to the model's rows, the fixed 0.5
+  threshold (issue 12's "imprinting alone").
 * ``generated``: the same protocol on generated drawings of the novel labels (two rounds of five).
 * ``style``: 5 asterisk-drawn stars labelled ``star`` (benchmarks/styles.py; the model reads them
   as ``sun``): held-out asterisks read as ``star`` before and after, standard stars and all 43

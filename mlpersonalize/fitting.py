@@ -168,7 +168,7 @@ def train(
     idx = np.asarray(idx, np.int64)
     plan = EpochPlan.of(idx, rehearsed) if 0 < rehearsed < len(idx) else None
     pulled: dict[str, slice | np.ndarray] = {
-        name: slice(0, rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows, bool)
+        name: slice(0, rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows, np.float32)
         for name, rows in (anchored or {}).items()
         if (rows > 0 if isinstance(rows, (int, np.integer)) else np.any(rows))
     }
@@ -187,7 +187,11 @@ def train(
             now = session.parameters()
             for name, rows in pulled.items():
                 value, first = now[name], start[name]
-                value[rows] = first[rows] + (1 - ANCHOR) * (value[rows] - first[rows])
+                if isinstance(rows, slice):
+                    value[rows] = first[rows] + (1 - ANCHOR) * (value[rows] - first[rows])
+                else:  # a strength per row: 1 pulls back by ANCHOR, 0 not at all
+                    keep = (1 - ANCHOR * rows).reshape(-1, *([1] * (value.ndim - 1)))
+                    value = first + keep * (value - first)
                 session.set_parameter(name, value)
         losses.append(mean)
         if on_epoch is not None:

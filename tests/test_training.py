@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from mlpersonalize import engines, fitting
 from mlpersonalize.fitting import balanced_order
-from mlpersonalize.heads import FitResult, StoredHead
+from mlpersonalize.heads import FitResult, StoredHead, cosine
 from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, imprint, normalize
 from mlpersonalize.package import load_package
 from mlpersonalize.params import UpdateParams
@@ -139,9 +139,10 @@ class _StepEngine:
         return session
 
 
-def test_a_taught_labels_row_is_anchored_to_its_imprint_like_a_known_labels_row(doodle_template) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_labels_row_is_anchored_to_its_imprint(doodle_template) -> None:  # type: ignore[no-untyped-def]
     # Three drawings must not pull a new row far off its imprint (the update would then read the
-    # new label worse than imprinting alone): every row, known or new, is pulled back alike.
+    # new label worse than imprinting alone): it is pulled back, at NEW_ROW_ANCHOR of the known
+    # rows' strength.
     package = load_package(doodle_template)
     labels = (*package.manifest.labels, "new")
     params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
@@ -149,10 +150,12 @@ def test_a_taught_labels_row_is_anchored_to_its_imprint_like_a_known_labels_row(
     n_old, dim = head.old_weight.shape
     start = np.concatenate([head.old_weight, np.ones((1, dim), np.float32)])
     x = np.ones((4, dim), np.float32)
-    result = head.train(start, x, np.full(4, n_old), params, None)
-    moved = result.weight - start
-    assert np.allclose(moved, moved[0, 0])  # the new row moved exactly as far as the known ones
-    assert 0 < moved[0, 0] < 2  # one step an epoch, each pulled back halfway: (0+1)/2 then (0.5+1)/2
+    moved = head.train(start, x, np.full(4, n_old), params, None).weight - start
+    # one step an epoch (+1), then pulled back: known rows by ANCHOR (.5), the new row by .25:
+    # known (0 + 1) * .5 = .5, (.5 + 1) * .5 = .75; new (0 + 1) * .75 = .75, (.75 + 1) * .75 = 1.3125
+    assert cosine.NEW_ROW_ANCHOR == 0.5 and fitting.ANCHOR == 0.5
+    np.testing.assert_allclose(moved[:n_old], 0.75)
+    np.testing.assert_allclose(moved[n_old], 1.3125)
 
 
 def test_the_loop_anchors_the_rows_a_mask_names() -> None:
@@ -169,10 +172,10 @@ def test_the_loop_anchors_the_rows_a_mask_names() -> None:
     np.testing.assert_array_equal(session.values["w"][:, 0], [0.75, 2.0, 0.75])
 
 
-def test_style_rows_for_known_labels_train_free_and_new_labels_rows_stay_anchored(doodle_template) -> None:  # type: ignore[no-untyped-def]
+def test_style_rows_for_known_labels_train_free_and_new_labels_rows_are_anchored(doodle_template) -> None:  # type: ignore[no-untyped-def]
     package = load_package(doodle_template)
     labels = (*package.manifest.labels, "new")
     head = CosineHead(package, labels, UpdateParams(), engines.get(None))
     n_old = len(head.old_weight)
     head.adopt(np.concatenate([head.old.row_label(), [0, len(labels) - 1]]))  # a style row of label 0
-    assert head.anchored_rows(n_old + 2).tolist() == [True] * n_old + [False, True]
+    assert head.anchored_rows(n_old + 2).tolist() == [1.0] * n_old + [0.0, cosine.NEW_ROW_ANCHOR]

@@ -159,9 +159,9 @@ def train(
     labels), the rest the new examples, and each epoch is :class:`EpochPlan`'s. Without a
     rehearsal set (``rehearsed`` 0, a caller that does not say) each epoch is
     :func:`balanced_order`'s: every label cycled to the largest one's count. ``anchored`` names
-    parameters whose first rows (a count: the known labels') or whose rows where a boolean mask
-    holds are pulled back by ANCHOR towards their start after every epoch. A NaN or infinite loss
-    ends the run (it never recovers; the guard refuses the result).
+    parameters whose first rows (a count: the known labels') are pulled back by ANCHOR towards
+    their start after every epoch, or gives a strength per row (1: by ANCHOR, 0: not at all). A
+    NaN or infinite loss ends the run (it never recovers; the guard refuses the result).
     """
     rng = np.random.default_rng(params.seed) if params.shuffle else None
     emb = np.asarray(emb, np.float32)

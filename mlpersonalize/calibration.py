@@ -197,13 +197,13 @@ def calibrate(
     pooled = np.concatenate(resid) if resid else np.zeros(0)
     z = -float(np.quantile(pooled, target_frr)) if len(pooled) >= 20 else 1.645
     thresholds = loc - z * spread * np.sqrt(1.0 + 1.0 / n_eff)
-    taught = taught_labels(row_label, imprinted or {})
+    taught = imprinted_labels(row_label, imprinted or {})
     if taught:
         _taught_thresholds(thresholds, own, trusted, labels, taught, target_frr, prior)
     return Calibration(thresholds, z, float(np.sqrt(pooled_var)), counts)
 
 
-def taught_labels(row_label: np.ndarray, imprinted: Mapping[int, np.ndarray]) -> list[int]:
+def imprinted_labels(row_label: np.ndarray, imprinted: Mapping[int, np.ndarray]) -> list[int]:
     """Labels whose every row was imprinted from the user's drawings (``imprinted``'s rows)."""
     row_label = np.asarray(row_label)
     rows = {int(r) for r, members in imprinted.items() if len(members)}

@@ -8,11 +8,11 @@ from mlpersonalize.calibration import (
     calibrate,
     calibration_scores,
     imprint_optimism,
+    imprinted_labels,
     label_probabilities,
     normalize,
     predict_open,
     t_quantile,
-    taught_labels,
 )
 
 D = 32
@@ -155,9 +155,9 @@ def test_taught_labels_still_reject_a_far_off_cluster() -> None:
 def test_only_labels_whose_every_row_is_imprinted_count_as_taught() -> None:
     row_label = np.array([0, 1, 2, 1, 3])  # row 3: a style row of the model's own label 1
     imprinted = {3: np.array([0, 1]), 4: np.array([2, 3, 4])}
-    assert taught_labels(row_label, imprinted) == [3]
-    assert taught_labels(row_label, {**imprinted, 1: np.array([5, 6])}) == [1, 3]
-    assert taught_labels(row_label, {4: np.zeros(0, np.int64)}) == []
+    assert imprinted_labels(row_label, imprinted) == [3]
+    assert imprinted_labels(row_label, {**imprinted, 1: np.array([5, 6])}) == [1, 3]
+    assert imprinted_labels(row_label, {4: np.zeros(0, np.int64)}) == []
 
 
 def test_t_quantile_matches_tables() -> None:

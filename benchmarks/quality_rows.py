@@ -1,18 +1,22 @@
 """The update algorithm itself (update_algorithm.personalize_rows) on embeddings, without the CLI.
 
-    python -m benchmarks.quality_rows [--model DIR] [--digits FILE] [--seeds N] [--shots 1,3,5]
-                                      [--part digits|generated|style|all]
+    python -m benchmarks.quality_rows [--model DIR] [--seeds N] [--shots 1,3,5]
+                                      [--part digits|generated|style|all] [--target FRR]
 
 What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
 
-* ``digits``: real handwriting (scikit-learn's 8x8 digits, rendered as drawings and preprocessed,
-  read from ``--digits``: an .npz with ``pix`` [N, 28, 28, 1] and ``y``) taught in two rounds of
+* ``digits``: real handwriting (scikit-learn's 8x8 digits, rendered as benchmarks/real_digits.py
+  renders them and preprocessed as ``prepare`` does) taught in two rounds of
   five labels with 1, 3 or 5 drawings each; every held-out drawing is predicted among all labels
   with the calibrated ``unknown`` (counted wrong): round 1's labels after round 1, round 2's after
   round 2, round 1's after round 2. Both sides of ``unknown``: right answers turned ``unknown``
   (round 1's digits and generated drawings of the 43 labels) and the five digits not yet taught
   plus generated drawings of the 17 novel labels (never in pretraining) rejected after round 1.
-  Beside it: imprinting alone (the same update with 0 epochs) and the fixed 0.5 threshold.
+  Beside it: imprinting alone (the same update with 0 epochs) and the fixed 0.5 threshold. Each
+  column also without any ``unknown`` (``*_top1``: what the head alone reads right), the 43 labels'
+  top-1 after each round (``known_top1_r*``), and ``imprint05_*``: what ``update`` must never lose
+  to, each taught label's row its normalised mean embedding next to the model's rows, the fixed 0.5
+  threshold (issue 12's "imprinting alone").
 * ``generated``: the same protocol on generated drawings of the novel labels (two rounds of five).
 * ``style``: 5 asterisk-drawn stars labelled ``star`` (benchmarks/styles.py; the model reads them
   as ``sun``): held-out asterisks read as ``star`` before and after, standard stars and all 43
@@ -38,7 +42,7 @@ from mlpersonalize import engines
 from mlpersonalize.calibration import label_probabilities, predict_open
 from mlpersonalize.embedding import embed
 from mlpersonalize.errors import ConflictError
-from mlpersonalize.heads.cosine import CosineHead
+from mlpersonalize.heads.cosine import CosineHead, normalize
 from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE, Manifest
 from mlpersonalize.package import load_package
 from mlpersonalize.params import UpdateParams
@@ -88,9 +92,7 @@ def update_once(
     idx = np.array([labels.index(n) for n in names], np.int64)
     head = CosineHead(view, labels, params, engines.get(None))
     try:
-        out = personalize_rows(
-            view, head, emb, idx, labels, added, params, 0.02, lambda e: None, force
-        )
+        out = personalize_rows(view, head, emb, idx, labels, added, params, 0.02, lambda e: None, force)
     except ConflictError:  # measured as a user who runs again with --force (counted: "refused")
         if not retry:
             raise
@@ -157,10 +159,14 @@ def two_rounds(
         pos = np.concatenate([train[c] for c in cs])
         return emb[pos], [names[int(c)] for c in y[pos]]
 
-    def acc(v: View, cs: np.ndarray) -> tuple[float, float]:
+    tops: dict[str, float] = {}
+
+    def acc(v: View, cs: np.ndarray, key: str = "") -> tuple[float, float]:
         pos = np.concatenate([test[c] for c in cs])
         truth = np.array([v.manifest.labels.index(names[int(c)]) for c in y[pos]])
         pred = predict(v, emb[pos])
+        if key:  # top-1 with no `unknown` at all: what the head alone gets right
+            tops[key] = float(np.mean(predict(v, emb[pos], None) == truth))
         return float(np.mean(pred == truth)), float(np.mean(pred == -1))
 
     v1, out1 = update_once(view, *batch(a), params)
@@ -183,13 +189,21 @@ def two_rounds(
         == known_y
     )
     v2, out2 = update_once(v1, *batch(b), params)
-    r2, _ = acc(v2, b)
-    r1_after, _ = acc(v2, a)
+    r2, r2_unknown = acc(v2, b, "r2_new_top1")
+    r1_after, r1_after_unknown = acc(v2, a, "r1_after_top1")
+    ref = imprint_reference(view, emb, y, names, a, b, train, test)
     return {
         "r1": r1,
         "r2_new": r2,
         "r1_after_r2": r1_after,
         "r1_unknown": r1_unknown,
+        "r2_new_unknown": r2_unknown,
+        "r1_after_unknown": r1_after_unknown,
+        "r1_top1": float(np.mean(right)),
+        **tops,
+        "known_top1_r1": float(np.mean(known_top_right)),
+        "known_top1_r2": float(np.mean(predict(v2, known_emb, None) == known_y)),
+        **ref,
         "right_to_unknown_new": float(np.mean(cal[right] == -1)) if right.any() else float("nan"),
         "right_to_unknown_43": float(np.mean(known_pred[known_top_right] == -1)),
         "untaught_rejected": float(np.mean(predict(v1, emb[untaught]) == -1)),
@@ -200,6 +214,38 @@ def two_rounds(
         "trained_r2": float(out2.history["selection"]["head"] != "imprinted"),
         "refused": float(out1.history.get("refused", False) or out2.history.get("refused", False)),
     }
+
+
+def imprint_reference(
+    view: View,
+    emb: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    a: np.ndarray,
+    b: np.ndarray,
+    train: dict[Any, np.ndarray],
+    test: dict[Any, np.ndarray],
+) -> dict[str, float]:
+    """What ``update`` must not lose to: each taught label's row its normalised mean embedding next
+    to the model's rows, the fixed 0.5 threshold (issue 12's "imprinting alone"), both rounds."""
+    head = CosineHead.read(view)
+    rows, rl, n = head.weight, head.row_label(), len(view.manifest.labels)
+    out: dict[str, float] = {}
+    for key, cs in (("r1", a), ("r2", b)):
+        means = [normalize(normalize(emb[train[c]]).mean(axis=0, keepdims=True))[0] for c in cs]
+        rows = np.concatenate([rows, np.stack(means)])
+        rl = np.concatenate([rl, np.arange(n, n + len(cs))])
+        n += len(cs)
+        for tkey, tcs, first in (("new", cs, n - len(cs)), ("old", a, len(view.manifest.labels))):
+            if key == "r1" and tkey == "old":
+                continue
+            pos = np.concatenate([test[c] for c in tcs])
+            order = {int(c): first + i for i, c in enumerate(tcs)}
+            truth = np.array([order[int(c)] for c in y[pos]])
+            prob = label_probabilities(emb[pos], rows, rl, head.logit_scale, n)
+            pred = np.where(prob.max(1) >= 0.5, prob.argmax(1), -1)
+            out[f"imprint05_{key}_{tkey}"] = float(np.mean(pred == truth))
+    return out
 
 
 def table(title: str, rows: dict[tuple[str, int], list[dict[str, float]]]) -> None:

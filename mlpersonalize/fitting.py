@@ -149,7 +149,7 @@ def train(
     emb: np.ndarray,
     idx: np.ndarray,
     params: UpdateParams,
-    anchored: Mapping[str, int] | None = None,
+    anchored: Mapping[str, int | np.ndarray] | None = None,
     on_epoch: EpochCallback | None = None,
     rehearsed: int = 0,
 ) -> Losses:
@@ -159,16 +159,20 @@ def train(
     labels), the rest the new examples, and each epoch is :class:`EpochPlan`'s. Without a
     rehearsal set (``rehearsed`` 0, a caller that does not say) each epoch is
     :func:`balanced_order`'s: every label cycled to the largest one's count. ``anchored`` names
-    parameters whose first rows (the known labels') are pulled back by ANCHOR towards their
-    start after every epoch. A NaN or infinite loss ends the run (it never recovers; the guard
-    refuses the result).
+    parameters whose first rows (a count: the known labels') are pulled back by ANCHOR towards
+    their start after every epoch, or gives a strength per row (1: by ANCHOR, 0: not at all). A
+    NaN or infinite loss ends the run (it never recovers; the guard refuses the result).
     """
     rng = np.random.default_rng(params.seed) if params.shuffle else None
     emb = np.asarray(emb, np.float32)
     idx = np.asarray(idx, np.int64)
     plan = EpochPlan.of(idx, rehearsed) if 0 < rehearsed < len(idx) else None
-    anchored = {name: rows for name, rows in (anchored or {}).items() if rows > 0}
-    start = session.parameters() if anchored and ANCHOR else {}
+    pulled: dict[str, slice | np.ndarray] = {
+        name: slice(0, rows) if isinstance(rows, (int, np.integer)) else np.asarray(rows, np.float32)
+        for name, rows in (anchored or {}).items()
+        if (rows > 0 if isinstance(rows, (int, np.integer)) else np.any(rows))
+    }
+    start = session.parameters() if pulled and ANCHOR else {}
     losses = Losses()
     batch_size = params.batch_size
     for epoch in range(params.epochs):
@@ -181,9 +185,13 @@ def train(
         mean = total / max(1, len(order))
         if start:
             now = session.parameters()
-            for name, rows in anchored.items():
+            for name, rows in pulled.items():
                 value, first = now[name], start[name]
-                value[:rows] = first[:rows] + (1 - ANCHOR) * (value[:rows] - first[:rows])
+                if isinstance(rows, slice):
+                    value[rows] = first[rows] + (1 - ANCHOR) * (value[rows] - first[rows])
+                else:  # a strength per row: 1 pulls back by ANCHOR, 0 not at all
+                    keep = (1 - ANCHOR * rows).reshape(-1, *([1] * (value.ndim - 1)))
+                    value = first + keep * (value - first)
                 session.set_parameter(name, value)
         losses.append(mean)
         if on_epoch is not None:

@@ -8,9 +8,11 @@ from mlpersonalize.calibration import (
     calibrate,
     calibration_scores,
     imprint_optimism,
+    imprinted_labels,
     label_probabilities,
     normalize,
     predict_open,
+    t_quantile,
 )
 
 D = 32
@@ -103,3 +105,64 @@ def test_a_label_with_no_trustworthy_example_borrows_the_pooled_threshold() -> N
     assert min(cal.thresholds[:2]) - 0.1 < cal.thresholds[2] < max(cal.thresholds[:2])
     assert cal.to_manifest()["score"] == "max_cosine"
     assert len(cal.to_manifest()["thresholds"]) == 3  # type: ignore[arg-type]
+
+
+def closest(centre: np.ndarray, n: int, keep: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """``keep`` of ``n`` drawings, the ones closest to the centre: what an exemplar memory keeps."""
+    drawn = cluster(centre, n, spread, rng)
+    return drawn[np.argsort(-(drawn @ centre))[:keep]]
+
+
+def taught_setting(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray]:
+    """Ten known labels (their memory: the 20 of 200 drawings nearest each row) and five labels
+    taught from three drawings each, rows imprinted from them; all drawn with the same spread."""
+    rng = np.random.default_rng(seed)
+    c = centres(15, rng)
+    memory = np.concatenate([closest(c[k], 200, 20, 1.0, rng) for k in range(10)])
+    taught = np.concatenate([cluster(c[10 + k], 3, 1.0, rng) for k in range(5)])
+    emb = np.concatenate([taught, memory])
+    labels = np.concatenate([np.repeat(np.arange(10, 15), 3), np.repeat(np.arange(10), 20)])
+    rows = np.concatenate([c[:10], [normalize(taught[3 * k : 3 * k + 3].mean(axis=0)) for k in range(5)]])
+    sources = {10 + k: np.arange(3 * k, 3 * k + 3) for k in range(5)}
+    return emb, labels, rows, sources, c
+
+
+def test_labels_taught_from_three_drawings_keep_their_fresh_drawings_next_to_a_tight_memory() -> None:
+    # The memory's nearest-to-prototype drawings spread less than fresh ones: borrowing their spread,
+    # three-drawing labels got thresholds that turned far more than the aimed 1% of fresh drawings
+    # `unknown`. Calibrated on the taught labels' own drawings they keep them.
+    turned = []
+    for seed in range(10):
+        emb, labels, rows, sources, c = taught_setting(seed)
+        cal = calibrate(emb, labels, rows, np.arange(15), 15, sources, target_frr=0.01)
+        rng = np.random.default_rng(100 + seed)
+        fresh = np.concatenate([cluster(c[10 + k], 100, 1.0, rng) for k in range(5)])
+        pred, _, _ = predict_open(fresh, rows, np.arange(15), 20.0, cal.thresholds)
+        turned.append(np.mean(pred == -1))
+    assert np.mean(turned) <= 0.04
+
+
+def test_taught_labels_still_reject_a_far_off_cluster() -> None:
+    emb, labels, rows, sources, c = taught_setting(0)
+    cal = calibrate(emb, labels, rows, np.arange(15), 15, sources)
+    far = normalize(-c[10:].mean(axis=0))  # away from every taught label
+    pred, _, _ = predict_open(
+        cluster(far, 100, 1.0, np.random.default_rng(5)), rows, np.arange(15), 20.0, cal.thresholds
+    )
+    assert np.mean(pred == -1) >= 0.95
+
+
+def test_only_labels_whose_every_row_is_imprinted_count_as_taught() -> None:
+    row_label = np.array([0, 1, 2, 1, 3])  # row 3: a style row of the model's own label 1
+    imprinted = {3: np.array([0, 1]), 4: np.array([2, 3, 4])}
+    assert imprinted_labels(row_label, imprinted) == [3]
+    assert imprinted_labels(row_label, {**imprinted, 1: np.array([5, 6])}) == [1, 3]
+    assert imprinted_labels(row_label, {4: np.zeros(0, np.int64)}) == []
+
+
+def test_t_quantile_matches_tables() -> None:
+    # Student's t: t(0.99, 10) = 2.764, t(0.975, 5) = 2.571, t(0.995, 20) = 2.845; large dof -> normal.
+    assert abs(t_quantile(0.99, 10) - 2.764) < 0.002
+    assert abs(t_quantile(0.975, 5) - 2.571) < 0.005
+    assert abs(t_quantile(0.995, 20) - 2.845) < 0.002
+    assert abs(t_quantile(0.99, 1e6) - 2.326) < 0.001

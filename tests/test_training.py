@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from mlpersonalize import engines, fitting
 from mlpersonalize.fitting import balanced_order
-from mlpersonalize.heads import FitResult, StoredHead
+from mlpersonalize.heads import FitResult, StoredHead, cosine
 from mlpersonalize.heads.cosine import WEIGHT, CosineHead, cosine_logits, imprint, normalize
+from mlpersonalize.package import load_package
 from mlpersonalize.params import UpdateParams
 from mlpersonalize.update_algorithm import select_exemplars, split_holdout
 
@@ -125,3 +127,55 @@ def test_the_loop_anchors_known_rows_and_stops_on_nan_whatever_the_engine() -> N
     np.testing.assert_array_equal(session.values["w"][:2], np.full((2, 2), 1.5))
     np.testing.assert_array_equal(session.values["w"][2:], np.full((1, 2), 4.0))
     np.testing.assert_array_equal(session.values["b"], np.full(3, 4.0))
+
+
+class _StepEngine:
+    """An engine whose sessions are _Stepper-like: every step moves each parameter by +1."""
+
+    def open(self, head, trainable, params):  # type: ignore[no-untyped-def]
+        weight = next(i for i in head.graph.initializer if i.name == WEIGHT)
+        session = _Stepper([1.0] * 1000)
+        session.values = {WEIGHT: numpy_helper.to_array(weight).astype(np.float32).copy()}
+        return session
+
+
+def test_a_new_labels_row_is_anchored_to_its_imprint(doodle_template) -> None:  # type: ignore[no-untyped-def]
+    # Three drawings must not pull a new row far off its imprint (the update would then read the
+    # new label worse than imprinting alone): it is pulled back, at NEW_ROW_ANCHOR of the known
+    # rows' strength.
+    package = load_package(doodle_template)
+    labels = (*package.manifest.labels, "new")
+    params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
+    head = CosineHead(package, labels, params, _StepEngine())  # type: ignore[arg-type]
+    n_old, dim = head.old_weight.shape
+    start = np.concatenate([head.old_weight, np.ones((1, dim), np.float32)])
+    x = np.ones((4, dim), np.float32)
+    moved = head.train(start, x, np.full(4, n_old), params, None).weight - start
+    # one step an epoch (+1), then pulled back: known rows by ANCHOR (.5), the new row by .25:
+    # known (0 + 1) * .5 = .5, (.5 + 1) * .5 = .75; new (0 + 1) * .75 = .75, (.75 + 1) * .75 = 1.3125
+    assert cosine.NEW_ROW_ANCHOR == 0.5 and fitting.ANCHOR == 0.5
+    np.testing.assert_allclose(moved[:n_old], 0.75)
+    np.testing.assert_allclose(moved[n_old], 1.3125)
+
+
+def test_the_loop_anchors_the_rows_a_mask_names() -> None:
+    session = _Stepper([1.0] * 10)
+    params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
+    fitting.train(
+        session,
+        np.zeros((4, 2), np.float32),
+        np.array([0, 0, 1, 1]),
+        params,
+        {"w": np.array([True, False, True])},
+    )
+    # one step an epoch: masked rows (0 + 1) * .5 = .5, then (.5 + 1) * .5 = .75; the other row 2
+    np.testing.assert_array_equal(session.values["w"][:, 0], [0.75, 2.0, 0.75])
+
+
+def test_style_rows_for_known_labels_train_free_and_new_labels_rows_are_anchored(doodle_template) -> None:  # type: ignore[no-untyped-def]
+    package = load_package(doodle_template)
+    labels = (*package.manifest.labels, "new")
+    head = CosineHead(package, labels, UpdateParams(), engines.get(None))
+    n_old = len(head.old_weight)
+    head.adopt(np.concatenate([head.old.row_label(), [0, len(labels) - 1]]))  # a style row of label 0
+    assert head.anchored_rows(n_old + 2).tolist() == [1.0] * n_old + [0.0, cosine.NEW_ROW_ANCHOR]

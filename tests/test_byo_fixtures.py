@@ -457,3 +457,17 @@ def test_linear_kind_update_without_old_data_is_not_refused(tmp_path: Path) -> N
     batch = tmp_path / "b.npz"
     cli(home, "prepare", str(tmp_path / "new"), "-o", str(batch), "--model", str(package))
     assert cli_exit(home, "update", str(batch), "--model", str(package), "--seed", "0") == (0, "")
+
+
+def test_scrambled_probes_keep_each_drawings_values_and_are_bounded() -> None:
+    from mlpersonalize.heads.branch import MAX_PROBES, PROBES, scrambled
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(3, 50)).astype(np.float32)
+    probes = scrambled(emb, np.random.default_rng(1))
+    assert probes.shape == (3 * PROBES, 50)
+    for i, probe in enumerate(probes):  # the same values, in another order
+        np.testing.assert_array_equal(np.sort(probe), np.sort(emb[i // PROBES]))
+        assert not np.array_equal(probe, emb[i // PROBES])
+    large = scrambled(rng.normal(size=(1000, 8)).astype(np.float32), np.random.default_rng(1))
+    assert len(large) == MAX_PROBES

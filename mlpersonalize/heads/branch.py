@@ -49,6 +49,7 @@ BRANCH_RATE = 0.1  # the joint pass's learning rate, as a share of the update's
 TURNED_AWAY = 1.0  # logits the gate takes from an example's own row: left out of the joint pass
 PROBES = 8  # scrambled copies of each batch drawing the guard asks the updated head about
 PROBE_SHARE = 0.1  # more of them answered by added labels: the update is refused (see scrambled)
+MAX_PROBES = 512  # at most this many probes an update (a sample of a large batch's drawings)
 
 
 def scrambled(emb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -71,7 +72,10 @@ def scrambled(emb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rows fitted before the branch trains (``e1 = e0``, no drift at all) already cost the mlp 57%
     (seed 100).
     """
-    return np.stack([rng.permutation(row) for row in np.asarray(emb, np.float32) for _ in range(PROBES)])
+    rows = np.asarray(emb, np.float32)
+    if len(rows) * PROBES > MAX_PROBES:  # a large batch: a sample of its drawings, memory bounded
+        rows = rows[np.sort(rng.choice(len(rows), MAX_PROBES // PROBES, replace=False))]
+    return np.stack([rng.permutation(row) for row in rows for _ in range(PROBES)])
 
 
 def trainable_name(param: str) -> str:

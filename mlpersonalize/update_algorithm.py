@@ -454,7 +454,7 @@ def brought_reason(
     2 points. Without any, the model's own answers on its stand-ins (``stand_in_reason``).
     """
     if not len(known_idx):
-        return stand_in_reason(head, final, max_drop)
+        return stand_in_reason(head, final, max_drop) or head.own_labels_reason(final, max_drop)
     before = head.predict(known_emb, None) == known_idx
     after = head.predict(known_emb, first) == known_idx
     lost = int(np.sum(before & ~after)) - int(np.sum(~before & after))

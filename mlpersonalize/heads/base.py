@@ -189,6 +189,12 @@ class HeadKind(ABC):
         the guard checks that an update leaves the model's answers on them as they were."""
         return np.zeros((0, 0), np.float32)
 
+    def own_labels_reason(self, result: FitResult, max_drop: float) -> str:
+        """Without real data of the known labels: why ``result`` (the update's last ``fit``) must
+        not be published as far as the kind can tell from its own inputs ("" when nothing shows it;
+        the default, for kinds whose known labels' answers no trained layer can move)."""
+        return ""
+
     def fit(
         self,
         emb: np.ndarray,

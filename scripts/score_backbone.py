@@ -1,6 +1,6 @@
 """Score a backbone on the real-digit check of docs/backbone-experiments.md (issue 12, item 4).
 
-    python scripts/score_backbone.py PACKAGE_OR_BACKBONE [...] [--draws 100] [--json OUT]
+    python scripts/score_backbone.py PACKAGE_OR_BACKBONE [...] [--draws 100] [--against BASE] [--json OUT]
 
 Each argument is a package folder (its ``backbone.onnx``) or a backbone ONNX file. The 1,797
 scikit-learn digits are rendered exactly as ``benchmarks/real_digits.py`` renders them (every
@@ -8,8 +8,9 @@ other one on a transparent canvas, the rest on a light one), preprocessed by ``i
 (the path ``predict`` takes) and embedded once. Then, for NumPy seeds 0 … draws-1, 1, 3 or 5
 random drawings per digit form each digit's mean embedding and every other drawing is classified
 by the nearest class mean (cosine, normalised embeddings) among the ten digits. Printed: mean ±
-std of that accuracy over the draws, the same draws for every backbone. The digits are only ever
-a score: nothing here trains anything.
+std of that accuracy over the draws, the same draws for every backbone; with ``--against BASE``,
+also each backbone's per-draw difference from BASE (mean ± std, and the share of draws it wins).
+The digits are only ever a score: nothing here trains anything.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def embed(backbone: Path, pixels: np.ndarray) -> np.ndarray:
     return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
 
-def ncm(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> tuple[float, float]:
-    """Mean and std over ``draws`` seeds of the ten-digit nearest-class-mean accuracy."""
+def ncm(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> np.ndarray:
+    """The ten-digit nearest-class-mean accuracy of each of ``draws`` seeds."""
     accs = []
     for seed in range(draws):
         rng = np.random.default_rng(seed)
@@ -66,29 +67,44 @@ def ncm(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> tuple[
         means /= np.linalg.norm(means, axis=1, keepdims=True)
         pred = np.argmax(feats[~train] @ means.T, axis=1)
         accs.append(float(np.mean(pred == digits[~train])))
-    return float(np.mean(accs)), float(np.std(accs))
+    return np.array(accs)
+
+
+def backbone_of(model: Path) -> Path:
+    return model / "backbone.onnx" if model.is_dir() else model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--against", type=Path, help="also print per-draw differences from this one")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     args = parser.parse_args(argv)
-    pixels, digits = digit_pixels()
-    report = {}
-    for model in args.models:
-        backbone = model / "backbone.onnx" if model.is_dir() else model
-        if not backbone.is_file():
-            print(f"Error: no backbone at {backbone}", file=sys.stderr)
+    for model in [*args.models, *([args.against] if args.against else [])]:
+        if not backbone_of(model).is_file():
+            print(f"Error: no backbone at {backbone_of(model)}", file=sys.stderr)
             return 2
-        feats = embed(backbone, pixels)
+    pixels, digits = digit_pixels()
+    base = None
+    if args.against:
+        base_feats = embed(backbone_of(args.against), pixels)
+        base = {shots: ncm(base_feats, digits, shots, args.draws) for shots in SHOTS}
+    report: dict[str, dict[str, list[float]]] = {}
+    for model in args.models:
+        feats = embed(backbone_of(model), pixels)
         scores = {shots: ncm(feats, digits, shots, args.draws) for shots in SHOTS}
-        report[str(model)] = {
-            f"ncm_{k}": [round(m * 100, 2), round(s * 100, 2)] for k, (m, s) in scores.items()
-        }
-        cells = " / ".join(f"{m * 100:.1f} ± {s * 100:.1f}" for m, s in scores.values())
+        row = {f"ncm_{k}": [round(a.mean() * 100, 2), round(a.std() * 100, 2)] for k, a in scores.items()}
+        cells = " / ".join(f"{a.mean() * 100:.1f} ± {a.std() * 100:.1f}" for a in scores.values())
         print(f"{model}: NCM 1 / 3 / 5 drawings % {cells}")
+        if base is not None:
+            diffs = {k: (scores[k] - base[k]) * 100 for k in SHOTS}
+            row.update({f"diff_{k}": [round(d.mean(), 2), round(d.std(), 2)] for k, d in diffs.items()})
+            cells = " / ".join(
+                f"{d.mean():+.1f} ± {d.std():.1f} (wins {np.mean(d > 0):.0%})" for d in diffs.values()
+            )
+            print(f"{model}: minus {args.against}, per draw, points: {cells}")
+        report[str(model)] = row
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -52,20 +52,21 @@ class Config:
     procedural_classes: int = 1500
     per_procedural: int = 20
     per_named: int = 120
-    glyph_classes: int = 1500  # font-glyph classes of many writing systems (glyphs.py; no digits)
+    glyph_classes: int = 3000  # font-glyph classes of many writing systems (glyphs.py; no digits)
     per_glyph: int = 20
     glyphs_per_font: int = 60
     pen_max: float = glyphs.PEN_MAX  # widest re-stroking pen of the glyphs, share of the canvas
     engine: str = "torch"  # the sample extra (same network, ~10x faster); or "onnxruntime"
-    epochs: int = 8
+    epochs: int = 9
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4  # torch engine
     label_smoothing: float = 0.0  # torch engine
-    margin: float = 0.0  # torch engine: additive cosine margin (CosFace) on the true class
+    margin: float = 0.2  # torch engine: additive cosine margin (CosFace) on the true class
     logit_scale: float = 20.0
     shift: int = 2  # augmentation: random translation in pixels
-    shape: network.Shape = field(default_factory=network.Shape)
+    # a 256-d embedding: docs/backbone-experiments.md rows 19 and 25
+    shape: network.Shape = field(default_factory=lambda: network.Shape(embedding=256))
     heldout_per_label: int = 30
     novel_per_label: int = 30
     episodes: int = 300

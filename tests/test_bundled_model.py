@@ -59,7 +59,8 @@ def test_inference_model_matches_the_training_engine(bundled) -> None:  # type: 
     """model.onnx (plain inference) and the head's eval model (training engine) give the same answer."""
     pixels, ids = make_dataset(NAMED_LABELS[:10], 3, seed=5, constraint=bundled.manifest.constraint)
     x = pixels.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    _, probs, embedding = _ort.inference_session(bundled.file("model.onnx")).run(None, {"image": x})
+    outputs = ["label", "probabilities", "embedding"]
+    _, probs, embedding = _ort.inference_session(bundled.file("model.onnx")).run(outputs, {"image": x})
 
     api = _ort.training_api()
     state = api.CheckpointState.load_checkpoint(str(bundled.file("training/checkpoint")))

@@ -297,7 +297,8 @@ def test_a_style_row_update_is_the_same_on_both_engines(tmp_path: Path) -> None:
     star = list(manifest.labels).index("star")
     for pkg in (ort_pkg, portable_pkg):
         assert load_package(pkg).manifest.row_labels.count(star) == 2  # the label's row and a style row
-    assert load_package(ort_pkg).manifest.history[-1]["selection"]["head"] == "trained"  # engines ran
+    history = load_package(ort_pkg).manifest.history[-1]  # the folds trained on both engines either way
+    assert len(history["losses"]) == (history["epochs"] if history["selection"]["head"] != "imprinted" else 0)
     _assert_same_update(ort_pkg, portable_pkg)
     held = drawings[5:]
     ort_pred = [p.label for p in mlpersonalize.load_model(ort_pkg).predict(held)]

@@ -227,7 +227,8 @@ def test_a_device_whose_guard_refuses_the_head_keeps_its_own_and_says_why(tmp_pa
     (config,) = make_devices(tmp_path, (("umbrella", "key"),))
     labels = current_labels(config)
     rng = np.random.default_rng(1)
-    bad = rng.standard_normal((len(labels), 128)).astype(np.float32)  # rows that know nothing
+    dim = load_package(store.bundled_model_path()).manifest.embedding_dim
+    bad = rng.standard_normal((len(labels), dim)).astype(np.float32)  # rows that know nothing
     result = device.adopt(config, labels, bad)
     assert not result.adopted and result.version is None
     assert "kept this device's own model" in result.reason and "would fall" in result.reason

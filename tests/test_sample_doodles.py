@@ -175,3 +175,55 @@ def test_torch_pretraining_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["training"]["engine"].startswith("torch")
+
+
+def test_deeper_blocks_build_the_graph_the_torch_engine_trains() -> None:
+    """Extra convolutions per block (Shape.convs) reach the ONNX backbone, computed as in training."""
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F  # noqa: N812
+
+    from mlpersonalize.sample import network
+
+    shape = network.Shape((4, 8, 8), 16, convs=(1, 2, 3))
+    weights = network.init_weights(shape, 5, np.random.default_rng(0))
+    assert network.blocks(weights) == [["conv1"], ["conv2", "conv2_1"], ["conv3", "conv3_1", "conv3_2"]]
+    backbone = network.build({k: v for k, v in weights.items() if k != "head.w"}, with_head=False)
+    assert sum(node.op_type == "Conv" for node in backbone.graph.node) == 6
+    x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    got = _ort.inference_session(backbone.SerializeToString()).run(["embedding"], {"image": x})[0]
+    t = torch.from_numpy(x)
+    for names in network.blocks(weights):
+        for name in names:
+            w, b = torch.from_numpy(weights[f"{name}.w"]), torch.from_numpy(weights[f"{name}.b"])
+            t = F.relu(F.conv2d(t, w, b, padding=1))
+        t = F.max_pool2d(t, 2)
+    e = F.linear(t.flatten(1), torch.from_numpy(weights["fc.w"]), torch.from_numpy(weights["fc.b"]))
+    assert np.allclose(got, F.normalize(e, dim=1).numpy(), atol=1e-5)
+
+
+def test_pretraining_options_reach_the_config_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    from mlpersonalize.sample import pretrain
+
+    seen = []
+    original = pretrain.build
+    try:
+        pretrain.build = lambda cfg, out: seen.append(cfg) or {}  # type: ignore[assignment]
+        argv = ["--quick", "--no-package", "--set", "margin=0.25", "--set", "shape=8,16,24,40"]
+        assert pretrain.main([*argv, "--set", "convs=1,2,2"]) == 0
+    finally:
+        pretrain.build = original  # type: ignore[assignment]
+    cfg = seen[0]
+    assert cfg.margin == 0.25 and cfg.shape.channels == (8, 16, 24) and cfg.shape.embedding == 40
+    assert cfg.shape.convs == (1, 2, 2)
+    for bad in ("shape=8,16,24", "convs=1,0,2", "shape=a,b,c,d", "no_such_field=1"):
+        with pytest.raises(SystemExit) as exc:
+            pretrain.main(["--quick", "--no-package", "--set", bad])
+        assert exc.value.code == 2
+
+
+def test_a_wider_pen_draws_heavier_glyph_strokes() -> None:
+    glyphs = _glyphs_ready()
+    classes = glyphs.glyph_classes(6, seed=0)
+    thin, _ = glyphs.make_dataset(classes, 8, seed=0, constraint=CONSTRAINT)
+    wide, _ = glyphs.make_dataset(classes, 8, seed=0, constraint=CONSTRAINT, pen_max=0.15)
+    assert wide.mean() > thin.mean() * 1.1

@@ -143,7 +143,12 @@ def _elastic(image: np.ndarray, rng: np.random.Generator, amount: float, grid: i
     return out
 
 
-def _restroke(ink: np.ndarray, rng: np.random.Generator, canvas: int) -> np.ndarray:
+# The re-stroking pen's width, as a share of the canvas: drawn uniformly from (PEN_MIN, pen_max).
+PEN_MIN = 0.025
+PEN_MAX = 0.075
+
+
+def _restroke(ink: np.ndarray, rng: np.random.Generator, canvas: int, pen_max: float) -> np.ndarray:
     """Skeletonise the glyph and draw the skeleton again with a pen of random width and pressure."""
     # lazy: scikit-image is optional (the `sample` extra)
     from skimage.morphology import skeletonize
@@ -152,7 +157,7 @@ def _restroke(ink: np.ndarray, rng: np.random.Generator, canvas: int) -> np.ndar
     ys, xs = np.nonzero(skeleton)
     if len(ys) == 0:
         return ink
-    width = canvas * rng.uniform(0.025, 0.075)
+    width = canvas * rng.uniform(PEN_MIN, pen_max)
     # pressure: a smooth random field scaling the pen radius across the drawing
     field = rng.normal(0, 0.25, size=(3, 3)).astype(np.float32)
     pressure = np.clip(
@@ -168,7 +173,9 @@ def _restroke(ink: np.ndarray, rng: np.random.Generator, canvas: int) -> np.ndar
     return np.asarray(out, np.float32) / 255.0
 
 
-def render(char: str, fonts: Sequence[str], rng: np.random.Generator, canvas: int = 96) -> Image.Image:
+def render(
+    char: str, fonts: Sequence[str], rng: np.random.Generator, canvas: int = 96, pen_max: float = PEN_MAX
+) -> Image.Image:
     """One pen-like drawing of ``char`` (dark on light, ``canvas``×``canvas``)."""
     path = fonts[int(rng.integers(len(fonts)))]
     size = int(canvas * rng.uniform(0.45, 0.7))
@@ -177,7 +184,7 @@ def render(char: str, fonts: Sequence[str], rng: np.random.Generator, canvas: in
     draw.text((canvas / 2, canvas / 2), char, fill=255, font=_font(path, size), anchor="mm")
     ink = np.asarray(layer, np.float32) / 255.0
     if rng.random() < 0.5:
-        ink = _restroke(ink, rng, canvas)
+        ink = _restroke(ink, rng, canvas, pen_max)
     else:
         k = int(rng.choice([0, 3, 3, 5])) if rng.random() < 0.6 else 0
         if k:
@@ -212,13 +219,15 @@ def sample_rng(char: str, index: int, seed: int) -> np.random.Generator:
 
 
 def _make_chunk(
-    args: tuple[list[tuple[str, tuple[str, ...]]], int, int, ImageConstraint],
+    args: tuple[list[tuple[str, tuple[str, ...]]], int, int, ImageConstraint, float],
 ) -> np.ndarray:
-    classes, per_class, seed, constraint = args
+    classes, per_class, seed, constraint, pen_max = args
     out = np.empty((len(classes) * per_class, *constraint.shape), dtype=np.uint8)
     for i, (char, fonts) in enumerate(classes):
         for n in range(per_class):
-            out[i * per_class + n] = preprocess(render(char, fonts, sample_rng(char, n, seed)), constraint)
+            out[i * per_class + n] = preprocess(
+                render(char, fonts, sample_rng(char, n, seed), pen_max=pen_max), constraint
+            )
     return out
 
 
@@ -229,15 +238,19 @@ def make_dataset(
     constraint: ImageConstraint,
     *,
     workers: int = 1,
+    pen_max: float = PEN_MAX,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``per_class`` preprocessed drawings of each class: uint8 (N, H, W, C) and int64 class ids."""
+    """``per_class`` preprocessed drawings of each class: uint8 (N, H, W, C) and int64 class ids.
+
+    ``pen_max`` is the widest re-stroking pen, as a share of the canvas.
+    """
     classes = list(classes)
     if workers <= 1 or len(classes) < 2 * workers:
-        pixels = _make_chunk((classes, per_class, seed, constraint))
+        pixels = _make_chunk((classes, per_class, seed, constraint, pen_max))
     else:
         chunks = [classes[i::workers] for i in range(workers)]
         with ProcessPoolExecutor(workers) as pool:
-            parts = list(pool.map(_make_chunk, [(c, per_class, seed, constraint) for c in chunks]))
+            parts = list(pool.map(_make_chunk, [(c, per_class, seed, constraint, pen_max) for c in chunks]))
         pixels = np.empty((len(classes) * per_class, *constraint.shape), dtype=np.uint8)
         for w, part in enumerate(parts):
             for j in range(len(chunks[w])):

@@ -21,20 +21,43 @@ EPS = 1e-6
 
 @dataclass(frozen=True)
 class Shape:
-    """Widths of the network: channels of the three conv blocks and the embedding size."""
+    """Widths of the network: channels of the three conv blocks and the embedding size.
+
+    ``convs`` is how many 3×3 convolutions (each with a ReLU) each block has before its pooling.
+    """
 
     channels: tuple[int, int, int] = (32, 64, 128)
     embedding: int = 128
+    convs: tuple[int, int, int] = (1, 1, 1)
+
+
+def conv_names(shape: Shape) -> list[list[str]]:
+    """Parameter prefixes of each block's convolutions: ``conv2``, then ``conv2_1``, ``conv2_2``…"""
+    return [
+        [f"conv{i}" if j == 0 else f"conv{i}_{j}" for j in range(n)] for i, n in enumerate(shape.convs, 1)
+    ]
+
+
+def blocks(weights: dict[str, np.ndarray]) -> list[list[str]]:
+    """The same prefixes, read back from a set of weights (so a backbone needs no Shape)."""
+    out = []
+    for i in (1, 2, 3):
+        names = [f"conv{i}"]
+        while f"conv{i}_{len(names)}.w" in weights:
+            names.append(f"conv{i}_{len(names)}")
+        out.append(names)
+    return out
 
 
 def init_weights(shape: Shape, num_classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """He-initialised parameters of the backbone and a random cosine head."""
     w: dict[str, np.ndarray] = {}
     cin = 1
-    for i, cout in enumerate(shape.channels, 1):
-        w[f"conv{i}.w"] = rng.normal(0, np.sqrt(2 / (cin * 9)), (cout, cin, 3, 3))
-        w[f"conv{i}.b"] = np.zeros(cout)
-        cin = cout
+    for cout, names in zip(shape.channels, conv_names(shape), strict=True):
+        for name in names:
+            w[f"{name}.w"] = rng.normal(0, np.sqrt(2 / (cin * 9)), (cout, cin, 3, 3))
+            w[f"{name}.b"] = np.zeros(cout)
+            cin = cout
     flat = cin * 3 * 3
     w["fc.w"] = rng.normal(0, np.sqrt(1 / flat), (shape.embedding, flat))
     w["fc.b"] = np.zeros(shape.embedding)
@@ -61,12 +84,15 @@ def build(weights: dict[str, np.ndarray], *, with_head: bool, logit_scale: float
     """
     nodes: list[onnx.NodeProto] = []
     x = "image"
-    for i in (1, 2, 3):
-        nodes += [
-            helper.make_node("Conv", [x, f"conv{i}.w", f"conv{i}.b"], [f"c{i}"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-            helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]),
-        ]
+    for i, names in enumerate(blocks(weights), 1):
+        for j, name in enumerate(names):
+            tag = f"{i}" if j == 0 else f"{i}_{j}"  # one conv per block: the original node names
+            nodes += [
+                helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"c{tag}"], pads=[1, 1, 1, 1]),
+                helper.make_node("Relu", [f"c{tag}"], [f"r{tag}"]),
+            ]
+            x = f"r{tag}"
+        nodes.append(helper.make_node("MaxPool", [x], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2]))
         x = f"p{i}"
     nodes += [
         helper.make_node("Flatten", [x], ["flat"], axis=1),

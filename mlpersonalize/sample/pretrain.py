@@ -52,18 +52,21 @@ class Config:
     procedural_classes: int = 1500
     per_procedural: int = 20
     per_named: int = 120
-    glyph_classes: int = 1500  # font-glyph classes of many writing systems (glyphs.py; no digits)
+    glyph_classes: int = 3000  # font-glyph classes of many writing systems (glyphs.py; no digits)
     per_glyph: int = 20
     glyphs_per_font: int = 60
+    pen_max: float = glyphs.PEN_MAX  # widest re-stroking pen of the glyphs, share of the canvas
     engine: str = "torch"  # the sample extra (same network, ~10x faster); or "onnxruntime"
-    epochs: int = 8
+    epochs: int = 9
     batch: int = 128
     lr: float = 2e-3
     weight_decay: float = 5e-4  # torch engine
     label_smoothing: float = 0.0  # torch engine
+    margin: float = 0.2  # torch engine: additive cosine margin (CosFace) on the true class
     logit_scale: float = 20.0
     shift: int = 2  # augmentation: random translation in pixels
-    shape: network.Shape = field(default_factory=network.Shape)
+    # a 256-d embedding: docs/backbone-experiments.md rows 19 and 25
+    shape: network.Shape = field(default_factory=lambda: network.Shape(embedding=256))
     heldout_per_label: int = 30
     novel_per_label: int = 30
     episodes: int = 300
@@ -191,7 +194,7 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
         chosen = glyphs.glyph_classes(cfg.glyph_classes, cfg.seed, cfg.glyphs_per_font)
         log(f"rendering {len(chosen)}×{cfg.per_glyph} font glyphs ({len(glyphs.font_files())} fonts)")
         px_glyph, id_glyph = glyphs.make_dataset(
-            chosen, cfg.per_glyph, cfg.seed, CONSTRAINT, workers=cfg.workers
+            chosen, cfg.per_glyph, cfg.seed, CONSTRAINT, workers=cfg.workers, pen_max=cfg.pen_max
         )
         pixels = np.concatenate([pixels, px_glyph])
         ids = np.concatenate([ids, id_glyph + len(classes)])
@@ -208,6 +211,7 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
             weight_decay=cfg.weight_decay,
             logit_scale=cfg.logit_scale,
             label_smoothing=cfg.label_smoothing,
+            margin=cfg.margin,
             seed=cfg.seed,
             threads=cfg.threads,
             log=log,
@@ -287,6 +291,21 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
     return metrics
 
 
+def _shape(parser: argparse.ArgumentParser, item: str, shape: network.Shape) -> network.Shape:
+    """``shape=48,96,192,256`` (three conv widths, the embedding size) or ``convs=1,2,2``."""
+    key, _, value = item.partition("=")
+    try:
+        numbers = [int(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    want = 4 if key == "shape" else 3
+    if len(numbers) != want or min(numbers) <= 0:
+        parser.error(f"--set {item}: {key} is {want} positive integers (shape=48,96,192,256, convs=1,2,2)")
+    if key == "shape":
+        return replace(shape, channels=(numbers[0], numbers[1], numbers[2]), embedding=numbers[3])
+    return replace(shape, convs=(numbers[0], numbers[1], numbers[2]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: parse options, build, report."""
     parser = argparse.ArgumentParser(
@@ -300,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a numeric Config field for an experiment, e.g. --set epochs=8",
+        help="override a Config field for an experiment, e.g. --set epochs=8, --set shape=48,96,192,256 "
+        "(conv widths, embedding size), --set convs=1,2,2 (convolutions per block)",
     )
     parser.add_argument("--no-package", action="store_true", help="only train and print the metrics")
     args = parser.parse_args(argv)
@@ -309,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(QUICK if args.quick else Config(), seed=args.seed)
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in Config.__dataclass_fields__ or key == "shape":
-            parser.error(f"--set {item}: no numeric Config field {key!r}")
+        if key in ("shape", "convs"):
+            cfg = replace(cfg, shape=_shape(parser, item, cfg.shape))
+            continue
+        if key not in Config.__dataclass_fields__:
+            parser.error(f"--set {item}: no Config field {key!r}")
         cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
     build(cfg, None if args.no_package else args.out)
     return 0

@@ -1,7 +1,7 @@
 """Pretraining with PyTorch on the CPU (the ``sample`` extra): the same network as ``network.py``.
 
-The graph is the one :func:`network.build` writes (three 3×3 conv blocks with ReLU and 2×2 max
-pooling, a linear layer to an L2-normalised embedding, a scaled-cosine head), with the same
+The graph is the one :func:`network.build` writes (three blocks of 3×3 convolutions with ReLU and
+2×2 max pooling, a linear layer to an L2-normalised embedding, a scaled-cosine head), with the same
 parameter names and layouts, so the trained weights go straight into the ONNX backbone. Only
 ``make sample-model`` uses it; the runtime never imports torch.
 
@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import network
+
 
 def train(
     weights: dict[str, np.ndarray],
@@ -29,6 +31,7 @@ def train(
     weight_decay: float,
     logit_scale: float,
     label_smoothing: float,
+    margin: float = 0.0,
     seed: int,
     threads: int,
     log: Callable[[str], None],
@@ -36,6 +39,8 @@ def train(
     """AdamW with a one-cycle schedule over every parameter; returns the trained weights.
 
     ``inputs(indices, rng)`` gives the float32 NCHW batch of those examples (augmented).
+    ``margin`` is an additive cosine margin (CosFace): the true class's logit is
+    ``logit_scale * (cos - margin)`` in training, which pulls each class tighter around its row.
     """
     # lazy: torch is optional (the `sample` extra)
     import torch
@@ -46,9 +51,13 @@ def train(
     torch.use_deterministic_algorithms(True)
     params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in weights.items()}
 
+    layout = network.blocks(weights)
+
     def forward(x: torch.Tensor) -> torch.Tensor:
-        for i in (1, 2, 3):
-            x = F.max_pool2d(F.relu(F.conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)), 2)
+        for names in layout:
+            for name in names:
+                x = F.relu(F.conv2d(x, params[f"{name}.w"], params[f"{name}.b"], padding=1))
+            x = F.max_pool2d(x, 2)
         e = F.linear(x.flatten(1), params["fc.w"], params["fc.b"])
         e = e / torch.sqrt((e * e).sum(1, keepdim=True) + 1e-6)
         w = params["head.w"]
@@ -72,7 +81,11 @@ def train(
         for b in range(steps_per_epoch):
             idx = order[b * batch : (b + 1) * batch]
             x = torch.from_numpy(inputs(idx, rng))
-            loss = F.cross_entropy(forward(x), labels[idx], label_smoothing=label_smoothing)
+            y = labels[idx]
+            logits = forward(x)
+            if margin:
+                logits = logits - (logit_scale * margin) * F.one_hot(y, logits.shape[1]).to(logits.dtype)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

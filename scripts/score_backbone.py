@@ -1,0 +1,114 @@
+"""Score a backbone on the real-digit check of docs/backbone-experiments.md (issue 12, item 4).
+
+    python scripts/score_backbone.py PACKAGE_OR_BACKBONE [...] [--draws 100] [--against BASE] [--json OUT]
+
+Each argument is a package folder (its ``backbone.onnx``) or a backbone ONNX file. The 1,797
+scikit-learn digits are rendered exactly as ``benchmarks/real_digits.py`` renders them (every
+other one on a transparent canvas, the rest on a light one), preprocessed by ``images.preprocess``
+(the path ``predict`` takes) and embedded once. Then, for NumPy seeds 0 … draws-1, 1, 3 or 5
+random drawings per digit form each digit's mean embedding and every other drawing is classified
+by the nearest class mean (cosine, normalised embeddings) among the ten digits. Printed: mean ±
+std of that accuracy over the draws, the same draws for every backbone; with ``--against BASE``,
+also each backbone's per-draw difference from BASE (mean ± std, and the share of draws it wins).
+The digits are only ever a score: nothing here trains anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.real_digits import load_digits, render
+from mlpersonalize import _ort
+from mlpersonalize.images import ImageConstraint, preprocess, to_model_input
+
+CONSTRAINT = ImageConstraint(width=28, height=28, color="gray", scale=1 / 255, bias=(0.0,), ink="light")
+SHOTS = (1, 3, 5)
+
+
+def digit_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """All digits as the model's uint8 input (N, 28, 28, 1), and their digit."""
+    from PIL import Image
+
+    images, digits = load_digits()
+    out = []
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        render(image, transparent=i % 2 == 0).save(buffer, format="PNG")  # as a user's file arrives
+        buffer.seek(0)
+        out.append(preprocess(Image.open(buffer), CONSTRAINT))
+    return np.stack(out), digits
+
+
+def embed(backbone: Path, pixels: np.ndarray) -> np.ndarray:
+    session = _ort.inference_session(backbone.read_bytes(), threads=1)
+    parts = [
+        session.run(["embedding"], {"image": to_model_input(pixels[i : i + 512], CONSTRAINT)})[0]
+        for i in range(0, len(pixels), 512)
+    ]
+    feats = np.concatenate(parts).astype(np.float64)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def ncm(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> np.ndarray:
+    """The ten-digit nearest-class-mean accuracy of each of ``draws`` seeds."""
+    accs = []
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        train = np.zeros(len(digits), bool)
+        for d in range(10):
+            train[rng.choice(np.flatnonzero(digits == d), size=shots, replace=False)] = True
+        means = np.stack([feats[train & (digits == d)].mean(0) for d in range(10)])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        pred = np.argmax(feats[~train] @ means.T, axis=1)
+        accs.append(float(np.mean(pred == digits[~train])))
+    return np.array(accs)
+
+
+def backbone_of(model: Path) -> Path:
+    return model / "backbone.onnx" if model.is_dir() else model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--against", type=Path, help="also print per-draw differences from this one")
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    args = parser.parse_args(argv)
+    for model in [*args.models, *([args.against] if args.against else [])]:
+        if not backbone_of(model).is_file():
+            print(f"Error: no backbone at {backbone_of(model)}", file=sys.stderr)
+            return 2
+    pixels, digits = digit_pixels()
+    base = None
+    if args.against:
+        base_feats = embed(backbone_of(args.against), pixels)
+        base = {shots: ncm(base_feats, digits, shots, args.draws) for shots in SHOTS}
+    report: dict[str, dict[str, list[float]]] = {}
+    for model in args.models:
+        feats = embed(backbone_of(model), pixels)
+        scores = {shots: ncm(feats, digits, shots, args.draws) for shots in SHOTS}
+        row = {f"ncm_{k}": [round(a.mean() * 100, 2), round(a.std() * 100, 2)] for k, a in scores.items()}
+        cells = " / ".join(f"{a.mean() * 100:.1f} ± {a.std() * 100:.1f}" for a in scores.values())
+        print(f"{model}: NCM 1 / 3 / 5 drawings % {cells}")
+        if base is not None:
+            diffs = {k: (scores[k] - base[k]) * 100 for k in SHOTS}
+            row.update({f"diff_{k}": [round(d.mean(), 2), round(d.std(), 2)] for k, d in diffs.items()})
+            cells = " / ".join(
+                f"{d.mean():+.1f} ± {d.std():.1f} (wins {np.mean(d > 0):.0%})" for d in diffs.values()
+            )
+            print(f"{model}: minus {args.against}, per draw, points: {cells}")
+        report[str(model)] = row
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -97,10 +97,11 @@ def find_conflicts(
     labels = np.asarray(labels, np.int64)
     n_labels = int(max(int(np.max(row_label)), int(labels.max(initial=0)), int(ex_label.max(initial=0))) + 1)
     prob = label_probabilities(emb, rows, row_label, scale, n_labels)
-    pred = prob.argmax(axis=1)
+    pred, sure = prob.argmax(axis=1), prob.max(axis=1)
+    del prob  # [N, labels] float64: not held while the cosines' matrix is made
     cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
-    mask = (pred != labels) & (prob.max(axis=1) >= confidence) & (cos >= terr[pred])
+    mask = (pred != labels) & (sure >= confidence) & (cos >= terr[pred])
     for label in np.unique(labels[mask]):
         hits = mask & (labels == label)
         read, counts = np.unique(pred[hits], return_counts=True)
@@ -167,14 +168,13 @@ def plan_style_rows(
     out_label = row_label.tolist()
     added: dict[int, np.ndarray] = {}
     merged: dict[int, np.ndarray] = {}
-    unit = normalize(emb)
     for label in np.unique(labels):
         if label not in row_label:
             continue  # a new label: imprinted by the update itself
         members = np.flatnonzero(miss & (labels == label))
         if len(members) < min_drawings:
             continue
-        centre = normalize(unit[members].mean(axis=0))
+        centre = normalize(normalize(emb[members]).mean(axis=0))  # only the misread drawings
         own = [r for r, lab in enumerate(out_label) if lab == label]
         if len(own) < max_rows:
             added[len(out_rows)] = members

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import normalize
+from .calibration import CHUNK, normalize
 
 RowsFn = Callable[[np.ndarray], np.ndarray]
 FOLDS = 3  # 3 drawings per label: each fold holds out one of them
@@ -108,10 +108,16 @@ def _right(
     emb: np.ndarray, labels: np.ndarray, loo: np.ndarray, rows: np.ndarray, row_label: np.ndarray
 ) -> np.ndarray:
     """Whether each example's best row belongs to its label, its own rows' cosines capped by ``loo``."""
-    cos = normalize(emb) @ normalize(rows).T
-    own = np.asarray(row_label)[None, :] == labels[:, None]
-    cos = np.where(own, np.minimum(cos, loo[:, None]), cos)
-    return np.asarray(np.asarray(row_label)[cos.argmax(axis=1)] == labels)
+    row_label = np.asarray(row_label)
+    unit_rows = normalize(rows)
+    out = np.empty(len(labels), bool)
+    for at in range(0, len(labels), CHUNK):  # [CHUNK, rows] float64 temporaries at any pool size
+        part = slice(at, at + CHUNK)
+        cos = normalize(emb[part]) @ unit_rows.T
+        own = row_label[None, :] == labels[part, None]
+        cos = np.where(own, np.minimum(cos, loo[part, None]), cos)
+        out[part] = row_label[cos.argmax(axis=1)] == labels[part]
+    return out
 
 
 def exemplar_loo(emb: np.ndarray, labels: np.ndarray, in_batch: np.ndarray) -> np.ndarray:

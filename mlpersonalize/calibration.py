@@ -45,6 +45,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ._arrays import quantile
+
 # Pseudo-examples of the pooled spread added to each label's own spread estimate. 5 means a label
 # with 3 examples trusts the pool 5:2 and a label with 20 exemplars trusts itself 19:5.
 PRIOR = 5.0
@@ -213,7 +215,7 @@ def calibrate(
     # z from the pooled standardised residuals of labels with at least two examples.
     resid = [(own[trusted & (labels == lab)] - loc[lab]) / spread[lab] for lab in np.flatnonzero(have)]
     pooled = np.concatenate(resid) if resid else np.zeros(0)
-    z = -float(np.quantile(pooled, target_frr)) if len(pooled) >= 20 else 1.645
+    z = -quantile(pooled, target_frr) if len(pooled) >= 20 else 1.645
     thresholds = loc - z * spread * np.sqrt(1.0 + 1.0 / n_eff)
     taught = imprinted_labels(row_label, imprinted or {})
     if taught:

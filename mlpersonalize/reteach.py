@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._arrays import distinct
+from ._arrays import quantile as _quantile
 from .calibration import label_cosines, label_probabilities, normalize
 
 CONFLICT_CONFIDENCE = (
@@ -60,7 +62,7 @@ def territory(
     for label in range(n_labels):
         own = cos[ex_label == label, label]
         if len(own) >= MIN_SURE_EXEMPLARS:
-            out[label] = float(np.quantile(own, quantile))
+            out[label] = _quantile(own, quantile)
     return out
 
 
@@ -102,7 +104,7 @@ def find_conflicts(
     cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
     mask = (pred != labels) & (sure >= confidence) & (cos >= terr[pred])
-    for label in np.unique(labels[mask]):
+    for label in distinct(labels[mask]):
         hits = mask & (labels == label)
         read, counts = np.unique(pred[hits], return_counts=True)
         top, total = int(counts.max()), int((labels == label).sum())
@@ -112,7 +114,7 @@ def find_conflicts(
         elif new_from is not None and label >= new_from:
             mask &= ~(hits & (pred != read[counts.argmax()]))
     out = []
-    for label in np.unique(labels[mask]):
+    for label in distinct(labels[mask]):
         hits = mask & (labels == label)
         read, counts = np.unique(pred[hits], return_counts=True)
         out.append(
@@ -168,7 +170,7 @@ def plan_style_rows(
     out_label = row_label.tolist()
     added: dict[int, np.ndarray] = {}
     merged: dict[int, np.ndarray] = {}
-    for label in np.unique(labels):
+    for label in distinct(labels):
         if label not in row_label:
             continue  # a new label: imprinted by the update itself
         members = np.flatnonzero(miss & (labels == label))
@@ -222,7 +224,7 @@ def judge_learning(
     before = float(np.mean(before_right)) if len(before_right) else 0.0
     after = float(np.mean(after_right)) if len(after_right) else 0.0
     after_right = np.asarray(after_right, bool)
-    weak = [int(lab) for lab in np.unique(labels) if np.mean(after_right[labels == lab]) < floor]
+    weak = [int(lab) for lab in distinct(labels) if np.mean(after_right[labels == lab]) < floor]
     rose = after > before or (after == 1.0 and before == 1.0)
     if rose and not weak:
         return Learning(True, before, after)

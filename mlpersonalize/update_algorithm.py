@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from . import calibration, engines, selection
+from ._arrays import distinct
 from .embedding import embed
 from .errors import ConflictError
 from .heads import FitResult, HeadKind, StoredHead, kind_of
@@ -353,9 +354,7 @@ def personalize_rows(
     memory_emb, memory_idx = select_exemplars_rows(
         pool_emb, pool_lab, package.manifest.exemplars_per_label, choice.rows, row_label, after=n_ex
     )
-    by_label = {
-        labels[k]: round(float(np.mean(after_right[idx[held] == k])), 6) for k in np.unique(idx[held])
-    }
+    by_label = {labels[k]: round(float(np.mean(after_right[idx[held] == k])), 6) for k in distinct(idx[held])}
     accuracy = {
         "held_out_examples": int(len(held)),
         "held_out_before": _rounded(_mean_right(before_right, None)),
@@ -419,7 +418,7 @@ def split_holdout(idx: np.ndarray, rng: np.random.Generator, every: int = 4) -> 
     """(train, held-out) positions: about 1 in ``every`` of each label with ≥ 2 examples is held out."""
     train: list[int] = []
     held: list[int] = []
-    for label in np.unique(idx):
+    for label in distinct(idx):
         members = rng.permutation(np.flatnonzero(idx == label))
         n_held = min(max(1, len(members) // every), len(members) - 1) if len(members) >= 2 else 0
         held += members[:n_held].tolist()
@@ -500,9 +499,7 @@ def select_exemplars_of(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`select_exemplars` over the parts taken as one (in order), one label's rows at a time:
     no copy of all the embeddings is made."""
-    labels = (
-        np.unique(np.concatenate([part_idx for _, part_idx in parts])) if parts else np.zeros(0, np.int64)
-    )
+    labels = distinct(np.concatenate([part_idx for _, part_idx in parts])) if parts else np.zeros(0, np.int64)
     kept_emb: list[np.ndarray] = []
     kept_idx: list[np.ndarray] = []
     for label in labels:
@@ -536,9 +533,9 @@ def select_exemplars_rows(
     keep: list[np.ndarray] = []
     row_label = np.asarray(row_label, np.int64)
     group = idx.astype(np.int64)
-    if len(rows) != len(np.unique(row_label)):  # the row each example is nearest to, among its label's
+    if len(rows) != len(distinct(row_label)):  # the row each example is nearest to, among its label's
         group = nearest_own_row(emb, idx, rows, row_label)
-    for g in np.unique(group):
+    for g in distinct(group):
         members = np.flatnonzero(group == g)
         unit = normalize(emb[members])  # one group's rows at a time
         centre = normalize(unit.mean(axis=0, keepdims=True))[0]
@@ -556,7 +553,7 @@ def training_steps(result: FitResult) -> int | None:
 
 def accuracy_by_label(pred: np.ndarray, idx: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
     """Top-1 accuracy per label that has examples."""
-    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in np.unique(idx)}
+    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in distinct(idx)}
 
 
 def overall(pred: np.ndarray, idx: np.ndarray) -> float | None:

@@ -1,11 +1,12 @@
 """Never worse than imprinting: choose between the imprinted and the trained head from the user's data.
 
-The update loop passes two callbacks over one pool of examples (the batch followed by the exemplar
-memory): ``imprint(positions) -> rows`` (the imprinted head: every user-taught label's rows, new and
-from earlier updates, the normalised mean of its drawings among those positions; the brought labels'
-rows as they are) and ``train(positions) -> rows`` (that head trained on those positions by the
-loop's engine). :func:`choose_head` runs ``folds`` rounds of cross-validation, each holding out one
-drawing per batch label (labels with two or more drawings) and a ``1/folds`` share of each old
+The update loop passes two callbacks over one pool of examples (the exemplar memory and the batch,
+in any order; update_algorithm puts the memory first): ``imprint(positions) -> rows`` (the
+imprinted head: every user-taught label's rows, new and from earlier updates, the normalised mean
+of its drawings among those positions; the brought labels' rows as they are) and
+``train(positions) -> rows`` (that head trained on those positions by the loop's engine).
+:func:`choose_head` runs ``folds`` rounds of cross-validation, each holding out one drawing per batch
+label (labels with two or more drawings) and a ``1/folds`` share of each old
 label's exemplars, and scores both heads (and optional blends ``nz((1 - a) * imprinted + a *
 trained)``) on the held-out drawings. A held-out exemplar's cosine to its own label's rows is capped
 by its cosine to the imprint of the label's other exemplars: the row was fitted to it in an earlier
@@ -161,7 +162,7 @@ def choose_head(
 ) -> HeadChoice:
     """Cross-validate imprinted vs trained vs blends on the pool and return the chosen full head.
 
-    ``emb``/``labels`` are the pool (batch then exemplars, label index per example), ``in_batch``
+    ``emb``/``labels`` are the pool (exemplars and batch, label index per example), ``in_batch``
     marks the batch's examples, ``row_label`` maps the head's rows to labels. ``style_rows``: the
     head has rows new this update for known labels (see the rule below).
     """

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import write_batch
 
 from mlpersonalize._arrays import distinct, quantile
@@ -35,3 +36,38 @@ def test_an_update_does_not_import_numpy_ma(tmp_path: Path, tiny_model: Path) ->
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_chunked_scoring_gives_the_whole_matrix_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring CHUNK examples at a time (memory at 100,000 examples) changes no answer: labels
+    with style rows, rows imprinted from scored examples, a label without rows."""
+    from mlpersonalize import calibration, selection
+    from mlpersonalize.heads import cosine
+
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((50, 8)).astype(np.float32)
+    labels = rng.integers(0, 5, 50)  # label 4 has no row
+    rows = rng.standard_normal((6, 8)).astype(np.float32)
+    row_label = np.array([0, 1, 2, 3, 1, 1])  # label 1: a row and two style rows
+    imprinted = {4: np.flatnonzero(labels == 1)[:4], 2: np.flatnonzero(labels == 2)}
+    loo = rng.random(50)
+
+    def answers() -> list[np.ndarray]:
+        own, trusted = calibration.calibration_scores(emb, labels, rows, row_label, 5, imprinted)
+        return [
+            calibration.label_probabilities(emb, rows, row_label, 16.0, 5),
+            calibration.label_cosines(emb, rows, row_label, 5),
+            own,
+            trusted,
+            cosine.nearest_own_row(emb, labels, rows, row_label),
+            selection._right(emb, labels, loo, rows, row_label),
+        ]
+
+    whole = answers()
+    cos = calibration.normalize(emb) @ calibration.normalize(rows).T  # the dense nearest own row
+    dense = np.where(row_label[None, :] == labels[:, None], cos, -np.inf).argmax(axis=1)
+    assert np.array_equal(whole[4], dense)
+    for module in (calibration, selection, cosine):
+        monkeypatch.setattr(module, "CHUNK", 7)
+    for chunked, full in zip(answers(), whole, strict=True):
+        np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-12)

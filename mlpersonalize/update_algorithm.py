@@ -109,7 +109,9 @@ def personalize(
             "examples": len(idx),
             "labels_added": list(added),
             "epochs": params.epochs,
-            "passes": selection.FOLDS + 1 if head.selects else 2,
+            "passes": selection.rounds(idx, np.ones(len(idx), bool), selection.FOLDS) + 1
+            if head.selects
+            else 2,
             "params": params.to_dict(),
         }
     )

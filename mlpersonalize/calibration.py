@@ -45,6 +45,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ._arrays import quantile
+
 # Pseudo-examples of the pooled spread added to each label's own spread estimate. 5 means a label
 # with 3 examples trusts the pool 5:2 and a label with 20 exemplars trusts itself 19:5.
 PRIOR = 5.0
@@ -65,6 +67,9 @@ NO_ROW = -2.0  # a label with no row: below every cosine
 # Taught labels are calibrated on their own once their pooled spread has this many degrees of
 # freedom (two labels of three drawings); below it t's quantile is too wide to mean anything.
 MIN_TAUGHT_DOF = 4
+# Examples scored at a time: the float64 [examples, rows] temporaries of 100,000 examples would
+# take 50 MB each (and their unit embeddings 100 MB); the results do not depend on it.
+CHUNK = 8192
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -75,10 +80,13 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 def label_cosines(emb: np.ndarray, rows: np.ndarray, row_label: np.ndarray, n_labels: int) -> np.ndarray:
     """[N, n_labels]: each example's cosine to each label's best row (``NO_ROW`` for a rowless label)."""
-    cos = normalize(emb) @ normalize(rows).T
-    out = np.full((len(cos), n_labels), NO_ROW)
-    for r, label in enumerate(np.asarray(row_label)):
-        out[:, label] = np.maximum(out[:, label], cos[:, r])
+    unit_rows = normalize(rows)
+    out = np.full((len(emb), n_labels), NO_ROW)
+    for at in range(0, len(emb), CHUNK):  # the float64 temporaries stay CHUNK rows long
+        cos = normalize(emb[at : at + CHUNK]) @ unit_rows.T
+        part = out[at : at + CHUNK]
+        for r, label in enumerate(np.asarray(row_label)):
+            np.maximum(part[:, label], cos[:, r], out=part[:, label])
     return out
 
 
@@ -86,12 +94,15 @@ def label_probabilities(
     emb: np.ndarray, rows: np.ndarray, row_label: np.ndarray, scale: float, n_labels: int
 ) -> np.ndarray:
     """[N, n_labels]: the scaled-cosine softmax over rows, summed over each label's rows."""
-    logits = float(scale) * (normalize(emb) @ normalize(rows).T)
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(axis=1, keepdims=True)
-    out = np.zeros((len(p), n_labels))
-    np.add.at(out.T, np.asarray(row_label), p.T)
+    unit_rows = normalize(rows)
+    row_label = np.asarray(row_label)
+    out = np.zeros((len(emb), n_labels))
+    for at in range(0, len(emb), CHUNK):  # the float64 temporaries stay CHUNK rows long
+        logits = float(scale) * (normalize(emb[at : at + CHUNK]) @ unit_rows.T)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        np.add.at(out[at : at + CHUNK].T, row_label, p.T)
     return out
 
 
@@ -138,19 +149,28 @@ def calibration_scores(
     their scores to that row are lowered by the imprint's in-sample optimism.
     """
     labels = np.asarray(labels)
-    cos_rows = normalize(emb) @ normalize(rows).T
+    row_label = np.asarray(row_label)
     trusted = np.ones(len(labels), bool)
+    lowered: list[tuple[int, np.ndarray, np.ndarray]] = []  # (row, sorted members, their optimism)
     for r, members in (imprinted or {}).items():
         members = np.asarray(members, np.int64)
         if len(members) == 0:
             continue
-        cos_rows[members, r] -= imprint_optimism(emb, members)
+        order = np.argsort(members, kind="stable")
+        lowered.append((int(r), members[order], imprint_optimism(emb, members)[order]))
         if len(members) < 2:
             trusted[members] = False
+    unit_rows = normalize(rows)
     own = np.full(len(labels), NO_ROW)
-    for r, label in enumerate(np.asarray(row_label)):
-        hit = labels == label
-        own[hit] = np.maximum(own[hit], cos_rows[hit, r])
+    for at in range(0, len(labels), CHUNK):  # [CHUNK, rows] float64 at a time
+        cos_rows = normalize(emb[at : at + CHUNK]) @ unit_rows.T
+        for r, members, optimism in lowered:
+            lo, hi = np.searchsorted(members, [at, at + CHUNK])
+            cos_rows[members[lo:hi] - at, r] -= optimism[lo:hi]
+        part_labels, part = labels[at : at + CHUNK], own[at : at + CHUNK]
+        for r, label in enumerate(row_label):
+            hit = part_labels == label
+            part[hit] = np.maximum(part[hit], cos_rows[hit, r])
     return own, trusted & (own > NO_ROW)
 
 
@@ -195,7 +215,7 @@ def calibrate(
     # z from the pooled standardised residuals of labels with at least two examples.
     resid = [(own[trusted & (labels == lab)] - loc[lab]) / spread[lab] for lab in np.flatnonzero(have)]
     pooled = np.concatenate(resid) if resid else np.zeros(0)
-    z = -float(np.quantile(pooled, target_frr)) if len(pooled) >= 20 else 1.645
+    z = -quantile(pooled, target_frr) if len(pooled) >= 20 else 1.645
     thresholds = loc - z * spread * np.sqrt(1.0 + 1.0 / n_eff)
     taught = imprinted_labels(row_label, imprinted or {})
     if taught:

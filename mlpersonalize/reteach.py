@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._arrays import distinct
+from ._arrays import quantile as _quantile
 from .calibration import label_cosines, label_probabilities, normalize
 
 CONFLICT_CONFIDENCE = (
@@ -60,7 +62,7 @@ def territory(
     for label in range(n_labels):
         own = cos[ex_label == label, label]
         if len(own) >= MIN_SURE_EXEMPLARS:
-            out[label] = float(np.quantile(own, quantile))
+            out[label] = _quantile(own, quantile)
     return out
 
 
@@ -97,11 +99,12 @@ def find_conflicts(
     labels = np.asarray(labels, np.int64)
     n_labels = int(max(int(np.max(row_label)), int(labels.max(initial=0)), int(ex_label.max(initial=0))) + 1)
     prob = label_probabilities(emb, rows, row_label, scale, n_labels)
-    pred = prob.argmax(axis=1)
+    pred, sure = prob.argmax(axis=1), prob.max(axis=1)
+    del prob  # [N, labels] float64: not held while the cosines' matrix is made
     cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
-    mask = (pred != labels) & (prob.max(axis=1) >= confidence) & (cos >= terr[pred])
-    for label in np.unique(labels[mask]):
+    mask = (pred != labels) & (sure >= confidence) & (cos >= terr[pred])
+    for label in distinct(labels[mask]):
         hits = mask & (labels == label)
         read, counts = np.unique(pred[hits], return_counts=True)
         top, total = int(counts.max()), int((labels == label).sum())
@@ -111,7 +114,7 @@ def find_conflicts(
         elif new_from is not None and label >= new_from:
             mask &= ~(hits & (pred != read[counts.argmax()]))
     out = []
-    for label in np.unique(labels[mask]):
+    for label in distinct(labels[mask]):
         hits = mask & (labels == label)
         read, counts = np.unique(pred[hits], return_counts=True)
         out.append(
@@ -167,14 +170,13 @@ def plan_style_rows(
     out_label = row_label.tolist()
     added: dict[int, np.ndarray] = {}
     merged: dict[int, np.ndarray] = {}
-    unit = normalize(emb)
-    for label in np.unique(labels):
+    for label in distinct(labels):
         if label not in row_label:
             continue  # a new label: imprinted by the update itself
         members = np.flatnonzero(miss & (labels == label))
         if len(members) < min_drawings:
             continue
-        centre = normalize(unit[members].mean(axis=0))
+        centre = normalize(normalize(emb[members]).mean(axis=0))  # only the misread drawings
         own = [r for r, lab in enumerate(out_label) if lab == label]
         if len(own) < max_rows:
             added[len(out_rows)] = members
@@ -222,7 +224,7 @@ def judge_learning(
     before = float(np.mean(before_right)) if len(before_right) else 0.0
     after = float(np.mean(after_right)) if len(after_right) else 0.0
     after_right = np.asarray(after_right, bool)
-    weak = [int(lab) for lab in np.unique(labels) if np.mean(after_right[labels == lab]) < floor]
+    weak = [int(lab) for lab in distinct(labels) if np.mean(after_right[labels == lab]) < floor]
     rose = after > before or (after == 1.0 and before == 1.0)
     if rose and not weak:
         return Learning(True, before, after)

@@ -45,11 +45,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from . import calibration, engines, selection
+from ._arrays import distinct
 from .embedding import embed
 from .errors import ConflictError
 from .heads import FitResult, HeadKind, StoredHead, kind_of
 from .heads.base import RowHead
-from .heads.cosine import normalize
+from .heads.cosine import nearest_own_row, normalize
 from .manifest import BACKBONE_FILE, normalize_label
 from .params import UpdateParams
 from .reteach import Conflict, find_conflicts, judge_learning, plan_style_rows
@@ -108,7 +109,9 @@ def personalize(
             "examples": len(idx),
             "labels_added": list(added),
             "epochs": params.epochs,
-            "passes": selection.FOLDS + 1 if head.selects else 2,
+            "passes": selection.rounds(idx, np.ones(len(idx), bool), selection.FOLDS) + 1
+            if head.selects
+            else 2,
             "params": params.to_dict(),
         }
     )
@@ -116,14 +119,15 @@ def personalize(
     # 1. Embed once, into one array (pass two reads it whole, in the batches' order; pass one a
     # copy of its part).
     train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
-    emb = embed(package.path / BACKBONE_FILE, [batch.pixels for batch in batches], manifest.constraint)
+    embedded = [embed(package.path / BACKBONE_FILE, [batch.pixels for batch in batches], manifest.constraint)]
     if release_pixels:
         for batch in batches:
             batch.release_pixels()
-    if head.selects:
+    if head.selects:  # the embeddings' only reference goes along, so personalize_rows can let them go
         return personalize_rows(
-            package, cast(RowHead, head), emb, idx, labels, added, params, max_drop, emit, force
+            package, cast(RowHead, head), embedded.pop(), idx, labels, added, params, max_drop, emit, force
         )
+    emb = embedded[0]
     ex_emb, ex_idx = package.exemplars()
     rehearse = head.rehearsal(ex_emb, ex_idx)
     n_old = len(old_labels)
@@ -254,18 +258,21 @@ def personalize_rows(
     row_label = np.concatenate([plan.row_label, np.arange(n_old, n_labels)])
     head.adopt(row_label)
 
-    # The pool cross-validation and training see: the batch, then the exemplar memory.
-    pool_emb = np.concatenate([emb, ex_emb]).astype(np.float32)
-    pool_lab = np.concatenate([idx, ex_idx]).astype(np.int64)
-    in_batch = np.arange(len(pool_lab)) < len(idx)
-    unit = normalize(pool_emb)
+    # The pool cross-validation and training see: the exemplar memory, then the batch (the order
+    # fitting.train wants, so the final training reads the pool itself, not a copy). From here on
+    # the batch's embeddings are the pool's last rows (a view): one copy of them, not two.
+    n_ex = len(ex_idx)
+    pool_emb = np.concatenate([ex_emb, emb], dtype=np.float32)
+    emb = pool_emb[n_ex:]
+    pool_lab = np.concatenate([ex_idx, idx]).astype(np.int64)
+    in_batch = np.arange(len(pool_lab)) >= n_ex
     sources: dict[int, np.ndarray] = {}  # row -> pool positions it is imprinted from
     for label in sorted(taught_labels(package.manifest.history, labels) | set(range(n_old, n_labels))):
         own = np.flatnonzero(row_label == label)
         if len(own) == 1:  # a label's style rows keep their own drawings; its one row takes them all
             sources[int(own[0])] = np.flatnonzero(pool_lab == label)
     for row, members in plan.added.items():
-        sources[int(row)] = np.asarray(members, np.int64)
+        sources[int(row)] = np.asarray(members, np.int64) + n_ex  # batch positions -> pool positions
 
     def imprint(positions: np.ndarray) -> np.ndarray:
         rows = start_rows.copy()
@@ -275,7 +282,7 @@ def personalize_rows(
             inside = members[kept[members]]
             use = inside if len(inside) else members  # all of a style's drawings held out: rare
             if len(use):
-                rows[row] = normalize(unit[use].mean(axis=0, keepdims=True))[0]
+                rows[row] = normalize(normalize(pool_emb[use]).mean(axis=0, keepdims=True))[0]
         return rows
 
     fits: list[FitResult] = []
@@ -286,7 +293,9 @@ def personalize_rows(
         # The rehearsal set (exemplars) first, as fitting's epoch plan expects (``rehearsed``).
         order = np.concatenate([positions[~in_batch[positions]], positions[in_batch[positions]]])
         head.rehearsed = int(np.sum(~in_batch[positions]))
-        x, y = pool_emb[order], head.target_rows(start, pool_emb[order], pool_lab[order])
+        whole = len(order) == len(pool_lab) and bool(np.all(order == np.arange(len(order))))
+        x = pool_emb if whole else pool_emb[order]  # a fold's training copies its part, once
+        y = head.target_rows(start, x, pool_lab[order])
         result = head.train(
             start,
             x,
@@ -327,14 +336,17 @@ def personalize_rows(
 
     # Learned anything? Held-out batch drawings (cross-validation), or all of them in-sample when no
     # label has two drawings to hold one out.
-    held = choice.heldout[in_batch[choice.heldout]]
+    held = choice.heldout[in_batch[choice.heldout]] - n_ex  # batch positions
     after_right = choice.heldout_right[in_batch[choice.heldout]]
     if len(held) == 0:
         held = np.arange(len(idx))
         after_right = head.predict_labels(emb, choice.rows) == idx
-    before_right = head.predict(emb[held], None) == idx[held]
+    ordered = np.argsort(held, kind="stable")  # in batch order, so all of them need no copy
+    held, after_right = held[ordered], after_right[ordered]
+    held_emb = emb if len(held) == len(idx) else emb[held]  # folds hold each drawing out once
+    before_right = head.predict(held_emb, None) == idx[held]
     learning = judge_learning(
-        before_right, after_right, idx[held], labels, conflicts or None, emb[held], choice.rows, row_label
+        before_right, after_right, idx[held], labels, conflicts or None, held_emb, choice.rows, row_label
     )
 
     # Calibrated unknown, the exemplar memory (per row, so style drawings stay), history.
@@ -342,11 +354,9 @@ def personalize_rows(
         pool_emb, pool_lab, choice.rows, row_label, n_labels, sources, target_frr=calibration.TARGET_FRR
     )
     memory_emb, memory_idx = select_exemplars_rows(
-        pool_emb, pool_lab, package.manifest.exemplars_per_label, choice.rows, row_label
+        pool_emb, pool_lab, package.manifest.exemplars_per_label, choice.rows, row_label, after=n_ex
     )
-    by_label = {
-        labels[k]: round(float(np.mean(after_right[idx[held] == k])), 6) for k in np.unique(idx[held])
-    }
+    by_label = {labels[k]: round(float(np.mean(after_right[idx[held] == k])), 6) for k in distinct(idx[held])}
     accuracy = {
         "held_out_examples": int(len(held)),
         "held_out_before": _rounded(_mean_right(before_right, None)),
@@ -410,7 +420,7 @@ def split_holdout(idx: np.ndarray, rng: np.random.Generator, every: int = 4) -> 
     """(train, held-out) positions: about 1 in ``every`` of each label with ≥ 2 examples is held out."""
     train: list[int] = []
     held: list[int] = []
-    for label in np.unique(idx):
+    for label in distinct(idx):
         members = rng.permutation(np.flatnonzero(idx == label))
         n_held = min(max(1, len(members) // every), len(members) - 1) if len(members) >= 2 else 0
         held += members[:n_held].tolist()
@@ -491,9 +501,7 @@ def select_exemplars_of(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`select_exemplars` over the parts taken as one (in order), one label's rows at a time:
     no copy of all the embeddings is made."""
-    labels = (
-        np.unique(np.concatenate([part_idx for _, part_idx in parts])) if parts else np.zeros(0, np.int64)
-    )
+    labels = distinct(np.concatenate([part_idx for _, part_idx in parts])) if parts else np.zeros(0, np.int64)
     kept_emb: list[np.ndarray] = []
     kept_idx: list[np.ndarray] = []
     for label in labels:
@@ -516,24 +524,25 @@ def select_exemplars_rows(
     per_label: int,
     rows: np.ndarray,
     row_label: np.ndarray,
+    after: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`select_exemplars` for a head with style rows (``rows``/``row_label``), per row: each
     example goes to its label's nearest row and each row keeps its ``per_label`` closest, so a
     style's drawings are never dropped for the label's standard ones (a label keeps up to rows x
-    ``per_label``).
+    ``per_label``). Within a row the kept examples stay in order, except that the first ``after``
+    (personalize_rows' exemplar memory, which its pool holds first) come after the others.
     """
     keep: list[np.ndarray] = []
-    unit = normalize(emb)
+    row_label = np.asarray(row_label, np.int64)
     group = idx.astype(np.int64)
-    if len(rows) != len(np.unique(row_label)):
-        cos = unit @ normalize(rows).T
-        own = np.asarray(row_label)[None, :] == idx[:, None]
-        group = np.where(own, cos, -np.inf).argmax(axis=1)
-    for g in np.unique(group):
+    if len(rows) != len(distinct(row_label)):  # the row each example is nearest to, among its label's
+        group = nearest_own_row(emb, idx, rows, row_label)
+    for g in distinct(group):
         members = np.flatnonzero(group == g)
-        centre = normalize(unit[members].mean(axis=0, keepdims=True))[0]
-        closest = members[np.argsort(-(unit[members] @ centre), kind="stable")[:per_label]]
-        keep.append(np.sort(closest))
+        unit = normalize(emb[members])  # one group's rows at a time
+        centre = normalize(unit.mean(axis=0, keepdims=True))[0]
+        closest = np.sort(members[np.argsort(-(unit @ centre), kind="stable")[:per_label]])
+        keep.append(np.concatenate([closest[closest >= after], closest[closest < after]]))
     chosen = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)
 
@@ -546,7 +555,7 @@ def training_steps(result: FitResult) -> int | None:
 
 def accuracy_by_label(pred: np.ndarray, idx: np.ndarray, labels: tuple[str, ...]) -> dict[str, float]:
     """Top-1 accuracy per label that has examples."""
-    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in np.unique(idx)}
+    return {labels[k]: float(np.mean(pred[idx == k] == k)) for k in distinct(idx)}
 
 
 def overall(pred: np.ndarray, idx: np.ndarray) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,49 @@ def test_onnx_runtime_pool_threads_sleep_rather_than_spin_between_operators() ->
 
     for options in (_ort.session_options(), _ort.session_options(2)):
         assert options.get_session_config_entry(_ort.SPINNING) == "0"
+
+
+def _traced_peak_of_update(package: Path, pixels: np.ndarray, names: list[str]) -> int:
+    """Peak bytes allocated (tracemalloc: numpy's buffers included) by one in-process cosine
+    update of an already loaded batch, its pixels let go once embedded as `update` does."""
+    from mlpersonalize.batch import Batch
+    from mlpersonalize.package import load_package
+    from mlpersonalize.update_algorithm import personalize
+
+    loaded = load_package(package)
+    batch = Batch.from_pixels(pixels, tuple(names), loaded.manifest)
+    tracemalloc.start()
+    try:
+        personalize(loaded, [batch], loaded.manifest.update_defaults, 0.02, release_pixels=True, force=True)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_update_memory_per_example_stays_near_the_pixels_and_embeddings_it_holds(
+    doodle_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: memory per example within 1.5x of the bytes of pixels plus embedding an update
+    must hold, measured as the growth of the peak from 1,500 to 4,500 examples (the fixed costs
+    cancel). Scoring runs in chunks of CHUNK examples: set small here so that 4,500 examples show
+    what 100,000 do (a full-size [examples, rows] float64 matrix, a second copy of the embeddings
+    or a per-fold copy of the pool would each add 200-500 bytes per example at 64 dimensions)."""
+    from mlpersonalize import calibration, selection
+    from mlpersonalize.heads import cosine
+    from mlpersonalize.sample.doodles import make_dataset
+
+    for module in (calibration, selection, cosine):
+        monkeypatch.setattr(module, "CHUNK", 256)
+    labels = ["umbrella", "key", "envelope"]
+    base, ids = make_dataset(labels, 100, seed=3, constraint=ImageConstraint(28, 28))
+
+    def tiled(n: int) -> tuple[np.ndarray, list[str]]:  # shifted copies: no two drawings alike
+        reps = -(-n // len(ids))
+        pixels = np.concatenate([np.roll(base, r % 5 - 2, axis=1 + r % 2) for r in range(reps)])[:n]
+        return pixels, [labels[i] for i in np.tile(ids, reps)[:n]]
+
+    small, large = 1500, 4500
+    peaks = {n: _traced_peak_of_update(doodle_model, *tiled(n)) for n in (small, large)}
+    per_example = (peaks[large] - peaks[small]) / (large - small)
+    held = 28 * 28 + 4 * 64  # uint8 pixels plus a float32 embedding of the tiny backbone
+    assert per_example <= 1.5 * held, f"{per_example:.0f} bytes per example against {held} held"

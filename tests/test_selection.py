@@ -87,3 +87,24 @@ def test_folds_spread_each_label_and_keep_a_single_drawing_for_training() -> Non
     assert fold[3] == -1
     assert sorted(fold[:3].tolist()) == [0, 1, 2]
     assert np.bincount(fold[4:], minlength=3).tolist() == [2, 2, 2]
+
+
+def test_many_drawings_of_every_batch_label_are_judged_on_one_fold_few_on_all() -> None:
+    """Issue 17: with ONE_FOLD_FROM drawings of every batch label one held-out third decides (two
+    trainings instead of four); a few-shot batch keeps every fold."""
+    from mlpersonalize import selection
+
+    rng = np.random.default_rng(3)
+    for shots, trainings in ((3, 3), (selection.ONE_FOLD_FROM - 1, 3), (selection.ONE_FOLD_FROM, 1)):
+        emb, labels, in_batch, c = pool(rng, shots=shots)
+        imprint = imprinter(emb, labels, c)
+        calls: list[np.ndarray] = []
+
+        def train(pos: np.ndarray, calls: list[np.ndarray] = calls, imprint=imprint) -> np.ndarray:  # type: ignore[no-untyped-def]
+            calls.append(np.asarray(pos))
+            return imprint(pos)
+
+        choice = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train, folds=3)
+        assert len(calls) == trainings  # ties keep the imprinted head: no final training
+        batch_held = choice.heldout[in_batch[choice.heldout]]
+        assert abs(len(batch_held) - (2 * shots if trainings == 3 else 2 * shots / 3)) <= 2

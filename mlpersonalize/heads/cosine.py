@@ -16,6 +16,7 @@ rows anchored at half strength (NEW_ROW_ANCHOR), 0.6 and 0.7 points (real digits
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +39,9 @@ else:  # onnx (~30 ms): when a head graph is built or read, which predict and in
 KIND = "cosine"
 WEIGHT = "head.weight"
 EPS = 1e-12
+# Examples scored at a time where a whole pool's [examples, rows] float64 matrix would be large
+# (100,000 examples: 50 MB a matrix); the answers do not depend on it.
+CHUNK = 8192
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -58,6 +62,33 @@ def imprint(emb: np.ndarray, idx: np.ndarray, rows: list[int]) -> np.ndarray:
         members = normalize(emb[idx == row])  # only this label's rows are copied
         if len(members):
             out[i] = normalize(members.mean(axis=0, keepdims=True))[0]
+    return out
+
+
+def nearest_own_row(
+    emb: np.ndarray,
+    idx: np.ndarray,
+    rows: np.ndarray,
+    row_label: np.ndarray,
+    unit: Callable[[np.ndarray], np.ndarray] = normalize,
+) -> np.ndarray:
+    """Per example, the index of its label's row nearest to it (by cosine; row 0 for a label with
+    no row). A label with one row needs no cosine; the examples of labels with several rows are
+    compared with those rows only, CHUNK at a time, so no [examples, rows] matrix is made.
+    ``unit`` normalises rows (float32 :func:`normalize` or calibration's float64 one)."""
+    idx = np.asarray(idx, np.int64)
+    row_label = np.asarray(row_label, np.int64)
+    n_labels = max(int(row_label.max(initial=-1)), int(idx.max(initial=-1))) + 1
+    first = np.zeros(n_labels, np.int64)
+    first[row_label[::-1]] = np.arange(len(row_label))[::-1]  # each label's first row
+    out = first[idx]
+    for label in np.flatnonzero(np.bincount(row_label, minlength=n_labels) > 1):
+        own = np.flatnonzero(row_label == label)
+        own_rows = unit(rows[own])
+        members = np.flatnonzero(idx == label)
+        for at in range(0, len(members), CHUNK):
+            part = members[at : at + CHUNK]
+            out[part] = own[(unit(emb[part]) @ own_rows.T).argmax(axis=1)]
     return out
 
 
@@ -204,9 +235,7 @@ class CosineHead(HeadKind):
 
     def target_rows(self, rows: np.ndarray, emb: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Each example's training target: its label's row nearest to it (its only row for most)."""
-        cos = calibration.normalize(emb) @ calibration.normalize(rows).T
-        own = self.row_label[None, :] == np.asarray(idx)[:, None]
-        return np.asarray(np.where(own, cos, -np.inf).argmax(axis=1), np.int64)
+        return nearest_own_row(emb, idx, rows, self.row_label, calibration.normalize)
 
     def predict_labels(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Top-1 label per embedding under ``rows`` (softmax over rows summed per label)."""
@@ -243,8 +272,12 @@ class CosineHead(HeadKind):
         if len(emb) == 0:
             return np.zeros(0, np.int64)
         n_labels = int(row_label.max()) + 1
-        prob = calibration.label_probabilities(emb, rows, row_label, self.scale, n_labels)
-        return np.asarray(prob.argmax(axis=1), np.int64)
+        out = np.empty(len(emb), np.int64)
+        for at in range(0, len(emb), CHUNK):  # bounded temporaries (float64 [CHUNK, rows]) at any size
+            part = emb[at : at + CHUNK]
+            prob = calibration.label_probabilities(part, rows, row_label, self.scale, n_labels)
+            out[at : at + CHUNK] = prob.argmax(axis=1)
+        return out
 
     def stored(self, result: FitResult) -> StoredHead:
         rl = self.row_label if len(self.row_label) == len(result.weight) else np.arange(len(result.weight))

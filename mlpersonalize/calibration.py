@@ -32,6 +32,15 @@ real digits, 3 drawings, two rounds of five, 20 seeds, imprinted heads): right a
 ``unknown`` 2.3% / 1.6% / 1.3% (round 1, round 2 new, round 1's after round 2; before 4.9 / 3.8 /
 4.1), untaught digits rejected 50% (before 59%), never-seen generated doodles 75% / 74% (77 / 75).
 
+A label taught from ONE drawing has no spread of its own, and the pooled rule's location and spread
+come from the exemplar memory, whose examples sit tight around their rows: on real digits (1
+drawing per label, two rounds of five, 5 seeds, the 256-d backbone) it turned 10.3% of right answers
+``unknown``. Such labels' thresholds are capped at the ``target_frr`` quantile of the cosine between
+two examples of one known label (what a one-drawing imprint gives a fresh drawing): 6.0% of right
+answers ``unknown``, round 1 / round 2 new / round 1 after 0.805 / 0.752 / 0.784 -> 0.843 / 0.775 /
+0.808 with ``unknown`` counted wrong; untaught digits rejected 76% -> 64%, never-seen doodles 81% ->
+80% (``python -m benchmarks.quality_rows --part digits --shots 1 --seeds 5``).
+
 Rows imprinted from the very examples being scored (a 3-drawing label's row is their mean) would
 score them optimistically, so each such example's score is lowered by how much the imprint gains
 from containing it: ``cos(e, imprint(S)) - cos(e, imprint(S without e))`` (closed form).
@@ -45,7 +54,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ._arrays import quantile
+from ._arrays import distinct, quantile
 
 # Pseudo-examples of the pooled spread added to each label's own spread estimate. 5 means a label
 # with 3 examples trusts the pool 5:2 and a label with 20 exemplars trusts itself 19:5.
@@ -218,8 +227,9 @@ def calibrate(
     z = -quantile(pooled, target_frr) if len(pooled) >= 20 else 1.645
     thresholds = loc - z * spread * np.sqrt(1.0 + 1.0 / n_eff)
     taught = imprinted_labels(row_label, imprinted or {})
-    if taught:
-        _taught_thresholds(thresholds, own, trusted, labels, taught, target_frr, prior)
+    if taught and not _taught_thresholds(thresholds, own, trusted, labels, taught, target_frr, prior):
+        one_shot_cap = _one_shot_cap(emb, labels, taught, target_frr)
+        thresholds[taught] = np.minimum(thresholds[taught], one_shot_cap)
     return Calibration(thresholds, z, float(np.sqrt(pooled_var)), counts)
 
 
@@ -252,16 +262,16 @@ def _taught_thresholds(
     taught: list[int],
     target_frr: float,
     prior: float,
-) -> None:
+) -> bool:
     """The taught labels' thresholds (in place) from their own drawings only (module docstring).
 
     Needs a pooled spread with at least ``MIN_TAUGHT_DOF`` degrees of freedom; with fewer (one
-    drawing per label) the labels keep the thresholds of the pooled rule."""
+    drawing per label) nothing is changed and False is returned."""
     groups = {lab: own[trusted & (labels == lab)] for lab in taught}
     scored = [g for g in groups.values() if len(g)]
     dof = sum(len(g) - 1 for g in scored)
     if dof < MIN_TAUGHT_DOF:
-        return
+        return False
     spread = float(np.sqrt(sum(float(((g - g.mean()) ** 2).sum()) for g in scored) / dof))
     centre = float(np.mean(np.concatenate(scored)))
     z = t_quantile(1.0 - target_frr, dof)
@@ -269,6 +279,23 @@ def _taught_thresholds(
         n = len(g)
         loc = (float(g.sum()) + prior * centre) / (n + prior)
         thresholds[lab] = loc - z * spread * np.sqrt(1.0 + 1.0 / (n + prior))
+    return True
+
+
+def _one_shot_cap(emb: np.ndarray, labels: np.ndarray, taught: list[int], target_frr: float) -> float:
+    """The highest threshold a label imprinted from ONE drawing may get: the ``target_frr`` quantile
+    of the cosine between two examples of the same label, over the labels not taught (each pair is
+    a one-drawing imprint scoring a fresh drawing). A single drawing says nothing about its label's
+    spread, and the pooled rule borrows the exemplar memory's tight one (module docstring: what
+    the cap changes on real digits). The memory's pairs still sit closer than a user's drawings,
+    so this is a cap, not a calibration: a one-drawing label rejects little."""
+    pairs: list[np.ndarray] = []
+    known = np.setdiff1d(np.asarray(labels), np.asarray(taught, np.int64))
+    for label in distinct(known):
+        unit = normalize(emb[np.flatnonzero(labels == label)])
+        if len(unit) > 1:
+            pairs.append((unit @ unit.T)[np.triu_indices(len(unit), 1)])
+    return float(quantile(np.concatenate(pairs), target_frr)) if pairs else NO_ROW
 
 
 def predict_open(

@@ -102,7 +102,13 @@ def test_a_label_with_no_trustworthy_example_borrows_the_pooled_threshold() -> N
     cal = calibrate(emb, labels, c, np.arange(3), 3, {2: np.array([40])})
     assert cal.counts[2] == 0
     assert np.isfinite(cal.thresholds[2])
-    assert min(cal.thresholds[:2]) - 0.1 < cal.thresholds[2] < max(cal.thresholds[:2])
+    # a label taught from one drawing: the pooled threshold, capped by the known labels' pairs
+    assert cal.thresholds[2] < max(cal.thresholds[:2])
+    pairs = [normalize(emb[labels == k]) @ normalize(emb[labels == k]).T for k in (0, 1)]
+    cap = np.quantile(np.concatenate([p[np.triu_indices(20, 1)] for p in pairs]), 0.01)
+    assert cal.thresholds[2] <= cap + 1e-9
+    untaught = calibrate(emb, labels, c, np.arange(3), 3)  # the same drawing, not taught by the user
+    assert min(untaught.thresholds[:2]) - 0.1 < untaught.thresholds[2] < max(untaught.thresholds[:2])
     assert cal.to_manifest()["score"] == "max_cosine"
     assert len(cal.to_manifest()["thresholds"]) == 3  # type: ignore[arg-type]
 
@@ -166,3 +172,32 @@ def test_t_quantile_matches_tables() -> None:
     assert abs(t_quantile(0.975, 5) - 2.571) < 0.005
     assert abs(t_quantile(0.995, 20) - 2.845) < 0.002
     assert abs(t_quantile(0.99, 1e6) - 2.326) < 0.001
+
+
+def test_labels_taught_from_one_drawing_keep_their_fresh_drawings() -> None:
+    # One drawing says nothing of its label's spread; the pooled rule scored the known labels'
+    # examples against their prototypes, which a one-drawing row is not, and turned a tenth of real
+    # digits' right answers `unknown` (most of them here). The cap (what a one-drawing imprint gives
+    # another drawing of a known label) keeps fresh drawings; it rejects less than a calibrated
+    # label does (most of a cluster far from every label, not all).
+    turned, far_rejected = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        c = centres(15, rng)
+        memory = np.concatenate([cluster(c[k], 20, 1.0, rng) for k in range(10)])
+        single = np.concatenate([cluster(c[10 + k], 1, 1.0, rng) for k in range(5)])
+        emb = np.concatenate([single, memory])
+        labels = np.concatenate([np.arange(10, 15), np.repeat(np.arange(10), 20)])
+        rows = np.concatenate([c[:10], single])
+        sources = {10 + k: np.array([k]) for k in range(5)}
+        cal = calibrate(emb, labels, rows, np.arange(15), 15, sources, target_frr=0.01)
+        fresh = np.concatenate([cluster(c[10 + k], 100, 1.0, rng) for k in range(5)])
+        pred, _, _ = predict_open(fresh, rows, np.arange(15), 20.0, cal.thresholds)
+        right = pred == np.repeat(np.arange(10, 15), 100)
+        turned.append(np.sum(pred == -1) / max(1, np.sum(right | (pred == -1))))
+        away = rng.normal(size=D)
+        away -= np.linalg.lstsq(c.T, away, rcond=None)[0] @ c  # orthogonal to every label's centre
+        far = cluster(normalize(away[None, :])[0], 100, 0.3, rng)
+        far_rejected.append(np.mean(predict_open(far, rows, np.arange(15), 20.0, cal.thresholds)[0] == -1))
+    assert np.mean(turned) <= 0.08  # the pooled rule alone: 0.28
+    assert np.mean(far_rejected) >= 0.6  # measured 0.78

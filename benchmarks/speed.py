@@ -560,7 +560,8 @@ def cost(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
     big_pixels = np.concatenate(
         [np.roll(data.pixels, r % 5 - 2, axis=2) for r in range(-(-large // len(data.pixels)))]
     )
-    big_names = [data.labels[i % len(data.labels)] for i in range(large)]
+    # each copy keeps its drawing's own label (a shifted drawing of an umbrella is an umbrella)
+    big_names = [data.labels[data.ids[i % len(data.ids)]] for i in range(large)]
     big = write_batch(work / "cost-large.npz", big_pixels[:large], big_names, manifest)
     del big_pixels
     run = check(run_child(_update_cmd(big, model, work / "cost-large-out")), "update (large)")

@@ -21,6 +21,7 @@ def embed(
     constraint: ImageConstraint,
     batch: int = EMBED_BATCH,
     order: np.ndarray | None = None,
+    ahead: int = 0,
 ) -> np.ndarray:
     """Embeddings (float32 [N, D]) of uint8 examples through the frozen backbone, one session.
 
@@ -28,6 +29,8 @@ def embed(
     and never joined, and the embeddings are written into one array allocated once, so the
     memory an update holds is the pixels it was given plus N x D floats. With ``order`` (a
     permutation of the examples, counted across the arrays), row k is example ``order[k]``'s.
+    ``ahead`` rows are left unwritten before the first embedding ([ahead + N, D]): room for the
+    caller's own rows (the exemplar memory), so joining the two needs no second copy of N x D.
     """
     parts = [pixels] if isinstance(pixels, np.ndarray) else list(pixels)
     total = sum(len(p) for p in parts)
@@ -40,8 +43,8 @@ def embed(
         chunk = session.run([output], {input_name: to_model_input(pixel_chunk, constraint)})[0]
         chunk = chunk.reshape(len(chunk), -1)
         if out is None:
-            out = np.empty((total, chunk.shape[1]), np.float32)
-        out[row : row + len(chunk)] = chunk
+            out = np.empty((ahead + total, chunk.shape[1]), np.float32)
+        out[ahead + row : ahead + row + len(chunk)] = chunk
     return out if out is not None else np.zeros((0, 0), np.float32)
 
 

@@ -617,7 +617,9 @@ def sklearn_baselines(data: Data, log: Log) -> dict[str, Any] | None:
         def cached_embed(
             *args: Any, order: np.ndarray | None = None, _emb: np.ndarray = emb, **kw: Any
         ) -> Any:
-            return _emb if order is None else _emb[order]  # the embedding is timed apart
+            out = _emb if order is None else _emb[order]  # the embedding is timed apart
+            ahead = int(kw.get("ahead", 0))  # the room the update asks for before the embeddings
+            return np.concatenate([np.empty((ahead, out.shape[1]), np.float32), out]) if ahead else out
 
         algorithm.embed = cached_embed  # type: ignore[assignment]
         try:

@@ -267,11 +267,11 @@ def personalize_rows(
     # fitting.train wants, so the final training reads the pool itself, not a copy). From here on
     # the batch's embeddings are the pool's last rows (a view): one copy of them, not two.
     n_ex = len(ex_idx)
-    if room == n_ex and emb.dtype == np.float32:
+    if room == n_ex and len(emb) == n_ex + len(idx) and emb.dtype == np.float32:
         pool_emb = emb
         pool_emb[:n_ex] = ex_emb
-    else:
-        pool_emb = np.concatenate([ex_emb, emb[room:]], dtype=np.float32)
+    else:  # no room made (or not the memory's size): join them
+        pool_emb = np.concatenate([ex_emb, emb[len(emb) - len(idx) :]], dtype=np.float32)
     del emb
     emb = pool_emb[n_ex:]
 

@@ -290,8 +290,8 @@ def _one_shot_cap(emb: np.ndarray, labels: np.ndarray, taught: list[int], target
     the cap changes on real digits). The memory's pairs still sit closer than a user's drawings,
     so this is a cap, not a calibration: a one-drawing label rejects little."""
     pairs: list[np.ndarray] = []
-    known = np.setdiff1d(np.asarray(labels), np.asarray(taught, np.int64))
-    for label in distinct(known):
+    taught_set = set(taught)
+    for label in (int(k) for k in distinct(labels) if int(k) not in taught_set):
         unit = normalize(emb[np.flatnonzero(labels == label)])
         if len(unit) > 1:
             pairs.append((unit @ unit.T)[np.triu_indices(len(unit), 1)])

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from reliability_kit import NEW, ROOT, assert_healthy, cli, personalized, stale_entries, write_batch
 
-from mlpersonalize import store, updater
+from mlpersonalize import _ort, store, updater
 from mlpersonalize.batch import load_batch
 
 
@@ -98,6 +98,10 @@ def test_p3_rollback_never_steps_onto_a_version_whose_swap_was_killed(
     assert_healthy(home)
 
 
+@pytest.mark.skipif(
+    not _ort.has_training(),
+    reason="the ort engine's training folders: the portable engine writes none (onnxruntime-training-cpu absent)",
+)
 def test_p3_the_temp_folders_a_killed_update_left_are_removed_by_a_later_run(
     doodle_model: Path, tmp_path: Path
 ) -> None:

@@ -1,51 +1,119 @@
 """Measure the calibrated ``unknown``, the never-worse-than-imprinting choice and style rows / conflicts.
 
-    python -m benchmarks.calibration_study DIR [--seeds N] [--part calib|select|style|all]
+    python -m benchmarks.calibration_study [--model DIR] [--seeds N] [--shots 3,5]
+                                           [--per-digit N] [--part calib|select|style|all]
 
-DIR holds the saved embeddings of the bundled backbone (written by the lead's ``emb.py`` / ``style.py``):
-``digits_emb.npz`` (scikit-learn's 1,797 real handwritten digits rendered dark on light at 256x256
-and preprocessed, plus the package's exemplars ``ex_emb``/``ex_idx``, head rows ``W`` and ``scale``),
-``std_emb.npz`` (20 generated standard drawings of each of the 43 labels) and ``style_asterisk.npy`` /
-``style_filledstar.npy`` (60 generated drawings of "star" drawn another way). Tables go to stdout.
+The study behind the constants of mlpersonalize/calibration.py, selection.py and reteach.py, run on
+today's code: the cosine head's training is the update's own (heads/cosine.py's ``CosineHead.train``
+over fitting.py, on the exemplar memory then the batch), and the update itself is
+``update_algorithm.personalize_rows`` driven on embeddings as benchmarks/quality_rows.py drives it.
+
+Embeddings come from the model's own backbone (``--model``, default: the bundled one):
+
+* real handwriting: scikit-learn's 1,797 handwritten digits, rendered dark on a light or transparent
+  canvas at 256x256 and preprocessed as ``prepare`` does (benchmarks/real_digits.py); ``--per-digit``
+  keeps the first N of each digit;
+* 20 generated standard drawings of each of the model's labels;
+* 60 generated asterisk-drawn stars (benchmarks/styles.py; the bundled model reads them as ``sun``).
+
+Parts (tables go to stdout, each cell the mean over seeds with [min-max]):
+
+* ``calib``: the calibrated ``unknown``. Five digits taught next to the model's labels (their rows
+  imprinted, or imprinted and then trained), the other five as unknowns; thresholds from the exemplar
+  memory plus the batch. Right answers turned ``unknown`` (new digits; generated drawings of the
+  model's labels), untaught digits rejected, beside an oracle threshold on the max cosine set on the
+  held-out right answers themselves (and the same oracle on the max softmax probability: the
+  comparison behind calibration.py's choice of score) and the fixed 0.5 probability threshold. Then generated
+  drawings with 8 of the model's labels left out (their rows dropped) as the unknowns.
+* ``select``: never worse than imprinting. Two rounds of five digits through
+  ``personalize_rows``: imprinting alone (the same update with 0 epochs), the trained head always
+  (the cross-validated choice overridden), and the update as it ships (its choice); top-1 among all
+  labels on the held-out digits, and which head each round chose.
+* ``style``: conflicts (``find_conflicts`` on standard stars labelled ``circle``, circles labelled
+  ``star``, asterisks and standard stars labelled ``star``, and real digits as new labels) and style
+  rows (5 asterisks labelled ``star``, held-out = the other 55: the label's one row trained toward
+  them vs a style row from ``plan_style_rows`` then trained), with ``judge_learning``'s verdict.
+
+What no longer applies: the earlier study read embeddings saved by scripts outside the repository
+(a folder argument) and also measured "filled star" drawings; no generator for those exists here,
+so the style part measures asterisks only. The model needs ``star``, ``circle`` and ``sun`` labels
+for the style part (the bundled one has them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 
+from mlpersonalize import engines, selection
 from mlpersonalize.calibration import calibrate, label_cosines, label_probabilities, normalize, predict_open
+from mlpersonalize.embedding import embed
+from mlpersonalize.heads.cosine import CosineHead
+from mlpersonalize.manifest import BACKBONE_FILE
 from mlpersonalize.params import UpdateParams
 from mlpersonalize.reteach import find_conflicts, judge_learning, plan_style_rows
-from mlpersonalize.selection import choose_head
+from mlpersonalize.sample.doodles import make_dataset
 
-try:  # the trainer of the current update loop (numpy in, numpy out, ONNX Runtime training inside)
-    from mlpersonalize.training import select_exemplars, train_head
-except ImportError:  # after the restructure
-    from mlpersonalize.update_algorithm import select_exemplars, train_head  # type: ignore[no-redef]
+from .quality_rows import View, base_view, digit_pixels, update_once
+from .styles import style_drawings
 
-N_BASE = 43
+DEFAULT_MODEL = Path(__file__).parent.parent / "sample_models" / "doodles"
 
 
 class Data:
-    def __init__(self, folder: Path) -> None:
-        z = np.load(folder / "digits_emb.npz")
-        self.emb, self.y = z["emb"].astype(np.float32), z["y"]
-        self.W, self.scale = z["W"].astype(np.float32), float(z["scale"])
-        self.ex, self.exi = z["ex_emb"].astype(np.float32), z["ex_idx"]
-        std = np.load(folder / "std_emb.npz")
-        self.labels = list(std.files)
-        self.std = np.concatenate([std[name] for name in self.labels]).astype(np.float32)
-        self.std_y = np.repeat(np.arange(N_BASE), [len(std[name]) for name in self.labels])
-        self.styles = {
-            n: np.load(folder / f"style_{n}.npy").astype(np.float32) for n in ("asterisk", "filledstar")
-        }
+    """The model's head and memory, and the embeddings every part reads."""
+
+    def __init__(self, model: Path, per_digit: int | None, parts: set[str]) -> None:
+        self.view = base_view(model)
+        manifest = self.view.manifest
+        constraint = manifest.constraint
+        backbone = model / BACKBONE_FILE
+        head = CosineHead.read(self.view)
+        self.W, self.rl, self.scale = head.weight.astype(np.float32), head.row_label(), head.logit_scale
+        self.labels = list(manifest.labels)
+        self.n = len(self.labels)
+        ex, exi = self.view.memory
+        self.ex, self.exi = np.asarray(ex, np.float32), np.asarray(exi, np.int64)
+        pixels, y = digit_pixels(constraint)
+        if per_digit is not None:
+            keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_digit] for c in range(10)]))
+            pixels, y = pixels[keep], y[keep]
+        self.emb, self.y = embed(backbone, pixels, constraint).astype(np.float32), y
+        std_pix, self.std_y = make_dataset(self.labels, 20, seed=777, constraint=constraint)
+        self.std = embed(backbone, std_pix, constraint).astype(np.float32)
+        self.styles: dict[str, np.ndarray] = {}
+        if "style" in parts:
+            asterisks = style_drawings("asterisk", 60, 1, constraint)
+            self.styles["asterisk"] = embed(backbone, asterisks, constraint).astype(np.float32)
 
 
 def imprint_rows(emb: np.ndarray) -> np.ndarray:
     return normalize(normalize(emb).mean(axis=0)).astype(np.float32)
+
+
+def train_rows(
+    d: Data, start: np.ndarray, row_label: np.ndarray, pool: np.ndarray, lab: np.ndarray, seed: int
+) -> np.ndarray:
+    """``start`` trained as the update trains a cosine head: the pool is the exemplar memory (its
+    first ``len(d.ex)`` rows, rehearsed) then the batch; the model's rows are anchored, new
+    labels' rows less, style rows not at all (CosineHead.anchored_rows)."""
+    n_labels = int(max(int(row_label.max()) + 1, d.n))
+    labels = (*d.labels, *(f"new {i}" for i in range(n_labels - d.n)))
+    params = UpdateParams(seed=seed)
+    head = CosineHead(d.view, labels, params, engines.get(None))
+    head.adopt(row_label)
+    head.rehearsed = len(d.ex)
+    target = head.target_rows(start, pool, lab)
+    result = head.train(start, pool, target, params, None)
+    return np.asarray(result.weight, np.float32) if result.finite else start
 
 
 def split(
@@ -63,77 +131,86 @@ def oracle_reject(score_known: np.ndarray, score_unknown: np.ndarray, frr: float
     return float(np.mean(score_unknown < np.quantile(score_known, frr))) if len(score_known) else float("nan")
 
 
+def cell(values: list[float] | np.ndarray) -> str:
+    v = np.asarray(values, np.float64)
+    return f"{np.nanmean(v):.3f} [{np.nanmin(v):.2f}-{np.nanmax(v):.2f}]"
+
+
 # --- 1. calibrated unknown --------------------------------------------------------------------
 
 
-def study_calibration(d: Data, seeds: int) -> None:
-    print(
-        "\n## Calibrated unknown: real digits, round 1 (5 digits taught next to the 43 labels, 5 not taught)"
-    )
+def study_calibration(d: Data, seeds: int, shots_list: list[int]) -> None:
+    n = d.n
+    print(f"\n## Calibrated unknown: real digits, round 1 (5 digits taught next to the {n} labels, 5 not)")
     print("thresholds from the exemplar memory + the batch (the new rows' imprint optimism removed)")
     print(
-        "head | target | shots | top-1 new | right->unknown new | right->unknown 43 (generated)"
-        " | untaught digits rejected | oracle max-cos | fixed 0.5: rejected / right->unknown"
+        f"head | target | shots | top-1 new | right->unknown new | right->unknown {n} (generated)"
+        " | untaught digits rejected | oracle max-cos | oracle max-prob"
+        " | fixed 0.5: rejected / right->unknown"
     )
-    for head, target in (("imprinted", 0.05), ("imprinted", 0.03), ("trained", 0.05), ("trained", 0.03)):
-        for shots in (3, 5):
-            rec = []
-            for seed in range(seeds):
-                a, b, tr, _ = split(d, seed, shots)
-                xs = np.concatenate([tr[c] for c in a])
-                rows = np.concatenate([d.W, np.stack([imprint_rows(d.emb[tr[c]]) for c in a])])
-                rl = np.arange(len(rows))
-                cal_emb = np.concatenate([d.ex, d.emb[xs]])
-                cal_lab = np.concatenate([d.exi, np.repeat(np.arange(N_BASE, N_BASE + 5), shots)])
-                if head == "trained":
-                    rows = np.asarray(
-                        train_head(rows, d.scale, cal_emb, cal_lab, UpdateParams(seed=seed), N_BASE).weight
-                    )
-                imp = {N_BASE + i: len(d.ex) + np.arange(i * shots, (i + 1) * shots) for i in range(5)}
-                cal = calibrate(cal_emb, cal_lab, rows, rl, len(rows), imp, target_frr=target)
-                known = np.setdiff1d(np.flatnonzero(np.isin(d.y, a)), xs)
-                truth = np.array([N_BASE + list(a).index(c) for c in d.y[known]])
-                unknown = np.flatnonzero(np.isin(d.y, b))
-                pk, _, sk = predict_open(d.emb[known], rows, rl, d.scale, cal.thresholds)
-                raw = label_probabilities(d.emb[known], rows, rl, d.scale, len(rows))
-                right = raw.argmax(1) == truth
-                pu, _, su = predict_open(d.emb[unknown], rows, rl, d.scale, cal.thresholds)
-                ps, _, _ = predict_open(d.std, rows, rl, d.scale, cal.thresholds)
-                right_std = label_probabilities(d.std, rows, rl, d.scale, len(rows)).argmax(1) == d.std_y
-                pmax_u = label_probabilities(d.emb[unknown], rows, rl, d.scale, len(rows)).max(1)
-                rec.append(
-                    (
-                        right.mean(),
-                        np.mean(pk[right] == -1),
-                        np.mean(ps[right_std] == -1),
-                        np.mean(pu == -1),
-                        oracle_reject(sk[right], su),
-                        np.mean(pmax_u < 0.5),
-                        np.mean(raw.max(1)[right] < 0.5),
-                    )
-                )
-            m, lo, hi = np.mean(rec, 0), np.min(rec, 0), np.max(rec, 0)
-            print(
-                f"{head:9s} | {target:6.2f} | {shots:5d} | "
-                + " | ".join(f"{m[i]:.3f} [{lo[i]:.2f}-{hi[i]:.2f}]" for i in range(5))
-                + f" | {m[5]:.3f} / {m[6]:.3f}"
-            )
-    print(
-        "\n## Calibrated unknown: generated drawings, 8 of the 43 labels left out "
-        "(their rows dropped) as unknowns"
-    )
-    print(
-        "target | top-1 kept | right->unknown kept | left-out labels rejected"
-        " | oracle max-cos | fixed 0.5 rejected"
-    )
-    for target in (0.05, 0.03):
-        rec = []
+    recs: dict[tuple[str, float, int], list[tuple[float, ...]]] = {}
+    for shots in shots_list:
         for seed in range(seeds):
-            out = np.random.default_rng(100 + seed).choice(N_BASE, 8, replace=False)
-            keep = np.setdiff1d(np.arange(N_BASE), out)
-            remap = -np.ones(N_BASE, np.int64)
+            a, b, tr, _ = split(d, seed, shots)
+            xs = np.concatenate([tr[c] for c in a])
+            imprinted = np.concatenate([d.W, np.stack([imprint_rows(d.emb[tr[c]]) for c in a])])
+            rl = np.concatenate([d.rl, np.arange(n, n + 5)])
+            cal_emb = np.concatenate([d.ex, d.emb[xs]])
+            cal_lab = np.concatenate([d.exi, np.repeat(np.arange(n, n + 5), shots)])
+            heads = {"imprinted": imprinted, "trained": train_rows(d, imprinted, rl, cal_emb, cal_lab, seed)}
+            first = len(d.W)
+            imp = {first + i: len(d.ex) + np.arange(i * shots, (i + 1) * shots) for i in range(5)}
+            known = np.setdiff1d(np.flatnonzero(np.isin(d.y, a)), xs)
+            truth = np.array([n + list(a).index(c) for c in d.y[known]])
+            unknown = np.flatnonzero(np.isin(d.y, b))
+            for head, rows in heads.items():
+                raw = label_probabilities(d.emb[known], rows, rl, d.scale, n + 5)
+                right = raw.argmax(1) == truth
+                right_std = label_probabilities(d.std, rows, rl, d.scale, n + 5).argmax(1) == d.std_y
+                pmax_u = label_probabilities(d.emb[unknown], rows, rl, d.scale, n + 5).max(1)
+                prob_oracle = oracle_reject(raw.max(1)[right], pmax_u)
+                for target in (0.05, 0.03, 0.01):
+                    cal = calibrate(cal_emb, cal_lab, rows, rl, n + 5, imp, target_frr=target)
+                    pk, _, sk = predict_open(d.emb[known], rows, rl, d.scale, cal.thresholds)
+                    pu, _, su = predict_open(d.emb[unknown], rows, rl, d.scale, cal.thresholds)
+                    ps, _, _ = predict_open(d.std, rows, rl, d.scale, cal.thresholds)
+                    recs.setdefault((head, target, shots), []).append(
+                        (
+                            right.mean(),
+                            np.mean(pk[right] == -1),
+                            np.mean(ps[right_std] == -1),
+                            np.mean(pu == -1),
+                            oracle_reject(sk[right], su),
+                            prob_oracle,
+                            np.mean(pmax_u < 0.5),
+                            np.mean(raw.max(1)[right] < 0.5),
+                        )
+                    )
+    for (head, target, shots), rec in sorted(recs.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2])):
+        r = np.array(rec)
+        print(
+            f"{head:9s} | {target:6.2f} | {shots:5d} | "
+            + " | ".join(cell(r[:, i]) for i in range(6))
+            + f" | {r[:, 6].mean():.3f} / {r[:, 7].mean():.3f}"
+        )
+
+    print(
+        f"\n## Calibrated unknown: generated drawings, 8 of the {n} labels left out "
+        "(rows dropped) as unknowns"
+    )
+    print(
+        "target | top-1 kept | right->unknown kept | left-out labels rejected | oracle max-cos"
+        " | fixed 0.5 rejected"
+    )
+    for target in (0.05, 0.03, 0.01):
+        rec2 = []
+        for seed in range(seeds):
+            out = np.random.default_rng(100 + seed).choice(n, 8, replace=False)
+            keep = np.setdiff1d(np.arange(n), out)
+            remap = -np.ones(n, np.int64)
             remap[keep] = np.arange(len(keep))
-            rows, rl = d.W[keep], np.arange(len(keep))
+            row_kept = np.isin(d.rl, keep)
+            rows, rl = d.W[row_kept], remap[d.rl[row_kept]]
             ex_mask = np.isin(d.exi, keep)
             cal = calibrate(d.ex[ex_mask], remap[d.exi[ex_mask]], rows, rl, len(keep), target_frr=target)
             km, um = np.isin(d.std_y, keep), np.isin(d.std_y, out)
@@ -143,7 +220,7 @@ def study_calibration(d: Data, seeds: int) -> None:
             right = raw.argmax(1) == truth
             pu, _, su = predict_open(d.std[um], rows, rl, d.scale, cal.thresholds)
             pmax_u = label_probabilities(d.std[um], rows, rl, d.scale, len(keep)).max(1)
-            rec.append(
+            rec2.append(
                 (
                     right.mean(),
                     np.mean(pk[right] == -1),
@@ -152,108 +229,99 @@ def study_calibration(d: Data, seeds: int) -> None:
                     np.mean(pmax_u < 0.5),
                 )
             )
-        m, lo, hi = np.mean(rec, 0), np.min(rec, 0), np.max(rec, 0)
-        print(f"{target:6.2f} | " + " | ".join(f"{m[i]:.3f} [{lo[i]:.2f}-{hi[i]:.2f}]" for i in range(5)))
+        r = np.array(rec2)
+        print(f"{target:6.2f} | " + " | ".join(cell(r[:, i]) for i in range(5)))
 
 
 # --- 2. never worse than imprinting -----------------------------------------------------------
 
 
+@contextlib.contextmanager
+def always_trained() -> Iterator[None]:
+    """personalize_rows with its choice overridden: the head trained on the whole pool, always."""
+
+    def choose(
+        emb: np.ndarray,
+        labels: np.ndarray,
+        in_batch: np.ndarray,
+        row_label: np.ndarray,
+        scale: float,
+        imprint: selection.RowsFn,
+        train: selection.RowsFn,
+        **_: Any,
+    ) -> selection.HeadChoice:
+        return selection.HeadChoice(1.0, train(np.arange(len(labels))))
+
+    with mock.patch.object(selection, "choose_head", choose):
+        yield
+
+
 def update_round(
-    d: Data,
-    W: np.ndarray,
-    ex: np.ndarray,
-    exi: np.ndarray,
-    xe: np.ndarray,
-    xi: np.ndarray,
-    method: str,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """One update as the loop would run it; every user-taught label re-imprinted from its drawings."""
-    n_old = len(W)
-    new = sorted(set(xi.tolist()) - set(range(n_old)))
-    pool = np.concatenate([xe, ex])
-    lab = np.concatenate([xi, exi])
-    in_batch = np.arange(len(lab)) < len(xi)
-
-    def imprint(pos: np.ndarray) -> np.ndarray:
-        taught = [*range(N_BASE, n_old), *new]
-        rows = [imprint_rows(pool[pos][lab[pos] == r]) if np.any(lab[pos] == r) else W[r] for r in taught]
-        return np.concatenate([W[:N_BASE], np.stack(rows)]).astype(np.float32)
-
-    def train(pos: np.ndarray) -> np.ndarray:
-        return train_head(imprint(pos), d.scale, pool[pos], lab[pos], UpdateParams(seed=seed), n_old).weight
-
-    everything = np.arange(len(lab))
-    name = method
-    if method == "imprint":
-        rows = imprint(everything)
-    elif method == "train":
-        rows = train(everything)
-    else:
-        choice = choose_head(
-            pool, lab, in_batch, np.arange(n_old + len(new)), d.scale, imprint, train, seed=seed
-        )
-        rows, name = choice.rows, choice.name
-    ex2, exi2 = select_exemplars(np.concatenate([ex, xe]), np.concatenate([exi, xi]), 20)
-    return rows, ex2, exi2, name
+    view: View, d: Data, pos: np.ndarray, names: list[str], method: str, seed: int
+) -> tuple[View, str]:
+    """One ``update`` of the digits at ``pos`` (personalize_rows on their embeddings)."""
+    params = UpdateParams(seed=seed, epochs=0) if method == "imprint" else UpdateParams(seed=seed)
+    batch = [names[int(c)] for c in d.y[pos]]
+    with always_trained() if method == "train" else contextlib.nullcontext():
+        new_view, out = update_once(view, d.emb[pos], batch, params)
+    head = str(out.history["selection"]["head"])
+    return new_view, ("r" if out.history.get("refused") else "") + head[:1]
 
 
-def study_selection(d: Data, seeds: int) -> None:
-    print("\n## Never worse than imprinting: real digits, two rounds of five labels, top-1 among all labels")
+def top1(view: View, d: Data, pos: np.ndarray, names: list[str]) -> float:
+    head = CosineHead.read(view)
+    labels = view.manifest.labels
+    truth = np.array([labels.index(names[int(c)]) for c in d.y[pos]])
+    prob = label_probabilities(d.emb[pos], head.weight, head.row_label(), head.logit_scale, len(labels))
+    return float(np.mean(prob.argmax(1) == truth))
+
+
+def study_selection(d: Data, seeds: int, shots_list: list[int]) -> None:
     print(
-        "shots | method | round 1 new | round 2 new | round 1's labels after round 2 | chosen heads (r1/r2)"
+        "\n## Never worse than imprinting: real digits, two `update` rounds of five labels, "
+        "top-1 among all labels"
     )
-
-    def acc(rows: np.ndarray, idx: np.ndarray, truth: np.ndarray) -> float:
-        p = label_probabilities(d.emb[idx], rows, np.arange(len(rows)), d.scale, len(rows))
-        return float(np.mean(p.argmax(1) == truth))
-
-    for shots in (3, 5):
+    print("shots | method | round 1 new | round 2 new | round 1's labels after round 2 | heads (r1/r2)")
+    names = [f"digit {c}" for c in range(10)]
+    for shots in shots_list:
         res: dict[str, np.ndarray] = {}
         for method in ("imprint", "train", "chosen"):
-            rec, names = [], []
+            rec, chosen = [], []
             for seed in range(seeds):
                 a, b, tr, te = split(d, seed, shots)
-                row = {c: N_BASE + i for i, c in enumerate([*a, *b])}
-                x1 = np.concatenate([tr[c] for c in a])
-                W1, ex1, exi1, n1 = update_round(
-                    d, d.W, d.ex, d.exi, d.emb[x1], np.array([row[c] for c in d.y[x1]]), method, seed
-                )
-                x2 = np.concatenate([tr[c] for c in b])
-                W2, _, _, n2 = update_round(
-                    d, W1, ex1, exi1, d.emb[x2], np.array([row[c] for c in d.y[x2]]), method, seed
-                )
+                v1, n1 = update_round(d.view, d, np.concatenate([tr[c] for c in a]), names, method, seed)
+                v2, n2 = update_round(v1, d, np.concatenate([tr[c] for c in b]), names, method, seed)
                 t1 = np.concatenate([te[c] for c in a])
                 t2 = np.concatenate([te[c] for c in b])
-                l1 = np.array([row[c] for c in d.y[t1]])
-                l2 = np.array([row[c] for c in d.y[t2]])
-                rec.append((acc(W1, t1, l1), acc(W2, t2, l2), acc(W2, t1, l1)))
-                names.append(f"{n1[:1]}/{n2[:1]}")
+                rec.append((top1(v1, d, t1, names), top1(v2, d, t2, names), top1(v2, d, t1, names)))
+                chosen.append(f"{n1}/{n2}")
             res[method] = np.array(rec)
-            m, lo, hi = res[method].mean(0), res[method].min(0), res[method].max(0)
             print(
                 f"{shots:5d} | {method:7s} | "
-                + " | ".join(f"{m[i]:.3f} [{lo[i]:.2f}-{hi[i]:.2f}]" for i in range(3))
-                + (" | " + " ".join(names) if method == "chosen" else "")
+                + " | ".join(cell(res[method][:, i]) for i in range(3))
+                + " | "
+                + " ".join(chosen)
             )
         diff = res["chosen"] - res["imprint"]
         print(
             f"      | chosen - imprint, worst seed: {diff.min(0).round(3).tolist()}; "
             f"seeds worse by > 0.5 point: {int(np.sum(np.any(diff < -0.005, axis=1)))} of {seeds}"
         )
+    print("heads: i = imprinted, t = trained (r: conflicts named, run again as with --force)")
 
 
 # --- 3. style rows, conflicts, learned nothing --------------------------------------------------
 
 
 def study_style(d: Data, seeds: int) -> None:
-    W, s = d.W, d.scale
-    star, circle, sun = (d.labels.index(n) for n in ("star", "circle", "sun"))
-    base_rl = np.arange(N_BASE)
+    if not {"star", "circle", "sun"} <= set(d.labels):
+        print("\n## Style rows and conflicts: skipped (the model has no 'star', 'circle' and 'sun' labels)")
+        return
+    W, s, base_rl, n = d.W, d.scale, d.rl, d.n
+    star, circle, sun = (d.labels.index(name) for name in ("star", "circle", "sun"))
 
     def reads(rows: np.ndarray, rl: np.ndarray, e: np.ndarray) -> np.ndarray:
-        return label_probabilities(e, rows, rl, s, N_BASE).argmax(1)
+        return label_probabilities(e, rows, rl, s, n).argmax(1)
 
     print(
         "\n## Conflicts: generated drawings labelled by a user (find_conflicts: read as another label "
@@ -263,7 +331,6 @@ def study_style(d: Data, seeds: int) -> None:
         ("standard stars labelled circle", d.std[d.std_y == star], circle),
         ("standard circles labelled star", d.std[d.std_y == circle], star),
         ("asterisks labelled star", d.styles["asterisk"], star),
-        ("filled stars labelled star", d.styles["filledstar"], star),
         ("standard stars labelled star", d.std[d.std_y == star], star),
     ]
     for name, e, lab in cases:
@@ -275,110 +342,119 @@ def study_style(d: Data, seeds: int) -> None:
         a, _, tr, _ = split(d, seed, 5)
         xs = np.concatenate([tr[c] for c in a])
         _, mask = find_conflicts(
-            d.emb[xs], np.repeat(np.arange(N_BASE, N_BASE + 5), 5), W, base_rl, s, d.ex, d.exi
+            d.emb[xs], np.repeat(np.arange(n, n + 5), 5), W, base_rl, s, d.ex, d.exi, new_from=n
         )
         digit_flags.append(mask.mean())
     print(
         f"{'real digits as new labels':32s} would-be conflicts "
-        "(read as a known label, sure, in its territory): "
-        f"{np.mean(digit_flags):.3f} of drawings"
+        f"(read as a known label, sure, in its territory): {np.mean(digit_flags):.3f} of drawings"
     )
 
+    print("\n## Style rows: 5 asterisks labelled 'star'; held-out = the other 55 (generated drawings)")
     print(
-        "\n## Style rows: 5 drawings of a known label drawn another way, labelled with it; "
-        "held-out = the other 55"
+        f"method | held-out asterisks -> star (before) | standard stars -> star | all {n} labels (before)"
+        " | learned?"
     )
-    print(
-        "style | method | held-out style -> label (before) | standard drawings of the label"
-        " | all 43 labels (before) | learned?"
-    )
-
-    def train_fn(start: np.ndarray, e: np.ndarray, t: np.ndarray, seed: int, anchor: int) -> np.ndarray:
-        return np.asarray(train_head(start, s, e, t, UpdateParams(seed=seed), anchor).weight)
-
     before_all = float(np.mean(reads(W, base_rl, d.std) == d.std_y))
-    for style, drawings in d.styles.items():
-        for method in ("one row", "style row"):
-            rec, verdicts = [], []
-            for seed in range(seeds):
-                perm = np.random.default_rng(seed).permutation(len(drawings))
-                batch, held = drawings[perm[:5]], drawings[perm[5:]]
-                lab = np.full(5, star)
-                before = float(np.mean(reads(W, base_rl, held) == star))
-                if method == "one row":
-                    rows, rl = (
-                        train_fn(
-                            W, np.concatenate([d.ex, batch]), np.concatenate([d.exi, lab]), seed, N_BASE
-                        ),
-                        base_rl,
-                    )
-                else:
-                    _, mask = find_conflicts(batch, lab, W, base_rl, s, d.ex, d.exi)
-                    plan = plan_style_rows(batch, lab, W, base_rl, s, skip=mask)
-                    target = lab.copy()
-                    for r, pos in plan.added.items():
-                        target[pos] = r
-                    rows = train_fn(
-                        plan.rows,
-                        np.concatenate([d.ex, batch]),
-                        np.concatenate([d.exi, target]),
-                        seed,
-                        N_BASE,
-                    )
-                    rl = plan.row_label
-                after_right = reads(rows, rl, held) == star
-                rec.append(
-                    (
-                        before,
-                        after_right.mean(),
-                        np.mean(reads(rows, rl, d.std[d.std_y == star]) == star),
-                        np.mean(reads(rows, rl, d.std) == d.std_y),
-                    )
+    drawings = d.styles["asterisk"]
+    for method in ("one row", "style row"):
+        rec, verdicts = [], []
+        for seed in range(seeds):
+            perm = np.random.default_rng(seed).permutation(len(drawings))
+            batch, held = drawings[perm[:5]], drawings[perm[5:]]
+            taught = np.full(5, star)
+            pool = np.concatenate([d.ex, batch])
+            before = float(np.mean(reads(W, base_rl, held) == star))
+            if method == "one row":
+                rows = train_rows(d, W, base_rl, pool, np.concatenate([d.exi, taught]), seed)
+                rl = base_rl
+            else:
+                _, mask = find_conflicts(batch, taught, W, base_rl, s, d.ex, d.exi)
+                plan = plan_style_rows(batch, taught, W, base_rl, s, skip=mask)
+                rl = plan.row_label
+                rows = train_rows(d, plan.rows, rl, pool, np.concatenate([d.exi, taught]), seed)
+            after_right = reads(rows, rl, held) == star
+            rec.append(
+                (
+                    before,
+                    after_right.mean(),
+                    np.mean(reads(rows, rl, d.std[d.std_y == star]) == star),
+                    np.mean(reads(rows, rl, d.std) == d.std_y),
                 )
-                verdict = judge_learning(
-                    reads(W, base_rl, held) == star, after_right, np.full(len(held), star), d.labels
-                )
-                verdicts.append(verdict.learned)
-            m = np.mean(rec, 0)
-            print(
-                f"{style:10s} | {method:9s} | {m[1]:.3f} ({m[0]:.3f}) | {m[2]:.3f} | "
-                f"{m[3]:.3f} ({before_all:.3f}) | "
-                f"{sum(verdicts)}/{len(verdicts)}"
             )
+            verdict = judge_learning(
+                reads(W, base_rl, held) == star, after_right, np.full(len(held), star), d.labels
+            )
+            verdicts.append(verdict.learned)
+        m = np.mean(rec, 0)
+        print(
+            f"{method:9s} | {m[1]:.3f} ({m[0]:.3f}) | {m[2]:.3f} | {m[3]:.3f} ({before_all:.3f}) | "
+            f"{sum(verdicts)}/{len(verdicts)}"
+        )
     swapped = d.std[d.std_y == star]
-    rows = train_fn(
-        W, np.concatenate([d.ex, swapped]), np.concatenate([d.exi, np.full(len(swapped), circle)]), 0, N_BASE
-    )
-    conflicts, _ = find_conflicts(swapped, np.full(len(swapped), circle), W, base_rl, s, d.ex, d.exi)
+    circles = np.full(len(swapped), circle)
+    rows = train_rows(d, W, base_rl, np.concatenate([d.ex, swapped]), np.concatenate([d.exi, circles]), 0)
+    conflicts, _ = find_conflicts(swapped, circles, W, base_rl, s, d.ex, d.exi)
     verdict = judge_learning(
         reads(W, base_rl, swapped) == circle,
         reads(rows, base_rl, swapped) == circle,
-        np.full(len(swapped), circle),
+        circles,
         d.labels,
         conflicts,
     )
-    print(f"\nstars labelled circle, trained as today: learned={verdict.learned}; reason: {verdict.reason}")
-    cos = label_cosines(d.styles["asterisk"], W, base_rl, N_BASE)
+    print(
+        f"\nstars labelled circle, the one row trained: learned={verdict.learned}; reason: {verdict.reason}"
+    )
+    cos = label_cosines(d.styles["asterisk"], W, base_rl, n)
     print(
         f"asterisks: median cosine to the sun row {np.median(cos[:, sun]):.3f}, "
         f"to the star row {np.median(cos[:, star]):.3f}"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--seeds", type=int, default=10)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--shots", default="3,5", help="drawings per taught digit, comma-separated")
+    parser.add_argument("--per-digit", type=int, default=None, help="keep the first N drawings of each digit")
     parser.add_argument("--part", choices=("calib", "select", "style", "all"), default="all")
-    args = parser.parse_args()
-    d = Data(args.folder)
-    if args.part in ("calib", "all"):
-        study_calibration(d, args.seeds)
-    if args.part in ("select", "all"):
-        study_selection(d, args.seeds)
-    if args.part in ("style", "all"):
+    args = parser.parse_args(argv)
+    try:
+        shots_list = [int(v) for v in args.shots.split(",")]
+    except ValueError:
+        print(f"Error: --shots must be comma-separated integers, got {args.shots!r}", file=sys.stderr)
+        return 2
+    if (
+        args.seeds < 1
+        or min(shots_list) < 1
+        or (args.per_digit is not None and args.per_digit <= max(shots_list))
+    ):
+        print("Error: --seeds and --shots must be at least 1, --per-digit more than --shots", file=sys.stderr)
+        return 2
+    if not (args.model / BACKBONE_FILE).is_file():
+        print(f"Error: no model package at {args.model}", file=sys.stderr)
+        return 1
+    parts = {"calib", "select", "style"} if args.part == "all" else {args.part}
+    started = time.perf_counter()
+    try:
+        d = Data(args.model, args.per_digit, parts)
+    except RuntimeError as exc:  # scikit-learn missing (the bench extra)
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"# calibration study: {args.model.name}, {len(d.y)} real digits, {len(d.std)} generated drawings, "
+        f"seeds {args.seeds}, shots {shots_list}"
+    )
+    if "calib" in parts:
+        study_calibration(d, args.seeds, shots_list)
+    if "select" in parts:
+        study_selection(d, args.seeds, shots_list)
+    if "style" in parts:
         study_style(d, args.seeds)
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

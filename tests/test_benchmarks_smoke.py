@@ -163,3 +163,50 @@ def test_real_digits_render_as_user_drawings() -> None:
     assert a.test != b.test and sorted(a.order) == list(range(10))
     for d in range(10):
         assert not set(a.train[d]) & set(a.test[d])  # never tested on a taught drawing
+
+
+def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[str]) -> None:
+    """The study cited by calibration.py, selection.py and reteach.py runs (its smallest size, the
+    bundled model) and prints every table: imprinting alone never trains, the forced trained head
+    always does, and a style row teaches held-out asterisks 'star' where the one row does not."""
+    pytest.importorskip("sklearn")  # the real digits are scikit-learn's (the bench extra)
+    from benchmarks import calibration_study
+
+    code = calibration_study.main(["--seeds", "1", "--shots", "3", "--per-digit", "20"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for heading in (
+        "## Calibrated unknown: real digits",
+        "## Calibrated unknown: generated drawings",
+        "## Never worse than imprinting",
+        "## Conflicts",
+        "## Style rows",
+    ):
+        assert heading in out, heading
+    lines = out.splitlines()
+    calib = [line for line in lines if line.startswith(("imprinted |", "trained   |"))]
+    assert len(calib) == 6  # two heads x three targets x one shots count
+    for line in calib:
+        shares = [float(c.split()[0]) for c in line.split(" | ")[3:9]]
+        assert all(0.0 <= v <= 1.0 for v in shares), line
+    heads = {
+        line.split(" | ")[1].strip(): line.rsplit(" | ", 1)[1] for line in lines if line.startswith("    3 |")
+    }
+    assert heads["imprint"] == "i/i" and heads["train"] == "t/t", heads
+    assert heads["chosen"] in {"i/i", "i/t", "t/i", "t/t"}
+    style = {
+        line.split(" | ")[0].strip(): line for line in lines if line.startswith(("one row", "style row"))
+    }
+    assert float(style["style row"].split(" | ")[1].split()[0]) > float(
+        style["one row"].split(" | ")[1].split()[0]
+    )
+    assert "stars labelled circle, the one row trained: learned=False" in out
+
+
+def test_calibration_study_refuses_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from benchmarks import calibration_study
+
+    assert calibration_study.main(["--shots", "three"]) == 2
+    assert calibration_study.main(["--model", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("Error: ") for line in err)

@@ -122,7 +122,8 @@ def personalize(
     # A row kind trains on the exemplar memory followed by the batch: the embeddings are written
     # after room for the memory, so that pool is this one array (at 100,000 examples of the 256-d
     # backbone, joining them afterwards took a second 100 MB copy: 361 MiB peak instead of 260).
-    ahead = len(package.exemplars()[1]) if head.selects else 0
+    memory = package.exemplars()  # read once: the row kinds' pool, the other kinds' rehearsal
+    ahead = len(memory[1]) if head.selects else 0
     pixels = [batch.pixels for batch in batches]
     embedded = [embed(package.path / BACKBONE_FILE, pixels, manifest.constraint, ahead=ahead)]
     del pixels
@@ -141,10 +142,10 @@ def personalize(
             max_drop,
             emit,
             force,
-            room=ahead,
+            memory=memory,
         )
     emb = embedded[0]
-    ex_emb, ex_idx = package.exemplars()
+    ex_emb, ex_idx = memory
     rehearse = head.rehearsal(ex_emb, ex_idx)
     n_old = len(old_labels)
     known_held = held_pos[idx[held_pos] < n_old]
@@ -251,26 +252,27 @@ def personalize_rows(
     max_drop: float,
     emit: Event,
     force: bool,
-    room: int = 0,
+    memory: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Outcome:
     """Steps 2-6 for a kind whose rows are unit vectors with labels (see the module docstring).
 
-    ``room``: ``emb``'s first rows are free (``embedding.embed``'s ``ahead``); when they are as many
-    as the exemplar memory's, the memory is written there and ``emb`` is the training pool itself.
+    ``memory``: the package's exemplar memory, already read, for which ``emb`` holds that many free
+    rows before the batch's (``embedding.embed``'s ``ahead``): it is written there and ``emb`` is
+    the training pool itself. None: read from the package and joined to ``emb`` (the batch's only).
     """
     n_labels = len(labels)
     n_old = n_labels - len(added)
     old_rows = np.asarray(head.old_weight, np.float32)
     old_rl = np.asarray(head.row_label, np.int64)
-    ex_emb, ex_idx = package.exemplars()
+    ex_emb, ex_idx = memory if memory is not None else package.exemplars()
     # The pool cross-validation and training see: the exemplar memory, then the batch (the order
     # fitting.train wants, so the final training reads the pool itself, not a copy). From here on
     # the batch's embeddings are the pool's last rows (a view): one copy of them, not two.
     n_ex = len(ex_idx)
-    if room == n_ex and len(emb) == n_ex + len(idx) and emb.dtype == np.float32:
+    if memory is not None and len(emb) == n_ex + len(idx) and emb.dtype == np.float32:
         pool_emb = emb
         pool_emb[:n_ex] = ex_emb
-    else:  # no room made (or not the memory's size): join them
+    else:  # no room made for the memory (a caller's own embeddings): join them
         pool_emb = np.concatenate([ex_emb, emb[len(emb) - len(idx) :]], dtype=np.float32)
     del emb
     emb = pool_emb[n_ex:]

@@ -112,7 +112,7 @@ def test_an_interrupt_that_a_c_extension_reports_as_its_own_import_error_is_stil
 
     def stopped_during_an_import(*args: object, **kwargs: object) -> None:
         with pytest.raises(KeyboardInterrupt):
-            app_module._sigterm(15, None)
+            app_module._interrupt(15, None)
         raise ImportError("initialization failed")
 
     monkeypatch.setattr(app_module, "_app_for", lambda args: stopped_during_an_import)

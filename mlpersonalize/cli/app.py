@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from importlib.machinery import ExtensionFileLoader
 from types import FrameType
 from typing import Annotated, Any
 
@@ -106,8 +107,6 @@ def _in_extension_init(frame: FrameType | None) -> bool:
     ``std::terminate`` (exit -6) or the process segfaults (-11); seen 3 times in 24 runs of
     tests/test_cli_field.py's random-SIGTERM test on loaded cores, with the traceback in
     ``onnx/__init__.py``'s import of its C module."""
-    from importlib.machinery import ExtensionFileLoader
-
     while frame is not None:
         if frame.f_code.co_name in ("create_module", "exec_module") and isinstance(
             frame.f_locals.get("self"), ExtensionFileLoader
@@ -134,7 +133,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 RESEND_AFTER = 0.02  # seconds; an extension's initialisation takes milliseconds
 _resends: list[threading.Timer] = []  # cancelled when the run ends (an in-process caller's handlers)
-_sigterm = _sigint = _interrupt
 
 
 def _error_line(message: str) -> None:
@@ -157,8 +155,7 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, map every failure to one line and a documented code."""
-    saved = {signal.SIGTERM: signal.signal(signal.SIGTERM, _sigterm)}
-    saved[signal.SIGINT] = signal.signal(signal.SIGINT, _sigint)
+    saved = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     debug = bool(os.environ.get("MLPERSONALIZE_DEBUG"))
     store = sys.modules.get("mlpersonalize.store")
     if store is not None:  # a new run (in-process callers run several) has committed nothing yet

@@ -15,6 +15,7 @@ import re
 import tempfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,6 +40,52 @@ READ_CHUNK = 1024**2  # bytes per read of a member's data
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
+class PixelFile:
+    """A batch file's pixels left on disk, read ``rows`` examples at a time (an update embeds them
+    in chunks, so only one chunk of pixels is ever in memory: at 100,000 28x28 drawings the whole
+    array was 75 MiB of a 333 MiB peak).
+
+    The file stays open from :func:`load_batch` on, so the bytes read are the ones whose header
+    was checked even if the file is replaced meanwhile. Any problem reading them (truncated, a
+    damaged member) is a BatchError naming the file.
+    """
+
+    def __init__(self, handle: BinaryIO, shape: tuple[int, ...], where: str) -> None:
+        self._handle = handle
+        self.shape = shape
+        self.where = where
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """The pixels in order, ``rows`` examples (uint8 [rows, H, W, C]) at a time."""
+        where = f"{self.where}: member pixels"
+        try:
+            self._handle.seek(0)
+            with zipfile.ZipFile(self._handle) as archive, archive.open("pixels.npy") as member:
+                shape, _ = _header(member, "pixels", self.where)
+                if shape != self.shape:
+                    raise BatchError(f"{self.where} changed while it was read")
+                for start in range(0, self.shape[0], max(1, rows)):
+                    n = min(rows, self.shape[0] - start)
+                    yield _read_data(member, (n, *self.shape[1:]), self.dtype, where)
+                if member.read(1):
+                    raise BatchError(f"{where} holds more bytes than its header declares")
+        except BatchError:
+            raise
+        except Exception as exc:  # CRC mismatch, damaged deflate stream, I/O error
+            reason = f"{type(exc).__name__}: {exc}"
+            raise BatchError(f"{self.where} is damaged or not a batch file ({reason})") from None
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 @dataclass(frozen=True, eq=False)
 class Batch:
     """Training examples prepared for one model: pixels, labels and where each came from."""
@@ -51,6 +98,8 @@ class Batch:
     model_id: str
     model_name: str
     schema_version: int = SCHEMA_VERSION
+    # load_batch(streamed=True): the pixels stay in the file (``pixels`` is then empty) until read
+    pixel_file: PixelFile | None = None
 
     def label_counts(self) -> dict[str, int]:
         """Examples per label, sorted by label."""
@@ -59,10 +108,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def pixel_source(self) -> np.ndarray | PixelFile:
+        """What an update embeds: the pixels, or the file they are streamed from."""
+        return self.pixel_file if self.pixel_file is not None else self.pixels
+
     def release_pixels(self) -> None:
         """Let the pixels go (an update that has embedded them needs them no more): ``pixels``
-        becomes an empty array of the same kind; labels, sources and digests stay."""
+        becomes an empty array of the same kind (a streamed batch closes its file); labels,
+        sources and digests stay."""
         object.__setattr__(self, "pixels", np.zeros((0, *self.pixels.shape[1:]), self.pixels.dtype))
+        if self.pixel_file is not None:
+            self.pixel_file.close()
+            object.__setattr__(self, "pixel_file", None)
 
     @classmethod
     def from_pixels(
@@ -86,8 +143,8 @@ class Batch:
 
 def validate(batch: Batch, where: str) -> None:
     """Raise BatchError unless every field of ``batch`` is well-formed and consistent."""
-    pixels, n = batch.pixels, len(batch.labels)
-    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 4:
+    pixels, n = batch.pixel_source(), len(batch.labels)
+    if not isinstance(pixels, (np.ndarray, PixelFile)) or pixels.dtype != np.uint8 or len(pixels.shape) != 4:
         raise BatchError(f"{where}: pixels must be a uint8 array of shape (N, H, W, C)")
     if tuple(pixels.shape[1:]) != batch.constraint.shape:
         raise BatchError(
@@ -244,9 +301,10 @@ def file_sha256(path: Path) -> str:
         raise BatchError(f"cannot read batch {path}: {exc.strerror or exc}") from exc
 
 
-# What one update holds in memory grows with its examples: their pixels, then one embedding each
-# (plus a copy of the embeddings while a pass trains). Past this many bytes of pixels an update
-# is refused before anything is read: 684,784 28x28 grey drawings (100,000 peaked at ~280 MB).
+# What one update holds in memory grows with its examples: one embedding each and the batch's
+# label, source and digest strings (the pixels are streamed through the backbone, a chunk at a
+# time). Past this many bytes of pixels an update is refused before anything is read: 684,784
+# 28x28 grey drawings (100,000 of them peaked at 265 MiB with the bundled 256-d backbone).
 MAX_UPDATE_PIXEL_BYTES = 512 * 1024**2
 
 
@@ -302,12 +360,19 @@ def _describe(c: ImageConstraint) -> str:
     return f"{c.width}x{c.height} {c.color} (ink {c.ink})"
 
 
-def load_batch(path: Path) -> Batch:
-    """Read and validate a batch file; any problem is a BatchError naming the file."""
+def load_batch(path: Path, streamed: bool = False) -> Batch:
+    """Read and validate a batch file; any problem is a BatchError naming the file.
+
+    ``streamed``: the pixels are not read (their header is checked): the batch's ``pixel_file``
+    gives them in chunks, as an update embeds them, and ``pixels`` is empty until then."""
     where = str(path)
+    handle: BinaryIO | None = None
+    kept = False
     try:
-        with zipfile.ZipFile(path) as archive:
-            arrays = _read_members(archive, where)
+        handle = open(path, "rb")  # noqa: SIM115 - a streamed batch keeps it (PixelFile)
+        with zipfile.ZipFile(handle) as archive:
+            arrays = _read_members(archive, where, skip_pixels=streamed)
+        kept = streamed
     except BatchError:
         raise
     except FileNotFoundError:
@@ -320,6 +385,13 @@ def load_batch(path: Path) -> Batch:
         raise BatchError(f"{where} is not a batch file (not an npz archive) or is damaged") from None
     except Exception as exc:  # the contract: hostile bytes yield BatchError, never anything else
         raise BatchError(f"{where} is damaged or not a batch file ({type(exc).__name__}: {exc})") from None
+    finally:
+        if not kept:
+            _close(handle)
+    assert handle is not None
+    pixel_file = PixelFile(handle, tuple(arrays["pixels"].shape), where) if streamed else None
+    if pixel_file is not None:
+        arrays["pixels"] = np.zeros((0, *pixel_file.shape[1:]), np.uint8)
     try:
         meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
         if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
@@ -333,13 +405,21 @@ def load_batch(path: Path) -> Batch:
             constraint=ImageConstraint.from_dict(meta["constraint"]),
             model_id=meta["model_id"],
             model_name=meta["model_name"],
+            pixel_file=pixel_file,
         )
+        validate(batch, where)
     except BatchError:
+        _close(handle if streamed else None)
         raise
     except Exception as exc:  # malformed JSON, constraint or text: all the same to the user
+        _close(handle if streamed else None)
         raise BatchError(f"{where}: malformed batch metadata ({type(exc).__name__}: {exc})") from None
-    validate(batch, where)
     return batch
+
+
+def _close(handle: BinaryIO | None) -> None:
+    if handle is not None:
+        handle.close()
 
 
 def _shared_strings(column: np.ndarray) -> tuple[str, ...]:
@@ -353,7 +433,9 @@ def _shared_strings(column: np.ndarray) -> tuple[str, ...]:
 _KINDS = {"pixels": ("u", 4), "labels": ("U", 1), "sources": ("U", 1), "sha256": ("U", 1), "meta": ("u", 1)}
 
 
-def _read_members(archive: zipfile.ZipFile, where: str) -> dict[str, np.ndarray]:
+def _read_members(archive: zipfile.ZipFile, where: str, skip_pixels: bool = False) -> dict[str, np.ndarray]:
+    """Every member, checked; with ``skip_pixels`` the pixels' data is not read (their array is a
+    zero-strided stand-in of the declared shape, for the checks below)."""
     infos = {info.filename: info for info in archive.infolist()}
     expected = {f"{name}.npy" for name in MEMBERS}
     if set(infos) != expected or len(archive.infolist()) != len(expected):
@@ -378,10 +460,30 @@ def _read_members(archive: zipfile.ZipFile, where: str) -> dict[str, np.ndarray]
                 raise BatchError(f"{where}: metadata declares {count:,} bytes; refused")
             if handle.tell() + count * dtype.itemsize != info.file_size:
                 raise BatchError(f"{where}: member {name}'s shape {shape} does not match its size")
-            out[name] = _read_data(handle, shape, dtype, f"{where}: member {name}")
+            if name == "pixels" and skip_pixels:
+                out[name] = np.broadcast_to(np.zeros((), np.uint8), shape)
+            elif name in ("sources", "sha256"):
+                out[name] = _read_text(handle, shape, dtype, f"{where}: member {name}")
+            else:
+                out[name] = _read_data(handle, shape, dtype, f"{where}: member {name}")
     n = out["pixels"].shape[0]
     if any(out[name].shape[0] != n for name in ("labels", "sources", "sha256")):
         raise BatchError(f"{where}: members hold different numbers of examples")
+    return out
+
+
+# Text members are converted this many rows at a time: at 100,000 examples the whole sources and
+# digests columns as numpy's 4-bytes-a-character arrays took ~50 MB beside the strings made of them.
+TEXT_ROWS = 8192
+
+
+def _read_text(handle: Any, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    """A text column, read and turned into Python strings a block of rows at a time (an object
+    array of them: what ``.tolist()`` of the whole column gives)."""
+    out = np.empty(shape, object)
+    for start in range(0, shape[0], TEXT_ROWS):
+        n = min(TEXT_ROWS, shape[0] - start)
+        out[start : start + n] = _read_data(handle, (n,), dtype, where).tolist()
     return out
 
 

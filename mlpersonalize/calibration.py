@@ -78,7 +78,7 @@ NO_ROW = -2.0  # a label with no row: below every cosine
 MIN_TAUGHT_DOF = 4
 # Examples scored at a time: the float64 [examples, rows] temporaries of 100,000 examples would
 # take 50 MB each (and their unit embeddings 100 MB); the results do not depend on it.
-CHUNK = 8192
+CHUNK = 2048  # [CHUNK, D] float64 unit embeddings: 4 MB at 256 dimensions
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -121,13 +121,17 @@ def imprint_optimism(emb: np.ndarray, members: np.ndarray) -> np.ndarray:
     An imprint is the normalised mean of the members' unit embeddings; one member gives 0 (nothing to
     leave out: the caller pools instead).
     """
-    unit = normalize(emb[members])
-    if len(unit) < 2:
-        return np.zeros(len(unit))
-    total = unit.sum(axis=0)
-    full = unit @ normalize(total)
-    loo = np.einsum("nd,nd->n", unit, normalize(total[None, :] - unit))
-    return np.asarray(full - loo)
+    if len(members) < 2:
+        return np.zeros(len(members))
+    step = 2048  # members at a time: float64 [step, D] temporaries, not [members, D] (100 MB at 10,000)
+    parts = range(0, len(members), step)
+    total = np.sum([normalize(emb[members[at : at + step]]).sum(axis=0) for at in parts], axis=0)
+    out = []
+    for at in parts:
+        unit = normalize(emb[members[at : at + step]])
+        full = unit @ normalize(total)
+        out.append(full - np.einsum("nd,nd->n", unit, normalize(total[None, :] - unit)))
+    return np.concatenate(out)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,31 @@ class Conflict:
     read_as: dict[int, int] = field(default_factory=dict)  # other label -> drawings
 
 
+READ_ROWS = 2048  # ~10 MB of float64 temporaries at 256 dimensions
+
+
+def read_as(
+    emb: np.ndarray,
+    rows: np.ndarray,
+    row_label: np.ndarray,
+    scale: float,
+    n_labels: int,
+    cosines: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: the label it is read as, that label's probability and (``cosines``) its cosine
+    to the label's best row; READ_ROWS examples at a time (whole [N, labels] float64 matrices
+    were 84 MB at 100,000 examples)."""
+    pred, sure, cos = np.empty(len(emb), np.int64), np.empty(len(emb)), np.zeros(len(emb))
+    for at in range(0, len(emb), READ_ROWS):
+        part = emb[at : at + READ_ROWS]
+        prob = label_probabilities(part, rows, row_label, scale, n_labels)
+        here = slice(at, at + len(part))
+        pred[here], sure[here] = prob.argmax(axis=1), prob.max(axis=1)
+        if cosines:
+            cos[here] = label_cosines(part, rows, row_label, n_labels)[np.arange(len(part)), pred[here]]
+    return pred, sure, cos
+
+
 def find_conflicts(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -98,10 +123,7 @@ def find_conflicts(
     """
     labels = np.asarray(labels, np.int64)
     n_labels = int(max(int(np.max(row_label)), int(labels.max(initial=0)), int(ex_label.max(initial=0))) + 1)
-    prob = label_probabilities(emb, rows, row_label, scale, n_labels)
-    pred, sure = prob.argmax(axis=1), prob.max(axis=1)
-    del prob  # [N, labels] float64: not held while the cosines' matrix is made
-    cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
+    pred, sure, cos = read_as(emb, rows, row_label, scale, n_labels)
     terr = territory(ex_emb, ex_label, rows, row_label, n_labels, quantile)
     mask = (pred != labels) & (sure >= confidence) & (cos >= terr[pred])
     for label in distinct(labels[mask]):
@@ -158,11 +180,9 @@ def plan_style_rows(
     labels = np.asarray(labels, np.int64)
     row_label = np.asarray(row_label, np.int64)
     n_labels = int(max(int(row_label.max()), int(labels.max(initial=0))) + 1)
-    prob = label_probabilities(emb, rows, row_label, scale, n_labels)
-    pred = prob.argmax(axis=1)
+    pred, _, cos = read_as(emb, rows, row_label, scale, n_labels, cosines=thresholds is not None)
     miss = pred != labels
     if thresholds is not None:
-        cos = label_cosines(emb, rows, row_label, n_labels)[np.arange(len(pred)), pred]
         miss |= cos < np.asarray(thresholds)[pred]
     if skip is not None:
         miss &= ~np.asarray(skip, bool)

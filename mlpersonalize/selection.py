@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._arrays import distinct
-from .calibration import CHUNK, normalize
+from .calibration import normalize
 
 RowsFn = Callable[[np.ndarray], np.ndarray]
 FOLDS = 3  # 3 drawings per label: each fold holds out one of them
@@ -50,6 +50,8 @@ MIN_NET_WINS = 2
 SIGNIFICANCE = 2.0
 # With this many drawings of every batch label, one fold (a third of them held out) decides alone.
 ONE_FOLD_FROM = 1000
+# Examples scored at a time: [CHUNK, D] and [CHUNK, rows] float64 temporaries (~10 MB at 256-d).
+CHUNK = 2048
 
 
 @dataclass
@@ -113,15 +115,23 @@ def fold_of(labels: np.ndarray, in_batch: np.ndarray, folds: int, rng: np.random
 
 
 def _right(
-    emb: np.ndarray, labels: np.ndarray, loo: np.ndarray, rows: np.ndarray, row_label: np.ndarray
+    emb: np.ndarray,
+    labels: np.ndarray,
+    loo: np.ndarray,
+    rows: np.ndarray,
+    row_label: np.ndarray,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Whether each example's best row belongs to its label, its own rows' cosines capped by ``loo``."""
+    """Whether each example's best row belongs to its label, its own rows' cosines capped by ``loo``.
+
+    With ``positions`` the examples are ``emb[positions]`` (read a chunk at a time, not copied);
+    ``labels`` and ``loo`` are then theirs."""
     row_label = np.asarray(row_label)
     unit_rows = normalize(rows)
     out = np.empty(len(labels), bool)
     for at in range(0, len(labels), CHUNK):  # [CHUNK, rows] float64 temporaries at any pool size
         part = slice(at, at + CHUNK)
-        cos = normalize(emb[part]) @ unit_rows.T
+        cos = normalize(emb[part] if positions is None else emb[positions[part]]) @ unit_rows.T
         own = row_label[None, :] == labels[part, None]
         cos = np.where(own, np.minimum(cos, loo[part, None]), cos)
         out[part] = row_label[cos.argmax(axis=1)] == labels[part]
@@ -197,7 +207,7 @@ def choose_head(
         held_all.append(held)
         for a in blends:
             rows = blend_rows(start, trained, a)
-            right[a].append(_right(emb[held], labels[held], loo[held], rows, row_label))
+            right[a].append(_right(emb, labels[held], loo[held], rows, row_label, held))
     held = np.concatenate(held_all) if held_all else np.zeros(0, np.int64)
     batch = in_batch[held]
     batch_acc: dict[float, float] = {}

@@ -124,7 +124,7 @@ def personalize(
     # backbone, joining them afterwards took a second 100 MB copy: 361 MiB peak instead of 260).
     memory = package.exemplars()  # read once: the row kinds' pool, the other kinds' rehearsal
     ahead = len(memory[1]) if head.selects else 0
-    pixels = [batch.pixels for batch in batches]
+    pixels = [batch.pixel_source() for batch in batches]  # a streamed batch's file: read as embedded
     embedded = [embed(package.path / BACKBONE_FILE, pixels, manifest.constraint, ahead=ahead)]
     del pixels
     if release_pixels:
@@ -322,15 +322,23 @@ def personalize_rows(
         order = np.concatenate([positions[~in_batch[positions]], positions[in_batch[positions]]])
         head.rehearsed = int(np.sum(~in_batch[positions]))
         whole = len(order) == len(pool_lab) and bool(np.all(order == np.arange(len(order))))
-        x = pool_emb if whole else pool_emb[order]  # a fold's training copies its part, once
-        y = head.target_rows(start, x, pool_lab[order])
-        result = head.train(
-            start,
-            x,
-            y,
-            params,
-            lambda epoch, loss: emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss}),
-        )
+        swaps: list[tuple[np.ndarray, np.ndarray]] = []
+        if whole:
+            x, x_lab = pool_emb, pool_lab
+        elif pool_emb[: len(order)].nbytes < IN_PLACE_FROM:  # a small fold's training copies its part
+            x, x_lab = pool_emb[order], pool_lab[order]
+        else:  # a large one moves its part to the pool's front (undone below): no copy of it
+            swaps, slots = gather_in_place(pool_emb, order, head.rehearsed)
+            x, x_lab = pool_emb[: len(order)], pool_lab[slots]
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            emit({"event": "epoch_end", "pass": pass_no, "epoch": epoch, "loss": loss})
+
+        try:
+            result = head.train(start, x, head.target_rows(start, x, x_lab), params, on_epoch)
+        finally:
+            del x
+            undo_in_place(pool_emb, swaps)
         fits.append(result)
         return np.asarray(result.weight, np.float32) if result.finite else start
 
@@ -371,12 +379,20 @@ def personalize_rows(
         after_right = head.predict_labels(emb, choice.rows) == idx
     ordered = np.argsort(held, kind="stable")  # in batch order, so all of them need no copy
     held, after_right = held[ordered], after_right[ordered]
-    held_emb = emb if len(held) == len(idx) else emb[held]  # folds hold each drawing out once
-    before_right = head.predict(held_emb, None) == idx[held]
+    # folds hold each drawing out once: all of them, or a part read in place (a copy of a third of
+    # the batch's embeddings was the peak of a 100,000-example update)
+    held_emb = emb if len(held) == len(idx) else cast(np.ndarray, Gathered(emb, held))
+    before_right = (
+        np.concatenate(
+            [head.predict(emb[held[at : at + GATHER_ROWS]], None) for at in range(0, len(held), GATHER_ROWS)]
+            or [np.zeros(0, np.int64)]
+        )
+        == idx[held]
+    )
     learning = judge_learning(
         before_right, after_right, idx[held], labels, conflicts or None, held_emb, choice.rows, row_label
     )
-    del held_emb  # a third of the batch's embeddings when the folds held drawings out
+    del held_emb
 
     # Calibrated unknown, the exemplar memory (per row, so style drawings stay), history.
     cal = calibration.calibrate(
@@ -407,6 +423,62 @@ def personalize_rows(
     history["learned"] = {"learned": learning.learned, "reason": learning.reason}
     stored = head.stored(final)
     return Outcome(labels, added, stored, memory_emb, memory_idx, params, history, cal.to_manifest())
+
+
+# A fold's training set of at least this many bytes is gathered at the front of the pool (rows
+# swapped, then swapped back) instead of copied: at 100,000 examples of a 256-d backbone the copy was
+# 68 MB. Smaller folds copy, as before, so their training (which rows each epoch draws) is unchanged.
+IN_PLACE_FROM = 16 * 1024**2
+GATHER_ROWS = 2048  # rows moved or read at a time
+
+
+def gather_in_place(
+    pool: np.ndarray, order: np.ndarray, rehearsed: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Move the rows at ``order`` (ascending: its first ``rehearsed`` the rehearsal set's, all before
+    the others in the pool) to the pool's first ``len(order)`` slots by swapping rows, the
+    rehearsal set's first. Returns the swaps (for :func:`undo_in_place`) and, per front slot, the
+    pool position its row came from."""
+    order = np.asarray(order, np.int64)
+    slots = np.arange(len(pool), dtype=np.int64)
+    swaps: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo, hi, members in ((0, rehearsed, order[:rehearsed]), (rehearsed, len(order), order[rehearsed:])):
+        wanted = np.zeros(len(pool), bool)
+        wanted[members] = True
+        holes = lo + np.flatnonzero(~wanted[lo:hi])  # front slots holding a row not wanted there
+        movers = members[members >= hi]  # wanted rows outside the front
+        pair = (holes, movers)
+        _swap(pool, *pair)
+        slots[holes], slots[movers] = slots[movers], slots[holes]
+        swaps.append(pair)
+    return swaps, slots[: len(order)]
+
+
+def undo_in_place(pool: np.ndarray, swaps: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Put the rows :func:`gather_in_place` moved back where they were."""
+    for holes, movers in reversed(swaps):
+        _swap(pool, holes, movers)
+    swaps.clear()
+
+
+def _swap(pool: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    for at in range(0, len(a), GATHER_ROWS):  # a block of rows at a time: bounded temporaries
+        i, j = a[at : at + GATHER_ROWS], b[at : at + GATHER_ROWS]
+        pool[i], pool[j] = pool[j], pool[i].copy()
+
+
+class Gathered:
+    """Rows ``positions`` of ``emb``, read only when indexed (``rows[mask]``): what a caller that
+    picks a few of them needs, without a copy of them all."""
+
+    def __init__(self, emb: np.ndarray, positions: np.ndarray) -> None:
+        self.emb, self.positions = emb, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, key: np.ndarray) -> np.ndarray:
+        return self.emb[self.positions[key]]
 
 
 def _drops(before: float | None, after: float | None, max_drop: float) -> bool:
@@ -568,9 +640,12 @@ def select_exemplars_rows(
         group = nearest_own_row(emb, idx, rows, row_label)
     for g in distinct(group):
         members = np.flatnonzero(group == g)
-        unit = normalize(emb[members])  # one group's rows at a time
-        centre = normalize(unit.mean(axis=0, keepdims=True))[0]
-        closest = np.sort(members[np.argsort(-(unit @ centre), kind="stable")[:per_label]])
+        # one group's rows at a time, GATHER_ROWS of them normalised at once (float64 temporaries)
+        parts = [members[at : at + GATHER_ROWS] for at in range(0, len(members), GATHER_ROWS)]
+        total = np.sum([normalize(emb[part]).sum(axis=0, keepdims=True) for part in parts], axis=0)
+        centre = normalize(total / len(members))[0]
+        near = np.concatenate([normalize(emb[part]) @ centre for part in parts])
+        closest = np.sort(members[np.argsort(-near, kind="stable")[:per_label]])
         keep.append(np.concatenate([closest[closest >= after], closest[closest < after]]))
     chosen = np.concatenate(keep) if keep else np.zeros(0, np.int64)
     return emb[chosen].astype(np.float32), idx[chosen].astype(np.int64)

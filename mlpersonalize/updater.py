@@ -72,7 +72,8 @@ def _load_batches(paths: Sequence[Path]) -> list[Batch]:
     if not paths:
         raise UsageError("give at least one batch file (made by `mlpersonalize prepare`)")
     check_update_size([Path(p) for p in paths])  # too many examples: refused before reading them
-    return [load_batch(Path(p)) for p in paths]
+    # streamed: each batch's pixels are read from its file as they are embedded, never all at once
+    return [load_batch(Path(p), streamed=True) for p in paths]
 
 
 def _check_batches(batches: list[Batch], paths: Sequence[Path], package: ModelPackage) -> None:

@@ -41,7 +41,7 @@ WEIGHT = "head.weight"
 EPS = 1e-12
 # Examples scored at a time where a whole pool's [examples, rows] float64 matrix would be large
 # (100,000 examples: 50 MB a matrix); the answers do not depend on it.
-CHUNK = 8192
+CHUNK = 2048  # [CHUNK, D] float64 unit embeddings: 4 MB at 256 dimensions
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

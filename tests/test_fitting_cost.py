@@ -142,6 +142,8 @@ def test_threads_come_from_the_flag_or_the_environment(
     from mlpersonalize import _ort
 
     monkeypatch.delenv(threads.ENV, raising=False)
+    for name in threads.BLAS_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert threads.configured() == 0
     threads.use(2)
     assert os.environ[threads.ENV] == "2" and _ort.session_options().intra_op_num_threads == 2
@@ -158,6 +160,7 @@ def test_threads_come_from_the_flag_or_the_environment(
     code, out, _ = main_cli(args, capsys)
     # 9: saved, but the tiny model reads these known labels' drawings as before (learned nothing)
     assert code in (0, 9) and os.environ[threads.ENV] == "1"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # the update command's own BLAS setting
     history = json.loads((out_dir / "manifest.json").read_text())["history"][-1]
     assert all(isinstance(n, int) and n > 0 for n in history["training_steps"])
 
@@ -336,3 +339,16 @@ def test_an_update_from_a_file_never_holds_all_the_pixels(
     pixels_and_embedding = 28 * 28 + 4 * 64
     # measured: 714 bytes streamed, 1,296 with the pixels loaded whole
     assert per_example <= 0.8 * pixels_and_embedding, f"{per_example:.0f} bytes per example"
+
+
+def test_update_gives_numpy_blas_one_thread_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update's matrix products are small: OpenBLAS's thread pool cost the seed's update 0.26 s
+    of CPU on two busy cores. The CLI sets one thread before numpy loads, never over a user's."""
+    for name in threads.BLAS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    threads.small_blas()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    threads.small_blas()
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "3"

@@ -158,6 +158,7 @@ def update_command(
 
     Example: mlpersonalize update batch.npz --json
     """
+    thread_setting.small_blas()  # before numpy is imported (just below)
     # lazy: numpy, onnx, ONNX Runtime 0.12-0.16 s
     from ..updater import UpdateOptions, update
 

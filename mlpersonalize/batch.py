@@ -71,7 +71,8 @@ class PixelFile:
                 shape, _ = _header(member, "pixels", self.where)
                 if shape != self.shape:
                     raise BatchError(f"{self.where} changed while it was read")
-                for start in range(0, self.shape[0], max(1, rows)):
+                rows = max(1, rows)
+                for start in range(0, self.shape[0], rows):
                     n = min(rows, self.shape[0] - start)
                     yield _read_data(member, (n, *self.shape[1:]), self.dtype, where)
                 if member.read(1):

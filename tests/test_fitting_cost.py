@@ -352,3 +352,19 @@ def test_update_gives_numpy_blas_one_thread_unless_the_user_chose(monkeypatch: p
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     threads.small_blas()
     assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_million_examples_are_refused_up_front_with_the_number_that_fits(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real limit, without a million drawings: a batch whose pixels header declares
+    1,000,000 28x28 examples (its data is never read, so none is written)."""
+    import zipfile
+
+    path = tmp_path / "million.npz"
+    header = {"descr": "|u1", "fortran_order": False, "shape": (1_000_000, 28, 28, 1)}
+    with zipfile.ZipFile(path, "w") as archive, archive.open("pixels.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, header)
+    code, _, err = main_cli(["update", str(path), "--model", str(tiny_model)], capsys)
+    assert code == 3 and err.startswith("Error: ")
+    assert "1,000,000 examples" in err and "at most 684,784 of these" in err

@@ -308,8 +308,10 @@ def gate_ceiling(
 # the new drawings) / their std < 1, and the margin gate (margin_gate.py) allows it. Units: "loo"
 # the median leave-one-out squared distance of the new drawings (today's update), "norm" their
 # median squared length. Everything is decided from the batch and the brought head alone.
+UPDATE_RULE = "the update's distance rows (heads/linear.py), gate 0.8"
 STUDY_RULES = (
-    ("today: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8),
+    (UPDATE_RULE, 0.0, "update", 0.0, 0.8),
+    ("before: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8),
     ("ball 1.0 loo, gate 0.8", 1.0, "loo", 0.0, 0.8),
     ("ball 0.07 norm, gate 0.8", 0.07, "norm", 0.0, 0.8),
     ("ball 0.07 norm + 0.25 confidence, gate 0.8", 0.07, "norm", 0.25, 0.8),
@@ -327,14 +329,26 @@ def study_gate(
     new_ids: np.ndarray,
     gate_noise: np.ndarray,
     rule: tuple[str, float, str, float, float | None],
+    stand_ins: np.ndarray,
 ) -> np.ndarray:
-    """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's."""
+    """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's.
+    ``stand_ins``: the update's noise stand-ins in the model's features."""
     from mlpersonalize import margin_gate
+    from mlpersonalize.heads.linear import distance_rows
 
     _, radius, unit_kind, confidence, quantile = rule
     labels = np.unique(new_ids)
     means = np.stack([new[new_ids == k].mean(0) for k in labels])
-    if unit_kind == "loo":
+    if unit_kind == "update":  # the rows an update writes, read as a score over the best logit
+        best_new = (new @ weight.T + bias).max(1)
+        rows = distance_rows(new, new_ids, list(labels), new[:0], new.shape[1], best_new, stand_ins)
+        core = np.stack([rows[k][0] for k in labels]).astype(np.float64)
+        dist = np.stack([rows[k][1] for k in labels]).astype(np.float64)
+        best = (test @ weight.T + bias).max(1)
+        row_logits = test @ core[:, :-1].T + core[:, -1] + np.outer(best, dist[:, 0])
+        row_logits += np.outer((test**2).sum(1), dist[:, 1])
+        score = 1 - (row_logits - best[:, None])  # below 1 where a row beats the brought head
+    elif unit_kind == "loo":
         unit = float(
             np.median(
                 [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
@@ -343,7 +357,8 @@ def study_gate(
         )  # fmt: skip
     else:
         unit = float(np.median((new**2).sum(1)))
-    score = ((test[:, None] - means[None]) ** 2).sum(-1) / (radius * unit)
+    if unit_kind != "update":
+        score = ((test[:, None] - means[None]) ** 2).sum(-1) / (radius * unit)
     logits = test @ weight.T + bias
     if confidence:
         best_new = (new @ weight.T + bias).max(1)
@@ -365,7 +380,7 @@ def gate_study(
     """Per rule of STUDY_RULES, over ``batches`` batches (seeds ``first_seed`` on, 3 drawings of
     each new label): own labels kept, new labels' top-1, and the share of new labels that answer
     at least one held-out drawing."""
-    from mlpersonalize.heads.linear import noise_images
+    from mlpersonalize.heads.linear import NOISE_IMAGES, noise_images
 
     layer = LastLayer(fx.path)
     all_labels = fx.labels + fx.new_labels
@@ -376,6 +391,8 @@ def gate_study(
     before = float(np.mean(brought[own] == ids[own]))
     noise = noise_images(fx.constraint, 64, seed=1)  # as make-updatable scales its margin gate
     gate_noise = layer.run(to_model_input(noise, fx.constraint))[1]
+    stand_in_images = noise_images(fx.constraint, NOISE_IMAGES, seed=0)  # as `update --seed 0` draws them
+    stand_ins = layer.run(to_model_input(stand_in_images, fx.constraint))[1]
     out: dict[str, dict[str, list[float]]] = {
         r[0]: {"kept": [], "new": [], "answering": []} for r in STUDY_RULES
     }
@@ -383,7 +400,7 @@ def gate_study(
         new_files = drawings(work / f"new{seed}", fx.new_labels, SHOTS, seed)
         new, new_ids = features(layer, new_files, fx.constraint), _ids(new_files, all_labels)
         for rule in STUDY_RULES:
-            pred = study_gate(test, layer.weight, layer.bias, new, new_ids, gate_noise, rule)
+            pred = study_gate(test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins)
             cell = out[rule[0]]
             cell["kept"].append(float(np.mean(pred[own] == ids[own])) / before)
             cell["new"].append(float(np.mean(pred[~own] == ids[~own])))

@@ -185,8 +185,16 @@ def test_gate_rung_and_rows() -> None:
     assert gate_thresholds({}) == () and gate_thresholds({"brought": {}}) == ()
 
 
-def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> None:
+def test_labels_added_one_update_at_a_time_keep_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A later update re-gates only the labels it teaches; earlier ones keep their rung."""
+    from mlpersonalize.heads import linear
+
+    # On this random-weight net new4's drawings lie farther from their mean than class_2's inputs
+    # do, and the default ball (scaled to the examples' squared length) takes none of them; a
+    # wider one, so that both rows answer something and the test can tell them apart.
+    monkeypatch.setattr(linear, "RADIUS", 0.3)
     made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
     current = made
     for step, k in enumerate(bm.NEW):
@@ -473,8 +481,8 @@ def test_guard_refuses_an_update_that_takes_the_brought_labels(
     plain = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
     seeded = make_updatable(tmp_path / "m.onnx", tmp_path / "p1", ByoOptions(examples=folder)).path
     assert _update_new_label(plain, tmp_path / "ok").history["guard"]["passed"]
-    monkeypatch.setattr(linear, "RADIUS", 1e6)
-    monkeypatch.setattr(linear, "SHRINK", 1e6)
+    for name in ("RADIUS", "LOO_CAP", "SHRINK", "STAND_IN_SHRINK"):
+        monkeypatch.setattr(linear, name, 1e6)
     with pytest.raises(RejectedError, match="stand-in inputs"):
         _update_new_label(plain, tmp_path / "a")
     with pytest.raises(RejectedError, match="accuracy would fall"):

@@ -313,11 +313,11 @@ STUDY_RULES = (
     (UPDATE_RULE, 0.0, "update", 0.0, 0.8),
     ("before: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8),
     ("ball 1.0 loo, gate 0.8", 1.0, "loo", 0.0, 0.8),
-    ("ball 0.07 norm, gate 0.8", 0.07, "norm", 0.0, 0.8),
+    ("ball 0.08 norm, gate 0.8", 0.08, "norm", 0.0, 0.8),
     ("ball 0.07 norm + 0.25 confidence, gate 0.8", 0.07, "norm", 0.25, 0.8),
     ("ball 0.08 norm + 0.25 confidence, gate 0.8", 0.08, "norm", 0.25, 0.8),
-    ("ball 0.07 norm + 0.25 confidence, gate 1.0", 0.07, "norm", 0.25, 1.0),
-    ("ball 0.07 norm + 0.25 confidence, no gate", 0.07, "norm", 0.25, None),
+    ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0),
+    ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None),
 )
 
 

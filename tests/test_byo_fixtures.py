@@ -481,3 +481,21 @@ def test_scrambled_probes_keep_each_drawings_values_and_are_bounded() -> None:
         assert not np.array_equal(probe, emb[i // PROBES])
     large = scrambled(rng.normal(size=(1000, 8)).astype(np.float32), np.random.default_rng(1))
     assert len(large) == MAX_PROBES
+
+
+@pytest.mark.slow
+def test_gate_study_measures_the_update_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m benchmarks.byo --gate-study N`: every rule of STUDY_RULES over N batches, the
+    update's own distance rows among them, kept shares and new labels' top-1 per batch."""
+    from benchmarks import byo
+
+    out = tmp_path / "gates.json"
+    assert byo.main(["--gate-study", "2", "--heldout", "4", "--fixture", "mlp", "--json", str(out)]) == 0
+    study = json.loads(out.read_text(encoding="utf-8"))
+    cells = study["fixtures"]["mlp"]
+    assert set(cells) == {rule[0] for rule in byo.STUDY_RULES} and byo.UPDATE_RULE in cells
+    for cell in cells.values():
+        assert len(cell["kept"]) == len(cell["new"]) == len(cell["answering"]) == 2
+        assert all(0 <= v <= 1 for v in cell["new"] + cell["answering"]) and all(v >= 0 for v in cell["kept"])
+    table = capsys.readouterr().out
+    assert table.count("\n|") == len(byo.STUDY_RULES) + 2 and "| mlp |" in table

@@ -303,22 +303,29 @@ def gate_ceiling(
 
 # --- gates over many batches (``--gate-study``): numpy on the model's features, in-process -------
 
-# (name, radius, radius unit, confidence, margin-gate quantile): an added label wins where
-# squared distance to its mean / (radius x unit) + confidence x (brought best logit - median over
-# the new drawings) / their std < 1, and the margin gate (margin_gate.py) allows it. Units: "loo"
-# the median leave-one-out squared distance of the new drawings (today's update), "norm" their
-# median squared length. Everything is decided from the batch and the brought head alone.
+# (name, radius, radius unit, confidence, margin-gate quantile, drawings per own label): an added
+# label wins where squared distance to its mean / (radius x unit) + confidence x (brought best
+# logit - median over the new drawings) / their std < 1, and the margin gate (margin_gate.py)
+# allows it. Units: "loo" the median leave-one-out squared distance of the new drawings (the
+# previous update), "norm" their median squared length; "update" is the update's own
+# ``distance_rows``. With drawings of the own labels (seed: the batch's + 100; those the brought
+# head gets right), each ball also stops at half (the update: linear.SHRINK) the squared distance
+# to the nearest of them, as an update with exemplars or old labels in the batch does.
 UPDATE_RULE = "the update's distance rows (heads/linear.py), gate 0.8"
-STUDY_RULES = (
-    (UPDATE_RULE, 0.0, "update", 0.0, 0.8),
-    ("before: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8),
-    ("ball 1.0 loo, gate 0.8", 1.0, "loo", 0.0, 0.8),
-    ("ball 0.08 norm, gate 0.8", 0.08, "norm", 0.0, 0.8),
-    ("ball 0.07 norm + 0.25 confidence, gate 0.8", 0.07, "norm", 0.25, 0.8),
-    ("ball 0.08 norm + 0.25 confidence, gate 0.8", 0.08, "norm", 0.25, 0.8),
-    ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0),
-    ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None),
+KEEP_WITH_OLD = 0.99  # issue 14: share kept with 5 examples per own label
+STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
+    (UPDATE_RULE, 0.0, "update", 0.0, 0.8, 0),
+    ("before: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8, 0),
+    ("ball 1.0 loo, gate 0.8", 1.0, "loo", 0.0, 0.8, 0),
+    ("ball 0.08 norm, gate 0.8", 0.08, "norm", 0.0, 0.8, 0),
+    ("ball 0.07 norm + 0.25 confidence, gate 0.8", 0.07, "norm", 0.25, 0.8, 0),
+    ("ball 0.08 norm + 0.25 confidence, gate 0.8", 0.08, "norm", 0.25, 0.8, 0),
+    ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0, 0),
+    ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None, 0),
+    (UPDATE_RULE + ", 5 per own label", 0.0, "update", 0.0, 0.8, 5),
+    ("before: ball 0.75 loo, gate 0.8, 5 per own label", 0.75, "loo", 0.0, 0.8, 5),
 )
+OLD_STOP = 0.5  # the previous update's stop before known examples (the formula rules use it)
 
 
 def study_gate(
@@ -328,20 +335,22 @@ def study_gate(
     new: np.ndarray,
     new_ids: np.ndarray,
     gate_noise: np.ndarray,
-    rule: tuple[str, float, str, float, float | None],
+    rule: tuple[str, float, str, float, float | None, int],
     stand_ins: np.ndarray,
+    known: np.ndarray,
 ) -> np.ndarray:
     """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's.
-    ``stand_ins``: the update's noise stand-ins in the model's features."""
+    ``stand_ins``: the update's noise stand-ins in the model's features; ``known``: features of
+    own-label drawings the brought head gets right (empty: no old data)."""
     from mlpersonalize import margin_gate
     from mlpersonalize.heads.linear import distance_rows
 
-    _, radius, unit_kind, confidence, quantile = rule
+    _, radius, unit_kind, confidence, quantile, _ = rule
     labels = np.unique(new_ids)
     means = np.stack([new[new_ids == k].mean(0) for k in labels])
     if unit_kind == "update":  # the rows an update writes, read as a score over the best logit
         best_new = (new @ weight.T + bias).max(1)
-        rows = distance_rows(new, new_ids, list(labels), new[:0], new.shape[1], best_new, stand_ins)
+        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins)
         core = np.stack([rows[k][0] for k in labels]).astype(np.float64)
         dist = np.stack([rows[k][1] for k in labels]).astype(np.float64)
         best = (test @ weight.T + bias).max(1)
@@ -358,7 +367,11 @@ def study_gate(
     else:
         unit = float(np.median((new**2).sum(1)))
     if unit_kind != "update":
-        score = ((test[:, None] - means[None]) ** 2).sum(-1) / (radius * unit)
+        r2 = np.full(len(labels), radius * unit)
+        if len(known):
+            nearest = ((known[:, None] - means[None]) ** 2).sum(-1).min(0)
+            r2 = np.minimum(r2, OLD_STOP * nearest)
+        score = ((test[:, None] - means[None]) ** 2).sum(-1) / np.maximum(r2, 1e-12)[None]
     logits = test @ weight.T + bias
     if confidence:
         best_new = (new @ weight.T + bias).max(1)
@@ -399,8 +412,14 @@ def gate_study(
     for seed in range(first_seed, first_seed + batches):
         new_files = drawings(work / f"new{seed}", fx.new_labels, SHOTS, seed)
         new, new_ids = features(layer, new_files, fx.constraint), _ids(new_files, all_labels)
+        old_files = drawings(work / f"old{seed}", fx.labels, 5, seed + 100)
+        old, old_ids = features(layer, old_files, fx.constraint), _ids(old_files, all_labels)
+        known = old[(old @ layer.weight.T + layer.bias).argmax(1) == old_ids]
         for rule in STUDY_RULES:
-            pred = study_gate(test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins)
+            given = known if rule[5] else known[:0]
+            pred = study_gate(
+                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given
+            )
             cell = out[rule[0]]
             cell["kept"].append(float(np.mean(pred[own] == ids[own])) / before)
             cell["new"].append(float(np.mean(pred[~own] == ids[~own])))
@@ -414,7 +433,8 @@ def study_markdown(results: dict[str, Any]) -> str:
         f"{results['batches']} batches (seeds {results['first_seed']}–"
         f"{results['first_seed'] + results['batches'] - 1}), held-out seed {results['heldout_seed']}, "
         f"{results['heldout']} per label. Cells: own labels kept mean (worst; batches below "
-        f"{100 * KEEP:.0f}%) / new labels' top-1 / share of new labels answering any held-out drawing, in %.",
+        f"{100 * KEEP:.0f}%, with drawings of the own labels below {100 * KEEP_WITH_OLD:.0f}%) / new labels' "
+        "top-1 / share of new labels answering any held-out drawing, in %.",
         "",
         "| rule | " + " | ".join(names) + " |",
         "| --- | " + " | ".join("---" for _ in names) + " |",
@@ -424,8 +444,9 @@ def study_markdown(results: dict[str, Any]) -> str:
         for name in names:
             cell = results["fixtures"][name][rule[0]]
             kept = np.array(cell["kept"])
+            floor = KEEP_WITH_OLD if rule[5] else KEEP
             cells.append(
-                f"{100 * kept.mean():.1f} ({100 * kept.min():.1f}; {int((kept < KEEP).sum())}) / "
+                f"{100 * kept.mean():.1f} ({100 * kept.min():.1f}; {int((kept < floor).sum())}) / "
                 f"{100 * np.mean(cell['new']):.1f} / {100 * np.mean(cell['answering']):.0f}"
             )
         lines.append(f"| {rule[0]} | " + " | ".join(cells) + " |")

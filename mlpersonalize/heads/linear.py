@@ -69,10 +69,12 @@ NOISE_BLOCKS = (2, 4, 8)  # noise grid cells of this many pixels
 # 5000) as about the widest ball that kept >= 97% of every fixture's own labels on all 20
 # batches, and checked on 20 others (seeds 120-139, held-out seed 6000): `python -m
 # benchmarks.byo --gate-study 20` measures both; docs/bring-your-own-model.md has the table.
+# SHRINK (0.5 before) was lowered to 0.35 on those sets and a third (seeds 140-159, held-out
+# seed 7000), where with 5 examples per own label 0.5 left 1 / 9 / 8 of 80 runs under 99%.
 RADIUS = 0.08
 CONFIDENCE = 0.25
 LOO_CAP = 1.5
-SHRINK = 0.5
+SHRINK = 0.35
 STAND_IN_SHARE = 0.01
 STAND_IN_SHRINK = 0.9
 SHARPNESS = 4.0  # an added row's logit over the best brought one at its mean (its confidence)

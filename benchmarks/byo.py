@@ -301,6 +301,158 @@ def gate_ceiling(
     return out
 
 
+# --- gates over many batches (``--gate-study``): numpy on the model's features, in-process -------
+
+# (name, radius, radius unit, confidence, margin-gate quantile, drawings per own label): an added
+# label wins where squared distance to its mean / (radius x unit) + confidence x (brought best
+# logit - median over the new drawings) / their std < 1, and the margin gate (margin_gate.py)
+# allows it. Units: "loo" the median leave-one-out squared distance of the new drawings (the
+# previous update), "norm" their median squared length; "update" is the update's own
+# ``distance_rows``. With drawings of the own labels (seed: the batch's + 100; those the brought
+# head gets right), each ball also stops at half (the update: linear.SHRINK) the squared distance
+# to the nearest of them, as an update with exemplars or old labels in the batch does.
+UPDATE_RULE = "the update's distance rows (heads/linear.py), gate 0.8"
+KEEP_WITH_OLD = 0.99  # issue 14: share kept with 5 examples per own label
+STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
+    (UPDATE_RULE, 0.0, "update", 0.0, 0.8, 0),
+    ("before: ball 0.75 loo, gate 0.8", 0.75, "loo", 0.0, 0.8, 0),
+    ("ball 1.0 loo, gate 0.8", 1.0, "loo", 0.0, 0.8, 0),
+    ("ball 0.08 norm, gate 0.8", 0.08, "norm", 0.0, 0.8, 0),
+    ("ball 0.07 norm + 0.25 confidence, gate 0.8", 0.07, "norm", 0.25, 0.8, 0),
+    ("ball 0.08 norm + 0.25 confidence, gate 0.8", 0.08, "norm", 0.25, 0.8, 0),
+    ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0, 0),
+    ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None, 0),
+    (UPDATE_RULE + ", 5 per own label", 0.0, "update", 0.0, 0.8, 5),
+    ("before: ball 0.75 loo, gate 0.8, 5 per own label", 0.75, "loo", 0.0, 0.8, 5),
+)
+OLD_STOP = 0.5  # the previous update's stop before known examples (the formula rules use it)
+
+
+def study_gate(
+    test: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    new: np.ndarray,
+    new_ids: np.ndarray,
+    gate_noise: np.ndarray,
+    rule: tuple[str, float, str, float, float | None, int],
+    stand_ins: np.ndarray,
+    known: np.ndarray,
+) -> np.ndarray:
+    """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's.
+    ``stand_ins``: the update's noise stand-ins in the model's features; ``known``: features of
+    own-label drawings the brought head gets right (empty: no old data)."""
+    from mlpersonalize import margin_gate
+    from mlpersonalize.heads.linear import distance_rows
+
+    _, radius, unit_kind, confidence, quantile, _ = rule
+    labels = np.unique(new_ids)
+    means = np.stack([new[new_ids == k].mean(0) for k in labels])
+    if unit_kind == "update":  # the rows an update writes, read as a score over the best logit
+        best_new = (new @ weight.T + bias).max(1)
+        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins)
+        core = np.stack([rows[k][0] for k in labels]).astype(np.float64)
+        dist = np.stack([rows[k][1] for k in labels]).astype(np.float64)
+        best = (test @ weight.T + bias).max(1)
+        row_logits = test @ core[:, :-1].T + core[:, -1] + np.outer(best, dist[:, 0])
+        row_logits += np.outer((test**2).sum(1), dist[:, 1])
+        score = 1 - (row_logits - best[:, None])  # below 1 where a row beats the brought head
+    elif unit_kind == "loo":
+        unit = float(
+            np.median(
+                [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
+                 for i in range(len(new))]
+            )
+        )  # fmt: skip
+    else:
+        unit = float(np.median((new**2).sum(1)))
+    if unit_kind != "update":
+        r2 = np.full(len(labels), radius * unit)
+        if len(known):
+            nearest = ((known[:, None] - means[None]) ** 2).sum(-1).min(0)
+            r2 = np.minimum(r2, OLD_STOP * nearest)
+        score = ((test[:, None] - means[None]) ** 2).sum(-1) / np.maximum(r2, 1e-12)[None]
+    logits = test @ weight.T + bias
+    if confidence:
+        best_new = (new @ weight.T + bias).max(1)
+        spread = max(float(np.std(best_new)), 1e-12)
+        score += confidence * ((logits.max(1) - np.median(best_new)) / spread)[:, None]
+    wins = score.min(1) < 1
+    if quantile is not None:
+        thresholds = np.array(margin_gate.ladder(gate_noise, weight, bias))
+        level = float(np.quantile(margin_gate.margins(new, weight, bias), quantile))
+        above = thresholds[thresholds >= level]
+        if len(above):
+            wins &= margin_gate.margins(test, weight, bias) <= above[0]
+    return np.where(wins, labels[score.argmin(1)], logits.argmax(1))
+
+
+def gate_study(
+    fx: Fixture, batches: int, first_seed: int, heldout_seed: int, heldout: int, work: Path
+) -> dict[str, dict[str, list[float]]]:
+    """Per rule of STUDY_RULES, over ``batches`` batches (seeds ``first_seed`` on, 3 drawings of
+    each new label): own labels kept, new labels' top-1, and the share of new labels that answer
+    at least one held-out drawing."""
+    from mlpersonalize.heads.linear import NOISE_IMAGES, noise_images
+
+    layer = LastLayer(fx.path)
+    all_labels = fx.labels + fx.new_labels
+    files = drawings(work / "heldout", all_labels, heldout, heldout_seed)
+    test, ids = features(layer, files, fx.constraint), _ids(files, all_labels)
+    own = ids < len(fx.labels)
+    brought = (test @ layer.weight.T + layer.bias).argmax(1)
+    before = float(np.mean(brought[own] == ids[own]))
+    noise = noise_images(fx.constraint, 64, seed=1)  # as make-updatable scales its margin gate
+    gate_noise = layer.run(to_model_input(noise, fx.constraint))[1]
+    stand_in_images = noise_images(fx.constraint, NOISE_IMAGES, seed=0)  # as `update --seed 0` draws them
+    stand_ins = layer.run(to_model_input(stand_in_images, fx.constraint))[1]
+    out: dict[str, dict[str, list[float]]] = {
+        r[0]: {"kept": [], "new": [], "answering": []} for r in STUDY_RULES
+    }
+    for seed in range(first_seed, first_seed + batches):
+        new_files = drawings(work / f"new{seed}", fx.new_labels, SHOTS, seed)
+        new, new_ids = features(layer, new_files, fx.constraint), _ids(new_files, all_labels)
+        old_files = drawings(work / f"old{seed}", fx.labels, 5, seed + 100)
+        old, old_ids = features(layer, old_files, fx.constraint), _ids(old_files, all_labels)
+        known = old[(old @ layer.weight.T + layer.bias).argmax(1) == old_ids]
+        for rule in STUDY_RULES:
+            given = known if rule[5] else known[:0]
+            pred = study_gate(
+                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given
+            )
+            cell = out[rule[0]]
+            cell["kept"].append(float(np.mean(pred[own] == ids[own])) / before)
+            cell["new"].append(float(np.mean(pred[~own] == ids[~own])))
+            cell["answering"].append(float(np.mean([np.any(pred == k) for k in np.unique(new_ids)])))
+    return out
+
+
+def study_markdown(results: dict[str, Any]) -> str:
+    names = list(results["fixtures"])
+    lines = [
+        f"{results['batches']} batches (seeds {results['first_seed']}–"
+        f"{results['first_seed'] + results['batches'] - 1}), held-out seed {results['heldout_seed']}, "
+        f"{results['heldout']} per label. Cells: own labels kept mean (worst; batches below "
+        f"{100 * KEEP:.0f}%, with drawings of the own labels below {100 * KEEP_WITH_OLD:.0f}%) / new labels' "
+        "top-1 / share of new labels answering any held-out drawing, in %.",
+        "",
+        "| rule | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for rule in STUDY_RULES:
+        cells = []
+        for name in names:
+            cell = results["fixtures"][name][rule[0]]
+            kept = np.array(cell["kept"])
+            floor = KEEP_WITH_OLD if rule[5] else KEEP
+            cells.append(
+                f"{100 * kept.mean():.1f} ({100 * kept.min():.1f}; {int((kept < floor).sum())}) / "
+                f"{100 * np.mean(cell['new']):.1f} / {100 * np.mean(cell['answering']):.0f}"
+            )
+        lines.append(f"| {rule[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- the CLI, as a user runs it ----------------------------------------------------------------
 
 
@@ -735,7 +887,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trainable", action="store_true", help="the branch kind (BRANCH_LAYERS): refusals and retention"
     )
+    parser.add_argument(
+        "--gate-study",
+        type=int,
+        metavar="BATCHES",
+        help="the gates of STUDY_RULES over this many batches (numpy, in-process; prints only)",
+    )
+    parser.add_argument("--first-seed", type=int, default=100, help="--gate-study: the first batch seed")
+    parser.add_argument(
+        "--heldout-seed", type=int, default=HELDOUT_SEED, help="--gate-study: the held-out drawings' seed"
+    )
     args = parser.parse_args(argv)
+    if args.gate_study:
+        study: dict[str, Any] = {
+            "batches": args.gate_study,
+            "first_seed": args.first_seed,
+            "heldout_seed": args.heldout_seed,
+            "heldout": args.heldout,
+            "fixtures": {},
+        }
+        with tempfile.TemporaryDirectory(prefix="mlp-byo-gates-") as tmp:
+            for name in args.fixture or list(fixtures()):
+                study["fixtures"][name] = gate_study(
+                    fixtures()[name], args.gate_study, args.first_seed, args.heldout_seed, args.heldout,
+                    Path(tmp) / name,
+                )  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps(study, indent=1) + "\n", encoding="utf-8")
+        print(study_markdown(study))
+        return 0
     if args.trainable and (args.write_md or args.from_json):
         parser.error("--trainable measures and prints only (no --write-md, --from-json)")
     if args.from_json:

@@ -185,8 +185,16 @@ def test_gate_rung_and_rows() -> None:
     assert gate_thresholds({}) == () and gate_thresholds({"brought": {}}) == ()
 
 
-def test_labels_added_one_update_at_a_time_keep_each_other(tmp_path: Path) -> None:
+def test_labels_added_one_update_at_a_time_keep_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A later update re-gates only the labels it teaches; earlier ones keep their rung."""
+    from mlpersonalize.heads import linear
+
+    # On this random-weight net new4's drawings lie farther from their mean than class_2's inputs
+    # do, and the default ball (scaled to the examples' squared length) takes none of them; a
+    # wider one, so that both rows answer something and the test can tell them apart.
+    monkeypatch.setattr(linear, "RADIUS", 0.3)
     made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
     current = made
     for step, k in enumerate(bm.NEW):
@@ -473,8 +481,8 @@ def test_guard_refuses_an_update_that_takes_the_brought_labels(
     plain = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "p0").path
     seeded = make_updatable(tmp_path / "m.onnx", tmp_path / "p1", ByoOptions(examples=folder)).path
     assert _update_new_label(plain, tmp_path / "ok").history["guard"]["passed"]
-    monkeypatch.setattr(linear, "RADIUS", 1e6)
-    monkeypatch.setattr(linear, "SHRINK", 1e6)
+    for name in ("RADIUS", "LOO_CAP", "SHRINK", "STAND_IN_SHRINK"):
+        monkeypatch.setattr(linear, name, 1e6)
     with pytest.raises(RejectedError, match="stand-in inputs"):
         _update_new_label(plain, tmp_path / "a")
     with pytest.raises(RejectedError, match="accuracy would fall"):
@@ -508,3 +516,59 @@ def test_brought_guard_needs_more_than_one_example_of_evidence() -> None:
     assert "2 of 8 examples" in brought_reason(Head(2), result, result, emb, idx, 0.02)  # type: ignore[arg-type]
     none = np.zeros(0, np.int64)
     assert "stand-in" in brought_reason(Head(2), result, result, emb[:0], none, 0.02)  # type: ignore[arg-type]
+
+
+def test_distance_rows_ball_scale_cap_stops_and_confidence() -> None:
+    """An added row beats the brought head's best logit inside a ball whose squared radius is
+    RADIUS x the new examples' median squared length, capped by LOO_CAP x their leave-one-out
+    spread, stopped before all but STAND_IN_SHARE of the stand-ins, and it gives way by
+    CONFIDENCE ball-widths per standard deviation the brought head is surer than of them."""
+    from mlpersonalize.heads import linear
+
+    rng = np.random.default_rng(0)
+    dim = 8
+    centre = np.zeros(dim)
+    centre[0] = 10.0
+    emb = (centre + rng.normal(0, 1.0, (6, dim))).astype(np.float32)  # two labels, 3 examples each
+    emb[3:, 1] += 4.0
+    idx = np.array([5, 5, 5, 6, 6, 6])
+    none = np.zeros((0, dim), np.float32)
+
+    def score(rows: dict, e: np.ndarray, best: float, row: int) -> float:
+        """The row's logit minus the brought head's best logit ``best``."""
+        core, distance = rows[row]
+        return float(core[:-1] @ e + core[-1] + distance[0] * best + distance[1] * (e @ e) - best)
+
+    rows = linear.distance_rows(emb, idx, [5, 6], none, dim)
+    mean = emb[:3].astype(np.float64).mean(axis=0)
+    r2 = linear.RADIUS * float(np.median((emb.astype(np.float64) ** 2).sum(axis=1)))
+    step = np.zeros(dim)
+    step[2] = 1.0
+    assert score(rows, mean, 0.0, 5) == pytest.approx(linear.SHARPNESS, rel=1e-3)
+    assert score(rows, mean + 0.99 * np.sqrt(r2) * step, 0.0, 5) > 0  # inside the ball
+    assert score(rows, mean + 1.01 * np.sqrt(r2) * step, 0.0, 5) < 0  # outside it
+
+    # the same examples far from the origin: the ball is capped by their leave-one-out spread
+    far = emb + np.float32(100.0)
+    rows = linear.distance_rows(far, idx, [5, 6], none, dim)
+    members = [far[idx == k].astype(np.float64) for k in (5, 6)]
+    loo = [((m[i] - np.delete(m, i, axis=0).mean(axis=0)) ** 2).sum() for m in members for i in range(3)]
+    capped = linear.LOO_CAP * float(np.median(loo))
+    at = far[:3].astype(np.float64).mean(axis=0)
+    assert score(rows, at + 0.99 * np.sqrt(capped) * step, 0.0, 5) > 0
+    assert score(rows, at + 1.01 * np.sqrt(capped) * step, 0.0, 5) < 0
+
+    # stand-ins spread around the label's mean: its ball holds at most STAND_IN_SHARE of them
+    stand = (mean + rng.normal(0, 0.3 * np.sqrt(r2), (400, dim))).astype(np.float32)
+    rows = linear.distance_rows(emb, idx, [5, 6], none, dim, stand_ins=stand)
+    inside = np.mean([score(rows, s.astype(np.float64), 0.0, 5) > 0 for s in stand])
+    assert 0 < inside <= linear.STAND_IN_SHARE
+
+    # the confidence term: at its mean a row leads by SHARPNESS where the brought head is as sure
+    # as of the new examples (their median best logit), and gives way where it is much surer
+    best = np.array([1.0, 2.0, 3.0, 1.5, 2.5, 2.0], np.float32)
+    rows = linear.distance_rows(emb, idx, [5, 6], none, dim, best)
+    median, sd = float(np.median(best)), float(np.std(best))
+    assert score(rows, mean, median, 5) == pytest.approx(linear.SHARPNESS, rel=1e-3)
+    surer = median + sd / linear.CONFIDENCE * 1.01  # more than one ball-width's worth
+    assert score(rows, mean, surer, 5) < 0 < score(rows, mean, median + sd, 5)

@@ -178,6 +178,7 @@ def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[s
     for heading in (
         "## Calibrated unknown: real digits",
         "## Calibrated unknown: generated drawings",
+        "## Open-set scores",
         "## Never worse than imprinting",
         "## Conflicts",
         "## Style rows",
@@ -189,6 +190,15 @@ def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[s
     for line in calib:
         shares = [float(c.split()[0]) for c in line.split(" | ")[3:9]]
         assert all(0.0 <= v <= 1.0 for v in shares), line
+    names = {"max cosine", "top-2 margin", "Mahalanobis", "relative Mahalanobis", "k-NN (own label)"}
+    maps = {"none", "centred", "whitened"}  # fixed maps baked in front of the cosine rows
+    scores = {
+        line.split(" | ")[0].strip(): line for line in lines if line.split(" | ")[0].strip() in names | maps
+    }
+    assert set(scores) == names | maps, sorted(scores)
+    for line in scores.values():
+        shares = [float(c.split()[0]) for c in line.split(" | ")[2:]]
+        assert shares and all(0.0 <= v <= 1.0 for v in shares), line
     heads = {
         line.split(" | ")[1].strip(): line.rsplit(" | ", 1)[1] for line in lines if line.startswith("    3 |")
     }

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import common, report, run, speed
@@ -129,7 +130,9 @@ def test_real_digits_run_through_the_cli(results: dict[str, Any]) -> None:
     for key in (
         "update_r1_new.top1",
         "update_r1_new.unknown",
+        "update_r1_new.top1_no_unknown",
         "update_r2_new.top1",
+        "update_r2_new.top1_no_unknown",
         "update_r2_old.top1",
         "update_open_untaught_digits",
         "update_open_procedural_r2",
@@ -140,8 +143,13 @@ def test_real_digits_run_through_the_cli(results: dict[str, Any]) -> None:
         "ncm10_pixels",
     ):
         assert 0.0 <= row[key]["mean"] <= 1.0, key
+    for key in ("update_r1_new", "update_r2_new", "update_r2_old"):  # unknown counts wrong: never above
+        assert row[f"{key}.top1"]["mean"] <= row[f"{key}.top1_no_unknown"]["mean"], key
+        share = row[f"{key}.right_to_unknown"]["mean"]
+        assert np.isnan(share) or 0.0 <= share <= 1.0, key
     text = "\n".join(report.real_digits_section(results))
     assert "## 0. Real human drawings" in text and "`update` (CLI)" in text
+    assert "right answers → `unknown` %" in text
 
 
 def test_real_digits_render_as_user_drawings() -> None:

@@ -19,7 +19,9 @@ label's mean with one within-label covariance from the exemplar memory (Ledoit-W
 0.21) 71% / 56%; relative Mahalanobis (minus the distance to the memory's mean under its total
 covariance) 74% / 93%; k-NN (cosine to the nearest example of the label) 67% / 70%; the margin
 between the two best labels 66% / 74% (1 and 5 drawings rank the same; the best union of the
-cosine and relative Mahalanobis rules at 5% reaches 83% of untaught digits). So the max cosine stays:
+cosine and relative Mahalanobis rules at 5% reaches 83% of untaught digits). The previous backbone
+(model id 6c2eecec84d4f110, sample_models/doodles at commit 8f10461) ranks them the same on
+untaught digits: 66 / 63 / 58 / 64 / 44% in that order. So the max cosine stays:
 only relative Mahalanobis wins, on drawings far from anything taught, which the cosine already
 rejects at 85% through the CLI; on the unknowns that fail (digits beside taught digits) nothing
 beats it. Fixed maps in front of the cosine rows, fitted on the memory, do not lift top-1 either

@@ -1,7 +1,7 @@
 """Measure the calibrated ``unknown``, the never-worse-than-imprinting choice and style rows / conflicts.
 
     python -m benchmarks.calibration_study [--model DIR] [--seeds N] [--shots 3,5]
-                                           [--per-digit N] [--part calib|select|style|all]
+                                           [--per-digit N] [--part calib|scores|select|style|all]
 
 The study behind the constants of mlpersonalize/calibration.py, selection.py and reteach.py, run on
 today's code: the cosine head's training is the update's own (heads/cosine.py's ``CosineHead.train``
@@ -25,6 +25,15 @@ Parts (tables go to stdout, each cell the mean over seeds with [min-max]):
   held-out right answers themselves (and the same oracle on the max softmax probability: the
   comparison behind calibration.py's choice of score) and the fixed 0.5 probability threshold. Then generated
   drawings with 8 of the model's labels left out (their rows dropped) as the unknowns.
+* ``scores``: open-set scores beyond the max cosine (calibration.py's module docstring cites it).
+  Five digits imprinted next to the model's labels, the other five and never-seen generated doodles
+  as unknowns; for each score (max cosine, the margin between the two best labels, Mahalanobis
+  distance to the label's mean with one within-label covariance estimated from the exemplar memory
+  under Ledoit-Wolf shrinkage, relative Mahalanobis, k-NN to the label's nearest example) the
+  oracle rejection at 5% of right answers turned away; then fixed maps fitted on the memory
+  (centring on its mean, whitening by the shrunk within-label covariance) baked in front of the
+  cosine rows: closed-set top-1 (round 1, round 2, the model's labels) and the calibrated
+  ``unknown`` in the mapped space.
 * ``select``: never worse than imprinting. Two rounds of five digits through
   ``personalize_rows``: imprinting alone (the same update with 0 epochs), the trained head always
   (the cross-validated choice overridden), and the update as it ships (its choice); top-1 among all
@@ -60,7 +69,7 @@ from mlpersonalize.heads.cosine import CosineHead
 from mlpersonalize.manifest import BACKBONE_FILE
 from mlpersonalize.params import UpdateParams
 from mlpersonalize.reteach import find_conflicts, judge_learning, plan_style_rows
-from mlpersonalize.sample.doodles import make_dataset
+from mlpersonalize.sample.doodles import NOVEL_LABELS, make_dataset
 
 from .quality_rows import View, base_view, digit_pixels, update_once
 from .styles import style_drawings
@@ -89,6 +98,10 @@ class Data:
         self.emb, self.y = embed(backbone, pixels, constraint).astype(np.float32), y
         std_pix, self.std_y = make_dataset(self.labels, 20, seed=777, constraint=constraint)
         self.std = embed(backbone, std_pix, constraint).astype(np.float32)
+        self.novel = np.zeros((0, self.emb.shape[1]), np.float32)
+        if "scores" in parts:  # drawings of labels never in pretraining: the far side of the open set
+            novel_pix, _ = make_dataset(list(NOVEL_LABELS), 30, seed=4242, constraint=constraint)
+            self.novel = embed(backbone, novel_pix, constraint).astype(np.float32)
         self.styles: dict[str, np.ndarray] = {}
         if "style" in parts:
             asterisks = style_drawings("asterisk", 60, 1, constraint)
@@ -231,6 +244,181 @@ def study_calibration(d: Data, seeds: int, shots_list: list[int]) -> None:
             )
         r = np.array(rec2)
         print(f"{target:6.2f} | " + " | ".join(cell(r[:, i]) for i in range(5)))
+
+
+# --- 1b. open-set scores beyond the max cosine ---------------------------------------------------
+
+
+class Space:
+    """A fixed map of the embedding fitted on the exemplar memory, and cosine rows in it.
+
+    ``none``: unit embeddings (the head as it is). ``centred``: unit embeddings minus the memory's
+    mean. ``whitened``: centred, then multiplied by the inverse square root of the memory's shared
+    within-label covariance (Ledoit-Wolf shrinkage toward a scaled identity: 256 dimensions, 20
+    exemplars a label).
+    """
+
+    def __init__(self, kind: str, ex: np.ndarray, exi: np.ndarray) -> None:
+        from sklearn.covariance import ledoit_wolf
+
+        unit = normalize(ex)
+        labels = np.unique(exi)
+        self.means = np.stack([unit[exi == lab].mean(axis=0) for lab in labels])  # [labels, dim]
+        self.mu = unit.mean(axis=0) if kind != "none" else np.zeros(unit.shape[1])
+        self.P = np.eye(unit.shape[1])
+        within, self.shrinkage = ledoit_wolf(
+            unit - self.means[np.searchsorted(labels, exi)], assume_centered=True
+        )
+        total, _ = ledoit_wolf(unit - unit.mean(axis=0), assume_centered=True)
+        self.white_within = np.linalg.cholesky(np.linalg.inv(within))
+        self.white_total = np.linalg.cholesky(np.linalg.inv(total))
+        self.centre = unit.mean(axis=0)
+        if kind == "whitened":
+            w, v = np.linalg.eigh(within)
+            self.P = (v / np.sqrt(w)) @ v.T
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray((normalize(x) - self.mu) @ self.P)
+
+
+def open_scores(
+    x: np.ndarray,
+    rows: np.ndarray,
+    row_label: np.ndarray,
+    n_labels: int,
+    space: Space,
+    means: np.ndarray,
+    memory: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The cosine head's label per drawing and each candidate score for that label (higher: known).
+
+    ``means`` [n_labels, dim]: each label's mean unit embedding (the memory's for the model's labels,
+    the user's drawings' for taught ones); ``memory``: unit embeddings and labels of every example
+    the package keeps (exemplars and the user's drawings) for the k-NN score.
+    """
+    cos = label_cosines(x, rows, row_label, n_labels)
+    pred = cos.argmax(axis=1)
+    at = np.arange(len(x))
+    top2 = np.sort(cos, axis=1)[:, -2:]
+    unit = normalize(x)
+    # Squared Mahalanobis distances as squared Euclidean ones after whitening (L L^T = inverse).
+    xw, mw = unit @ space.white_within, means @ space.white_within
+    maha = (xw**2).sum(1)[:, None] - 2 * xw @ mw.T + (mw**2).sum(1)[None, :]
+    maha0 = (((unit - space.centre) @ space.white_total) ** 2).sum(1)
+    mem_unit, mem_label = memory
+    near = unit @ mem_unit.T
+    own = np.where(mem_label[None, :] == pred[:, None], near, -2.0).max(axis=1)
+    return pred, {
+        "max cosine": cos[at, pred],
+        "top-2 margin": top2[:, 1] - top2[:, 0],
+        "Mahalanobis": -maha[at, pred],
+        "relative Mahalanobis": -(maha[at, pred] - maha0),
+        "k-NN (own label)": own,
+    }
+
+
+def study_scores(d: Data, seeds: int, shots_list: list[int]) -> None:
+    """Candidate open-set scores beside the max cosine, and the closed-set top-1 of fixed maps."""
+    n = d.n
+    print(
+        f"\n## Open-set scores: real digits, round 1 (5 digits taught next to the {n} labels, imprinted), "
+        "the other 5 as unknowns; never-seen generated doodles as far unknowns"
+    )
+    print(
+        "oracle: one threshold set on the held-out right answers themselves (5% of them turned unknown;"
+        f" for doodles, the taught digits' and the {n} labels' generated right answers)"
+    )
+    spaces = {kind: Space(kind, d.ex, d.exi) for kind in ("none", "centred", "whitened")}
+    print(f"Ledoit-Wolf shrinkage of the within-label covariance: {spaces['none'].shrinkage:.3f}")
+    oracle_rec: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    space_rec: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+    for shots in shots_list:
+        for seed in range(seeds):
+            a, b, tr, te = split(d, seed, shots)
+            xs = np.concatenate([tr[c] for c in a])
+            known = np.concatenate([te[c] for c in a])
+            truth = np.array([n + list(a).index(c) for c in d.y[known]])
+            unknown = np.concatenate([te[c] for c in b])
+            rl = np.concatenate([d.rl, np.arange(n, n + 5)])
+            rows = np.concatenate([d.W, np.stack([imprint_rows(d.emb[tr[c]]) for c in a])])
+            means = np.concatenate(
+                [spaces["none"].means, np.stack([normalize(d.emb[tr[c]]).mean(0) for c in a])]
+            )
+            memory = (
+                normalize(np.concatenate([d.ex, d.emb[xs]])),
+                np.concatenate([d.exi, rl[len(d.W) :].repeat(shots)]),
+            )
+            parts = {
+                name: open_scores(e, rows, rl, n + 5, spaces["none"], means, memory)
+                for name, e in (
+                    ("known", d.emb[known]),
+                    ("untaught", d.emb[unknown]),
+                    ("std", d.std),
+                    ("novel", d.novel),
+                )
+            }
+            right = parts["known"][0] == truth
+            right_std = parts["std"][0] == d.std_y
+            for score in parts["known"][1]:
+                sk = parts["known"][1][score][right]
+                both = np.concatenate([sk, parts["std"][1][score][right_std]])
+                oracle_rec.setdefault((score, shots), []).append(
+                    (
+                        oracle_reject(sk, parts["untaught"][1][score]),
+                        oracle_reject(both, parts["novel"][1][score]),
+                    )
+                )
+            # The maps baked in front of the cosine rows: closed-set top-1 and the calibrated unknown.
+            for kind, space in spaces.items():
+                mapped_rows = np.concatenate(
+                    [space(d.W), np.stack([imprint_rows(space(d.emb[tr[c]])) for c in a])]
+                )
+                both_rows = np.concatenate(
+                    [mapped_rows, np.stack([imprint_rows(space(d.emb[tr[c]])) for c in b])]
+                )
+                rl2 = np.concatenate([rl, np.arange(n + 5, n + 10)])
+                known2 = np.concatenate([te[c] for c in b])
+                truth2 = np.array([n + 5 + list(b).index(c) for c in d.y[known2]])
+                imp = {len(d.W) + i: len(d.ex) + np.arange(i * shots, (i + 1) * shots) for i in range(5)}
+                cal = calibrate(
+                    space(np.concatenate([d.ex, d.emb[xs]])),
+                    np.concatenate([d.exi, np.repeat(np.arange(n, n + 5), shots)]),
+                    mapped_rows,
+                    rl,
+                    n + 5,
+                    imp,
+                )
+                pk, _, _ = predict_open(space(d.emb[known]), mapped_rows, rl, d.scale, cal.thresholds)
+                pu, _, _ = predict_open(space(d.emb[unknown]), mapped_rows, rl, d.scale, cal.thresholds)
+                ps, _, _ = predict_open(space(d.std), mapped_rows, rl, d.scale, cal.thresholds)
+                pn, _, _ = predict_open(space(d.novel), mapped_rows, rl, d.scale, cal.thresholds)
+                top_k = label_cosines(space(d.emb[known]), mapped_rows, rl, n + 5).argmax(1)
+                top_s = label_cosines(space(d.std), mapped_rows, rl, n + 5).argmax(1)
+                top_2 = label_cosines(space(d.emb[known2]), both_rows, rl2, n + 10).argmax(1)
+                rk, rs = top_k == truth, top_s == d.std_y
+                space_rec.setdefault((kind, shots), []).append(
+                    (
+                        rk.mean(),
+                        np.mean(top_2 == truth2),
+                        rs.mean(),
+                        np.mean(pk[rk] == -1),
+                        np.mean(ps[rs] == -1),
+                        np.mean(pu == -1),
+                        np.mean(pn == -1),
+                    )
+                )
+    print("score | shots | oracle: untaught digits rejected | oracle: never-seen doodles rejected")
+    for (score, shots), pairs in oracle_rec.items():
+        r = np.array(pairs)
+        print(f"{score:20s} | {shots:5d} | {cell(r[:, 0])} | {cell(r[:, 1])}")
+    print(
+        "\nmap in front of the cosine rows | shots | top-1 round 1 new | top-1 round 2 new (imprinted)"
+        f" | top-1 {n} labels (generated) | calibrated: right->unknown new | right->unknown {n}"
+        " | untaught rejected | doodles rejected"
+    )
+    for (kind, shots), rec in space_rec.items():
+        r = np.array(rec)
+        print(f"{kind:9s} | {shots:5d} | " + " | ".join(cell(r[:, i]) for i in range(r.shape[1])))
 
 
 # --- 2. never worse than imprinting -----------------------------------------------------------
@@ -418,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shots", default="3,5", help="drawings per taught digit, comma-separated")
     parser.add_argument("--per-digit", type=int, default=None, help="keep the first N drawings of each digit")
-    parser.add_argument("--part", choices=("calib", "select", "style", "all"), default="all")
+    parser.add_argument("--part", choices=("calib", "scores", "select", "style", "all"), default="all")
     args = parser.parse_args(argv)
     try:
         shots_list = [int(v) for v in args.shots.split(",")]
@@ -435,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / BACKBONE_FILE).is_file():
         print(f"Error: no model package at {args.model}", file=sys.stderr)
         return 1
-    parts = {"calib", "select", "style"} if args.part == "all" else {args.part}
+    parts = {"calib", "scores", "select", "style"} if args.part == "all" else {args.part}
     started = time.perf_counter()
     try:
         d = Data(args.model, args.per_digit, parts)
@@ -448,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if "calib" in parts:
         study_calibration(d, args.seeds, shots_list)
+    if "scores" in parts:
+        study_scores(d, args.seeds, shots_list)
     if "select" in parts:
         study_selection(d, args.seeds, shots_list)
     if "style" in parts:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import common, report, run, speed
@@ -129,7 +130,9 @@ def test_real_digits_run_through_the_cli(results: dict[str, Any]) -> None:
     for key in (
         "update_r1_new.top1",
         "update_r1_new.unknown",
+        "update_r1_new.top1_no_unknown",
         "update_r2_new.top1",
+        "update_r2_new.top1_no_unknown",
         "update_r2_old.top1",
         "update_open_untaught_digits",
         "update_open_procedural_r2",
@@ -140,8 +143,13 @@ def test_real_digits_run_through_the_cli(results: dict[str, Any]) -> None:
         "ncm10_pixels",
     ):
         assert 0.0 <= row[key]["mean"] <= 1.0, key
+    for key in ("update_r1_new", "update_r2_new", "update_r2_old"):  # unknown counts wrong: never above
+        assert row[f"{key}.top1"]["mean"] <= row[f"{key}.top1_no_unknown"]["mean"], key
+        share = row[f"{key}.right_to_unknown"]["mean"]
+        assert np.isnan(share) or 0.0 <= share <= 1.0, key
     text = "\n".join(report.real_digits_section(results))
     assert "## 0. Real human drawings" in text and "`update` (CLI)" in text
+    assert "right answers → `unknown` %" in text
 
 
 def test_real_digits_render_as_user_drawings() -> None:
@@ -178,6 +186,7 @@ def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[s
     for heading in (
         "## Calibrated unknown: real digits",
         "## Calibrated unknown: generated drawings",
+        "## Open-set scores",
         "## Never worse than imprinting",
         "## Conflicts",
         "## Style rows",
@@ -189,6 +198,15 @@ def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[s
     for line in calib:
         shares = [float(c.split()[0]) for c in line.split(" | ")[3:9]]
         assert all(0.0 <= v <= 1.0 for v in shares), line
+    names = {"max cosine", "top-2 margin", "Mahalanobis", "relative Mahalanobis", "k-NN (own label)"}
+    maps = {"none", "centred", "whitened"}  # fixed maps baked in front of the cosine rows
+    scores = {
+        line.split(" | ")[0].strip(): line for line in lines if line.split(" | ")[0].strip() in names | maps
+    }
+    assert set(scores) == names | maps, sorted(scores)
+    for line in scores.values():
+        shares = [float(c.split()[0]) for c in line.split(" | ")[2:]]
+        assert shares and all(0.0 <= v <= 1.0 for v in shares), line
     heads = {
         line.split(" | ")[1].strip(): line.rsplit(" | ", 1)[1] for line in lines if line.startswith("    3 |")
     }

@@ -308,10 +308,23 @@ def gate_ceiling(
 # logit - median over the new drawings) / their std < 1, and the margin gate (margin_gate.py)
 # allows it. Units: "loo" the median leave-one-out squared distance of the new drawings (the
 # previous update), "norm" their median squared length; "update" is the update's own
-# ``distance_rows``. With drawings of the own labels (seed: the batch's + 100; those the brought
-# head gets right), each ball also stops at half (the update: linear.SHRINK) the squared distance
-# to the nearest of them, as an update with exemplars or old labels in the batch does.
+# ``distance_rows`` (radius > 0: with that instead of linear.RADIUS; with drawings of the own
+# labels, the rows with the own-distance feature that make-updatable --examples gives, measured
+# to all of them; "update-stop" the rows without it). With drawings of the own
+# labels (seed: the batch's + 100; those the brought head gets right), each ball also stops at
+# half (the update: linear.SHRINK) the squared distance to the nearest of them, as an update
+# with exemplars or old labels in the batch does. Rules that use those drawings to say where the
+# own labels lie instead (issue 14's NCM baseline knows that too; none of them fits the linear
+# head's present features except "stop"): "knn" an added label wins where all of the radius (k)
+# nearest of the own drawings and the new ones are new; "ratio" where the squared distance to
+# the nearest new mean is below radius x that to the nearest own drawing (a backbone feature
+# the package would need); "stop" the update's ball form with a prior of STOP_PRIOR x the
+# squared length, each ball stopped where an own drawing would score radius (its distance share
+# plus the confidence term), so drawings the brought head is sure of stop it less.
 UPDATE_RULE = "the update's distance rows (heads/linear.py), gate 0.8"
+# with old drawings: the update's rows as they are without the own-distance feature (old labels in
+# a batch, or a package whose --examples miss a label): the ball stopped before known examples
+STOP_RULE = "the update's ball stopped at 0.35 x the nearest known drawing, gate 0.8"
 KEEP_WITH_OLD = 0.99  # issue 14: share kept with 5 examples per own label
 STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
     (UPDATE_RULE, 0.0, "update", 0.0, 0.8, 0),
@@ -323,8 +336,31 @@ STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
     ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0, 0),
     ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None, 0),
     (UPDATE_RULE + ", 5 per own label", 0.0, "update", 0.0, 0.8, 5),
+    (STOP_RULE + ", 5 per own label", 0.0, "update-stop", 0.0, 0.8, 5),
     ("before: ball 0.75 loo, gate 0.8, 5 per own label", 0.75, "loo", 0.0, 0.8, 5),
+    ("the update's rows at ball 0.06 norm, no old data", 0.06, "update", 0.0, 0.8, 0),
+    ("the update's rows at ball 0.05 norm, no old data", 0.05, "update", 0.0, 0.8, 0),
+    ("3-NN vote over own and new drawings (3 of 3 new), gate 0.8, 5 per own label", 3, "knn", 0.0, 0.8, 5),
+    ("1-NN ratio 0.35 + 0.25 confidence, gate 0.8, 5 per own label", 0.35, "ratio", 0.25, 0.8, 5),
+    ("1-NN ratio 0.5, gate 0.8, 5 per own label", 0.5, "ratio", 0.0, 0.8, 5),
+    (
+        "ball 0.2 norm, stop at score 3.25 + 0.25 confidence, gate 0.8, 5 per own label",
+        3.25,
+        "stop",
+        0.25,
+        0.8,
+        5,
+    ),
+    (
+        "ball 0.2 norm, stop at score 3.0 + 0.25 confidence, gate 0.8, 5 per own label",
+        3.0,
+        "stop",
+        0.25,
+        0.8,
+        5,
+    ),
 )
+STOP_PRIOR = 0.2  # the "stop" rules' ball before the own drawings stop it, x the squared length
 OLD_STOP = 0.5  # the previous update's stop before known examples (the formula rules use it)
 
 
@@ -338,25 +374,56 @@ def study_gate(
     rule: tuple[str, float, str, float, float | None, int],
     stand_ins: np.ndarray,
     known: np.ndarray,
+    own: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's.
     ``stand_ins``: the update's noise stand-ins in the model's features; ``known``: features of
-    own-label drawings the brought head gets right (empty: no old data)."""
+    own-label drawings the brought head gets right (empty: no old data); ``own``: all of those
+    drawings, what the own-distance feature measures to (None: ``known``)."""
     from mlpersonalize import margin_gate
     from mlpersonalize.heads.linear import distance_rows
+
+    own = known if own is None else own
 
     _, radius, unit_kind, confidence, quantile, _ = rule
     labels = np.unique(new_ids)
     means = np.stack([new[new_ids == k].mean(0) for k in labels])
-    if unit_kind == "update":  # the rows an update writes, read as a score over the best logit
-        best_new = (new @ weight.T + bias).max(1)
-        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins)
+    to_means = ((test[:, None] - means[None]) ** 2).sum(-1)
+    best_new = (new @ weight.T + bias).max(1)
+    centre, spread = float(np.median(best_new)), max(float(np.std(best_new)), 1e-12)
+    if unit_kind in ("update", "update-stop"):  # the rows an update writes, read over the best logit
+        extra: dict[str, Any] = {"radius": radius} if radius else {}
+        extra["own"] = unit_kind == "update" and len(known) > 0
+        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins, **extra)
         core = np.stack([rows[k][0] for k in labels]).astype(np.float64)
         dist = np.stack([rows[k][1] for k in labels]).astype(np.float64)
         best = (test @ weight.T + bias).max(1)
         row_logits = test @ core[:, :-1].T + core[:, -1] + np.outer(best, dist[:, 0])
         row_logits += np.outer((test**2).sum(1), dist[:, 1])
+        if extra["own"]:
+            row_logits += np.outer(margin_gate.own_distance(test, own), dist[:, 2])
         score = 1 - (row_logits - best[:, None])  # below 1 where a row beats the brought head
+    elif unit_kind == "knn":  # all of the k nearest (own and new drawings) new: nearest new mean
+        pool = np.concatenate([known, new])
+        nearest = np.argsort(((test[:, None] - pool[None]) ** 2).sum(-1), axis=1)[:, : int(radius)]
+        vote = np.all(nearest >= len(known), axis=1)
+        score = to_means / to_means.min(1, keepdims=True).clip(1e-12) + np.where(vote, -1.0, 1.0)[:, None]
+    elif unit_kind == "ratio":
+        to_own = ((test[:, None] - known[None]) ** 2).sum(-1).min(1)
+        score = to_means / np.maximum(radius * to_own, 1e-12)[:, None]
+    elif unit_kind == "stop":
+        loo_unit = float(
+            np.median(
+                [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
+                 for i in range(len(new))]
+            )
+        )  # fmt: skip
+        r2 = np.full(len(labels), min(STOP_PRIOR * float(np.median((new**2).sum(1))), 1.5 * loo_unit))
+        if len(known):  # an own drawing must score at least ``radius`` (distance share + confidence)
+            room = radius - confidence * ((known @ weight.T + bias).max(1) - centre) / spread
+            share = ((known[:, None] - means[None]) ** 2).sum(-1) / np.maximum(room, 1e-12)[:, None]
+            r2 = np.minimum(r2, np.where(room[:, None] > 0, share, np.inf).min(0))
+        score = to_means / np.maximum(r2, 1e-12)[None]
     elif unit_kind == "loo":
         unit = float(
             np.median(
@@ -366,7 +433,7 @@ def study_gate(
         )  # fmt: skip
     else:
         unit = float(np.median((new**2).sum(1)))
-    if unit_kind != "update":
+    if unit_kind in ("loo", "norm"):
         r2 = np.full(len(labels), radius * unit)
         if len(known):
             nearest = ((known[:, None] - means[None]) ** 2).sum(-1).min(0)
@@ -374,9 +441,7 @@ def study_gate(
         score = ((test[:, None] - means[None]) ** 2).sum(-1) / np.maximum(r2, 1e-12)[None]
     logits = test @ weight.T + bias
     if confidence:
-        best_new = (new @ weight.T + bias).max(1)
-        spread = max(float(np.std(best_new)), 1e-12)
-        score += confidence * ((logits.max(1) - np.median(best_new)) / spread)[:, None]
+        score += confidence * ((logits.max(1) - centre) / spread)[:, None]
     wins = score.min(1) < 1
     if quantile is not None:
         thresholds = np.array(margin_gate.ladder(gate_noise, weight, bias))
@@ -384,7 +449,8 @@ def study_gate(
         above = thresholds[thresholds >= level]
         if len(above):
             wins &= margin_gate.margins(test, weight, bias) <= above[0]
-    return np.where(wins, labels[score.argmin(1)], logits.argmax(1))
+    choice = to_means.argmin(1) if unit_kind in ("knn", "ratio") else score.argmin(1)
+    return np.where(wins, labels[choice], logits.argmax(1))
 
 
 def gate_study(
@@ -418,7 +484,7 @@ def gate_study(
         for rule in STUDY_RULES:
             given = known if rule[5] else known[:0]
             pred = study_gate(
-                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given
+                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given, old
             )
             cell = out[rule[0]]
             cell["kept"].append(float(np.mean(pred[own] == ids[own])) / before)

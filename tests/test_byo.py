@@ -572,3 +572,41 @@ def test_distance_rows_ball_scale_cap_stops_and_confidence() -> None:
     assert score(rows, mean, median, 5) == pytest.approx(linear.SHARPNESS, rel=1e-3)
     surer = median + sd / linear.CONFIDENCE * 1.01  # more than one ball-width's worth
     assert score(rows, mean, surer, 5) < 0 < score(rows, mean, median + sd, 5)
+
+
+def test_distance_rows_with_the_own_distance_feature() -> None:
+    """With the squared distance ``o`` to the nearest example of the brought labels (make-updatable
+    --examples), an added row wins where the squared distance to its mean is below OWN_SHARE x o,
+    never on one of those examples (o = 0), and gives way by OWN_CONFIDENCE ball-widths per
+    standard deviation the brought head is surer than of the new examples."""
+    from mlpersonalize import margin_gate
+    from mlpersonalize.heads import linear
+
+    rng = np.random.default_rng(0)
+    dim = 8
+    emb = rng.normal(0, 1.0, (6, dim)).astype(np.float32)
+    emb[:, 0] += 10.0
+    emb[3:, 1] += 4.0
+    idx = np.array([5, 5, 5, 6, 6, 6])
+    own = (rng.normal(0, 1.0, (10, dim)) - np.eye(dim)[0] * 10.0).astype(np.float32)  # far side
+    best = np.array([1.0, 2.0, 3.0, 1.5, 2.5, 2.0], np.float32)
+    rows = linear.distance_rows(emb, idx, [5, 6], own, dim, best, own=True)
+    median, sd = float(np.median(best)), float(np.std(best))
+
+    def score(e: np.ndarray, brought_best: float, row: int = 5) -> float:
+        core, distance = rows[row]
+        assert len(distance) == 3
+        o = float(margin_gate.own_distance(e[None], own)[0])
+        features = (brought_best, float(e @ e), o)
+        return float(core[:-1] @ e + core[-1] + np.dot(distance, features) - brought_best)
+
+    mean = emb[:3].astype(np.float64).mean(axis=0)
+    assert score(mean, median) > 0  # at its mean, far from the own examples
+    for example in own.astype(np.float64):  # never on an example of the brought labels
+        assert score(example, median) < 0 and score(example, median - 10 * sd) < 0
+    # on the way from its mean to the nearest own example the row wins up to a point, then no more
+    target = own[np.argmin(((own - mean) ** 2).sum(axis=1))].astype(np.float64)
+    path = [score(mean + t * (target - mean), median) > 0 for t in np.linspace(0, 1, 101)]
+    assert path[0] and not path[-1] and path == sorted(path, reverse=True)
+    # the confidence term: a brought head much surer than of the new examples takes the input back
+    assert score(mean, median + 100 * sd) < 0 < score(mean, median)

@@ -82,10 +82,10 @@ SHARPNESS = 4.0  # an added row's logit over the best brought one at its mean (i
 # margin_gate.own_parts) an added row wins where the squared distance to its examples' mean is
 # below OWN_SHARE times that to the nearest of those examples, less OWN_CONFIDENCE ball-widths
 # (r**2 as above, without the stops) per standard deviation the brought head is surer of the
-# input than of the new examples. Chosen with `python -m benchmarks.byo --gate-study 20` on batch
-# seeds 100-119 and 120-139 (held-out 5000, 6000) as the widest share whose runs under 99% of the
-# own labels kept were no more than the ball's (the ball stopped at SHRINK of the nearest example),
-# and checked on seeds 140-159 (held-out 7000); docs/bring-your-own-model.md has the table.
+# input than of the new examples. Chosen on batch seeds 100-159 (held-out 5000, 6000, 7000; 5
+# generated drawings per own label) as the widest share whose runs under 99% of the own labels
+# kept were no more than the ball's (stopped at SHRINK of the nearest example): `python -m
+# benchmarks.byo --gate-study 20` measures both; docs/bring-your-own-model.md has the table.
 OWN_SHARE = 0.35
 OWN_CONFIDENCE = 0.5
 

@@ -577,8 +577,9 @@ def test_distance_rows_ball_scale_cap_stops_and_confidence() -> None:
 def test_distance_rows_with_the_own_distance_feature() -> None:
     """With the squared distance ``o`` to the nearest example of the brought labels (make-updatable
     --examples), an added row wins where the squared distance to its mean is below OWN_SHARE x o,
-    never on one of those examples (o = 0), and gives way by OWN_CONFIDENCE ball-widths per
-    standard deviation the brought head is surer than of the new examples."""
+    not on one of those examples (o = 0) unless the brought head is much less sure of it, and
+    gives way by OWN_CONFIDENCE ball-widths per standard deviation the brought head is surer than
+    of the new examples."""
     from mlpersonalize import margin_gate
     from mlpersonalize.heads import linear
 
@@ -610,3 +611,34 @@ def test_distance_rows_with_the_own_distance_feature() -> None:
     assert path[0] and not path[-1] and path == sorted(path, reverse=True)
     # the confidence term: a brought head much surer than of the new examples takes the input back
     assert score(mean, median + 100 * sd) < 0 < score(mean, median)
+
+
+def test_own_distance_rows_stop_before_known_examples_the_feature_lacks() -> None:
+    """Old labels in a later batch (or labels of earlier updates) are not in the own-distance
+    feature: a row's share is lowered so that such a known example lies at most OWN_STOP of the
+    way into its region, and is not won."""
+    from mlpersonalize import margin_gate
+    from mlpersonalize.heads import linear
+
+    rng = np.random.default_rng(1)
+    dim = 8
+    emb = rng.normal(0, 1.0, (3, dim)).astype(np.float32)
+    emb[:, 0] += 10.0
+    idx = np.array([5, 5, 5])
+    own = (rng.normal(0, 1.0, (10, dim)) - np.eye(dim)[0] * 10.0).astype(np.float32)
+    mean = emb.astype(np.float64).mean(axis=0)
+    stranger = (mean + np.eye(dim)[1] * 2.0).astype(np.float32)  # near the new mean, not in ``own``
+    o = margin_gate.own_distance(stranger[None], own)
+    free = linear.distance_rows(emb, idx, [5], stranger[None], dim, own=True)
+    stopped = linear.distance_rows(emb, idx, [5], stranger[None], dim, own=True, own_known=(o, np.zeros(1)))
+
+    def lead(rows: dict, e: np.ndarray) -> float:
+        core, distance = rows[5]
+        features = (0.0, float(e @ e), float(margin_gate.own_distance(e[None], own)[0]))
+        return float(core[:-1] @ e + core[-1] + np.dot(distance, features))
+
+    assert lead(free, stranger.astype(np.float64)) > 0  # without the stop the row takes it
+    assert lead(stopped, stranger.astype(np.float64)) < 0 < lead(stopped, mean)
+    assert stopped[5][1][2] < free[5][1][2]  # by a lower share, same ball
+    held = linear.distance_rows(emb, idx, [5], own[:1], dim, own=True, own_known=(np.zeros(1), np.zeros(1)))
+    assert np.array_equal(held[5][1], free[5][1])  # an example the feature holds stops nothing

@@ -88,6 +88,10 @@ SHARPNESS = 4.0  # an added row's logit over the best brought one at its mean (i
 # benchmarks.byo --gate-study 20` measures both; docs/bring-your-own-model.md has the table.
 OWN_SHARE = 0.35
 OWN_CONFIDENCE = 0.5
+# Known examples the own-distance feature does not hold (old labels in a later batch, labels of
+# earlier updates) lower a row's share so that each lies at most OWN_STOP of the way into its
+# region (by share); the stop before known examples of the rows without the feature, in its form.
+OWN_STOP = 0.5
 
 
 def split(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,6 +252,7 @@ def distance_rows(
     stand_ins: np.ndarray | None = None,
     radius: float | None = None,
     own: bool = False,
+    own_known: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The core weights ``[D + 1]`` (bias last) and the two distance weights of each row in ``rows``.
 
@@ -265,7 +270,9 @@ def distance_rows(
     Returned as ``(core [D + 1], distance [2])``. With ``own`` (the embedding ends with the
     squared distance ``o`` to the nearest example of the brought labels) row j is instead
     best + k (OWN_SHARE o - |e - m|**2) - SHARPNESS * OWN_CONFIDENCE * (best - mu) / sd, ``r**2``
-    without the stops (known examples and stand-ins), and ``distance [3]``.
+    without the stops (known examples and stand-ins), and ``distance [3]``; ``own_known`` (the
+    own-distance values and best logits of ``known``) lowers a row's share below OWN_SHARE so
+    that none of ``known`` lies more than OWN_STOP of the way into its region.
     """
     mine = np.isin(idx, rows)
     members_all = np.asarray(emb[mine], np.float64)
@@ -294,10 +301,19 @@ def distance_rows(
         if own:
             r2 = max(r2, 1e-12)
             k = SHARPNESS / r2
+            share = OWN_SHARE
+            if own_known is not None and len(known):
+                # a known example x wins where share * o_x > |x - m|**2 + (tilt / k) (best_x - mu)
+                o_x, best_x = (np.asarray(v, np.float64) for v in own_known)
+                mu = offset / tilt if tilt else 0.0
+                room = ((np.asarray(known, np.float64) - mean) ** 2).sum(axis=1) + tilt / k * (best_x - mu)
+                held = o_x > 1e-4 * r2  # not one of the examples the feature measures to
+                if np.any(held):
+                    share = min(share, OWN_STOP * max(0.0, float((room[held] / o_x[held]).min())))
             core = np.zeros(dim + 1, np.float64)
             core[:dim] = 2 * k * mean
             core[dim] = -k * float(mean @ mean) + offset
-            out[row] = (core.astype(np.float32), np.array([1.0 - tilt, -k, k * OWN_SHARE], np.float32))
+            out[row] = (core.astype(np.float32), np.array([1.0 - tilt, -k, k * share], np.float32))
             continue
         if len(known):
             nearest = float(((np.asarray(known, np.float64) - mean) ** 2).sum(axis=1).min())
@@ -476,7 +492,12 @@ class LinearHead(HeadKind):
         # lies far away and this changes nothing; in random-weight test networks it lies near.
         stand = self.train_input(self.stand_in_embeddings())
         own = self.distance > margin_gate.DISTANCE_COLUMNS  # the own-distance feature is there
-        rows = distance_rows(core, real_idx, sorted(renewed), core[right], self.core, best, stand, own=own)
+        own_known = None
+        if own and best is not None:  # its last column: the own-distance feature of each example
+            own_known = (np.asarray(real_emb, np.float64)[right, -1], best[right])
+        rows = distance_rows(
+            core, real_idx, sorted(renewed), core[right], self.core, best, stand, own=own, own_known=own_known
+        )
         first_distance = self.core + len(self.gate)
         for row in range(self.frozen, len(result.weight)):
             if row in rows:

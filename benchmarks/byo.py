@@ -721,14 +721,46 @@ def _with_examples(
     }
 
 
+def cli_ranked(home: Path, model: str, folder: Path, cwd: Path, labels: int) -> dict[str, list[str]]:
+    """``predict --json`` on a folder: file (relative to the folder) -> every label, best first."""
+    out = cli(home, "predict", str(folder), "--model", model, "--json", "-k", str(labels), cwd=cwd)
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {str(Path(r["file"]).relative_to(folder)): [t["label"] for t in r["top"]] for r in rows}
+
+
+def gated(
+    linear: dict[str, list[str]], branch: dict[str, list[str]], new_labels: tuple[str, ...]
+) -> dict[str, str]:
+    """Top-1 of a branch head behind the linear kind's own-vs-new decision: where the linear kind
+    answers an own label, that answer; where it answers a new one, the branch's best new label."""
+    out = {}
+    for file, ranked in linear.items():
+        best_new = next((label for label in branch[file] if label in new_labels), ranked[0])
+        out[file] = best_new if ranked[0] in new_labels else ranked[0]
+    return out
+
+
 def measure_branch(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any) -> dict[str, Any]:
     """``--trainable``: the branch kind (BRANCH_LAYERS) updated with the new labels only, per seed:
-    whether the guard refused (exit 6) and, rerun with --force, what the update would have done."""
+    whether the guard refused (exit 6) and, rerun with --force, what the update would have done;
+    next to the linear kind on the same batch and the branch gated by the linear kind's rows
+    (``gated``: what the branch's trained layers add where the own labels are kept as well)."""
     work.mkdir(parents=True)
     pkg = work / "pkg"
     trainable = [arg for layer in BRANCH_LAYERS[fx.name] for arg in ("--trainable", layer)]
     args = [str(fx.path), "-o", str(pkg), *fx.make_updatable_args(), *trainable]
     cli(work / "home0", "make-updatable", *args, cwd=work)
+    linear_pkg = work / "pkg-linear"
+    cli(
+        work / "home0",
+        "make-updatable",
+        str(fx.path),
+        "-o",
+        str(linear_pkg),
+        *fx.make_updatable_args(),
+        cwd=work,
+    )
+    every = len(fx.labels) + len(fx.new_labels)
     test_dir = work / "heldout"
     drawings(test_dir, fx.labels + fx.new_labels, heldout, HELDOUT_SEED)
     before = accuracy(cli_top1(work / "home0", str(pkg), test_dir, work), fx.labels)
@@ -747,11 +779,22 @@ def measure_branch(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any) 
         if refused:
             cli(home, *update, "--force", cwd=work)
         seconds = time.perf_counter() - start
-        top1 = cli_top1(home, fx.name, test_dir, work)
+        ranked = cli_ranked(home, fx.name, test_dir, work, every)
+        top1 = {file: labels[0] for file, labels in ranked.items()}
         old, new = accuracy(top1, fx.labels), accuracy(top1, fx.new_labels)
+        linear_home = work / f"home-linear{seed}"
+        linear_batch = str(work / f"linear{seed}.npz")
+        cli(linear_home, "prepare", str(new_dir), "-o", linear_batch, "--model", str(linear_pkg), cwd=work)
+        cli(linear_home, "update", linear_batch, "--model", str(linear_pkg), "--seed", str(seed), cwd=work)
+        linear = cli_ranked(linear_home, fx.name, test_dir, work, every)
+        linear_top1 = {file: labels[0] for file, labels in linear.items()}
+        both = gated(linear, ranked, fx.new_labels)
         record["runs"].append(
             {"seed": seed, "method": "update-branch", "old_shots": 0, "old": old, "new": new,
-             "refused": refused, "seconds": seconds}
+             "refused": refused, "seconds": seconds,
+             "linear_old": accuracy(linear_top1, fx.labels),
+             "linear_new": accuracy(linear_top1, fx.new_labels),
+             "gated_old": accuracy(both, fx.labels), "gated_new": accuracy(both, fx.new_labels)}
         )  # fmt: skip
         note = ", refused by the guard: measured with --force" if refused else ""
         log(f"  seed {seed}: own labels kept {old / before:.3f}, new {new:.3f} ({seconds:.1f} s{note})")
@@ -765,16 +808,25 @@ def branch_markdown(results: dict[str, Any]) -> str:
         f"{results['seeds']} seeds, {results['heldout']} held-out drawings per label; a refused update "
         "is measured as rerun with --force.",
         "",
-        "| fixture (`--trainable`) | own labels before | kept (mean, worst) | new labels | guard refused |",
-        "| --- | --- | --- | --- | --- |",
+        "| fixture (`--trainable`) | own labels before | kept (mean, worst) | new labels | guard refused "
+        "| linear kind, same batch: kept / new | branch gated by the linear kind's rows: kept / new |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, record in results["fixtures"].items():
-        kept = [r["old"] / record["before"] for r in record["runs"]]
-        new = [r["new"] for r in record["runs"]]
-        refused = sum(bool(r["refused"]) for r in record["runs"])
+        runs, before = record["runs"], record["before"]
+        kept = [r["old"] / before for r in runs]
+        new = [r["new"] for r in runs]
+        refused = sum(bool(r["refused"]) for r in runs)
+        other = [
+            f"{100 * np.mean([r[k + '_old'] / before for r in runs]):.1f} / "
+            + _ms([r[k + "_new"] for r in runs])
+            for k in ("linear", "gated")
+        ]
         lines.append(
-            f"| {name} (`{' '.join(record['trainable'])}`) | {100 * record['before']:.1f} | "
-            f"{100 * np.mean(kept):.1f}, {100 * min(kept):.1f} | {_ms(new)} | {refused}/{len(kept)} |"
+            f"| {name} (`{' '.join(record['trainable'])}`) | {100 * before:.1f} | "
+            f"{100 * np.mean(kept):.1f}, {100 * min(kept):.1f} | {_ms(new)} | {refused}/{len(kept)} | "
+            + " | ".join(other)
+            + " |"
         )
     return "\n".join(lines)
 

@@ -344,6 +344,9 @@ def test_benchmark_measures_the_branch_kind(tmp_path: Path, capsys: pytest.Captu
     record = json.loads(out.read_text(encoding="utf-8"))["fixtures"]["mlp"]
     assert record["trainable"] == list(BRANCH_LAYERS["mlp"])
     assert [(r["method"], r["refused"]) for r in record["runs"]] == [("update-branch", True)]
+    run = record["runs"][0]  # next to the linear kind and the branch behind the linear kind's rows
+    assert all(0 <= run[k] <= 1 for k in ("linear_old", "linear_new", "gated_old", "gated_new"))
+    assert run["gated_old"] == run["linear_old"]  # the gate decides own vs new: the same own answers
     assert "| mlp (`features.3.weight features.3.bias`) |" in capsys.readouterr().out
 
 

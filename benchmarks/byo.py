@@ -308,10 +308,23 @@ def gate_ceiling(
 # logit - median over the new drawings) / their std < 1, and the margin gate (margin_gate.py)
 # allows it. Units: "loo" the median leave-one-out squared distance of the new drawings (the
 # previous update), "norm" their median squared length; "update" is the update's own
-# ``distance_rows``. With drawings of the own labels (seed: the batch's + 100; those the brought
-# head gets right), each ball also stops at half (the update: linear.SHRINK) the squared distance
-# to the nearest of them, as an update with exemplars or old labels in the batch does.
+# ``distance_rows`` (radius > 0: with that instead of linear.RADIUS; with drawings of the own
+# labels, the rows with the own-distance feature that make-updatable --examples gives, measured
+# to all of them; "update-stop" the rows without it). With drawings of the own
+# labels (seed: the batch's + 100; those the brought head gets right), each ball also stops at
+# half (the update: linear.SHRINK) the squared distance to the nearest of them, as an update
+# with exemplars or old labels in the batch does. Rules that use those drawings to say where the
+# own labels lie instead (issue 14's NCM baseline knows that too; none of them fits the linear
+# head's present features except "stop"): "knn" an added label wins where all of the radius (k)
+# nearest of the own drawings and the new ones are new; "ratio" where the squared distance to
+# the nearest new mean is below radius x that to the nearest own drawing (a backbone feature
+# the package would need); "stop" the update's ball form with a prior of STOP_PRIOR x the
+# squared length, each ball stopped where an own drawing would score radius (its distance share
+# plus the confidence term), so drawings the brought head is sure of stop it less.
 UPDATE_RULE = "the update's distance rows (heads/linear.py), gate 0.8"
+# with old drawings: the update's rows as they are without the own-distance feature (old labels in
+# a batch, or a package whose --examples miss a label): the ball stopped before known examples
+STOP_RULE = "the update's ball stopped at 0.35 x the nearest known drawing, gate 0.8"
 KEEP_WITH_OLD = 0.99  # issue 14: share kept with 5 examples per own label
 STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
     (UPDATE_RULE, 0.0, "update", 0.0, 0.8, 0),
@@ -323,8 +336,33 @@ STUDY_RULES: tuple[tuple[str, float, str, float, float | None, int], ...] = (
     ("ball 0.08 norm + 0.25 confidence, gate 1.0", 0.08, "norm", 0.25, 1.0, 0),
     ("ball 0.08 norm + 0.25 confidence, no gate", 0.08, "norm", 0.25, None, 0),
     (UPDATE_RULE + ", 5 per own label", 0.0, "update", 0.0, 0.8, 5),
+    (STOP_RULE + ", 5 per own label", 0.0, "update-stop", 0.0, 0.8, 5),
     ("before: ball 0.75 loo, gate 0.8, 5 per own label", 0.75, "loo", 0.0, 0.8, 5),
+    ("the update's rows at ball 0.06 norm, no old data", 0.06, "update", 0.0, 0.8, 0),
+    ("the update's rows at ball 0.05 norm, no old data", 0.05, "update", 0.0, 0.8, 0),
+    ("3-NN vote over own and new drawings (3 of 3 new), gate 0.8, 5 per own label", 3, "knn", 0.0, 0.8, 5),
+    ("1-NN ratio 0.35 + 0.25 confidence, gate 0.8, 5 per own label", 0.35, "ratio", 0.25, 0.8, 5),
+    ("1-NN ratio 0.5, gate 0.8, 5 per own label", 0.5, "ratio", 0.0, 0.8, 5),
+    (
+        "ball 0.2 norm, stop at score 3.25 + 0.25 confidence, gate 0.8, 5 per own label",
+        3.25,
+        "stop",
+        0.25,
+        0.8,
+        5,
+    ),
+    (
+        "ball 0.2 norm, stop at score 3.0 + 0.25 confidence, gate 0.8, 5 per own label",
+        3.0,
+        "stop",
+        0.25,
+        0.8,
+        5,
+    ),
 )
+STOP_PRIOR = 0.2  # the "stop" rules' ball before the own drawings stop it, x the squared length
+# no-old-data rules counted against the 99% bar: what a ball without old data gives at that bar
+AT_THE_OLD_BAR = {rule[0] for rule in STUDY_RULES if rule[2] == "update" and rule[1] and not rule[5]}
 OLD_STOP = 0.5  # the previous update's stop before known examples (the formula rules use it)
 
 
@@ -338,25 +376,56 @@ def study_gate(
     rule: tuple[str, float, str, float, float | None, int],
     stand_ins: np.ndarray,
     known: np.ndarray,
+    own: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each held-out drawing's answer under ``rule``: a new label id, or the brought head's.
     ``stand_ins``: the update's noise stand-ins in the model's features; ``known``: features of
-    own-label drawings the brought head gets right (empty: no old data)."""
+    own-label drawings the brought head gets right (empty: no old data); ``own``: all of those
+    drawings, what the own-distance feature measures to (None: ``known``)."""
     from mlpersonalize import margin_gate
     from mlpersonalize.heads.linear import distance_rows
+
+    own = known if own is None else own
 
     _, radius, unit_kind, confidence, quantile, _ = rule
     labels = np.unique(new_ids)
     means = np.stack([new[new_ids == k].mean(0) for k in labels])
-    if unit_kind == "update":  # the rows an update writes, read as a score over the best logit
-        best_new = (new @ weight.T + bias).max(1)
-        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins)
+    to_means = ((test[:, None] - means[None]) ** 2).sum(-1)
+    best_new = (new @ weight.T + bias).max(1)
+    centre, spread = float(np.median(best_new)), max(float(np.std(best_new)), 1e-12)
+    if unit_kind in ("update", "update-stop"):  # the rows an update writes, read over the best logit
+        extra: dict[str, Any] = {"radius": radius} if radius else {}
+        extra["own"] = unit_kind == "update" and len(known) > 0
+        rows = distance_rows(new, new_ids, list(labels), known, new.shape[1], best_new, stand_ins, **extra)
         core = np.stack([rows[k][0] for k in labels]).astype(np.float64)
         dist = np.stack([rows[k][1] for k in labels]).astype(np.float64)
         best = (test @ weight.T + bias).max(1)
         row_logits = test @ core[:, :-1].T + core[:, -1] + np.outer(best, dist[:, 0])
         row_logits += np.outer((test**2).sum(1), dist[:, 1])
+        if extra["own"]:
+            row_logits += np.outer(margin_gate.own_distance(test, own), dist[:, 2])
         score = 1 - (row_logits - best[:, None])  # below 1 where a row beats the brought head
+    elif unit_kind == "knn":  # all of the k nearest (own and new drawings) new: nearest new mean
+        pool = np.concatenate([known, new])
+        nearest = np.argsort(((test[:, None] - pool[None]) ** 2).sum(-1), axis=1)[:, : int(radius)]
+        vote = np.all(nearest >= len(known), axis=1)
+        score = to_means / to_means.min(1, keepdims=True).clip(1e-12) + np.where(vote, -1.0, 1.0)[:, None]
+    elif unit_kind == "ratio":
+        to_own = ((test[:, None] - known[None]) ** 2).sum(-1).min(1)
+        score = to_means / np.maximum(radius * to_own, 1e-12)[:, None]
+    elif unit_kind == "stop":
+        loo_unit = float(
+            np.median(
+                [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
+                 for i in range(len(new))]
+            )
+        )  # fmt: skip
+        r2 = np.full(len(labels), min(STOP_PRIOR * float(np.median((new**2).sum(1))), 1.5 * loo_unit))
+        if len(known):  # an own drawing must score at least ``radius`` (distance share + confidence)
+            room = radius - confidence * ((known @ weight.T + bias).max(1) - centre) / spread
+            share = ((known[:, None] - means[None]) ** 2).sum(-1) / np.maximum(room, 1e-12)[:, None]
+            r2 = np.minimum(r2, np.where(room[:, None] > 0, share, np.inf).min(0))
+        score = to_means / np.maximum(r2, 1e-12)[None]
     elif unit_kind == "loo":
         unit = float(
             np.median(
@@ -366,7 +435,7 @@ def study_gate(
         )  # fmt: skip
     else:
         unit = float(np.median((new**2).sum(1)))
-    if unit_kind != "update":
+    if unit_kind in ("loo", "norm"):
         r2 = np.full(len(labels), radius * unit)
         if len(known):
             nearest = ((known[:, None] - means[None]) ** 2).sum(-1).min(0)
@@ -374,9 +443,7 @@ def study_gate(
         score = ((test[:, None] - means[None]) ** 2).sum(-1) / np.maximum(r2, 1e-12)[None]
     logits = test @ weight.T + bias
     if confidence:
-        best_new = (new @ weight.T + bias).max(1)
-        spread = max(float(np.std(best_new)), 1e-12)
-        score += confidence * ((logits.max(1) - np.median(best_new)) / spread)[:, None]
+        score += confidence * ((logits.max(1) - centre) / spread)[:, None]
     wins = score.min(1) < 1
     if quantile is not None:
         thresholds = np.array(margin_gate.ladder(gate_noise, weight, bias))
@@ -384,7 +451,8 @@ def study_gate(
         above = thresholds[thresholds >= level]
         if len(above):
             wins &= margin_gate.margins(test, weight, bias) <= above[0]
-    return np.where(wins, labels[score.argmin(1)], logits.argmax(1))
+    choice = to_means.argmin(1) if unit_kind in ("knn", "ratio") else score.argmin(1)
+    return np.where(wins, labels[choice], logits.argmax(1))
 
 
 def gate_study(
@@ -418,7 +486,7 @@ def gate_study(
         for rule in STUDY_RULES:
             given = known if rule[5] else known[:0]
             pred = study_gate(
-                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given
+                test, layer.weight, layer.bias, new, new_ids, gate_noise, rule, stand_ins, given, old
             )
             cell = out[rule[0]]
             cell["kept"].append(float(np.mean(pred[own] == ids[own])) / before)
@@ -433,7 +501,8 @@ def study_markdown(results: dict[str, Any]) -> str:
         f"{results['batches']} batches (seeds {results['first_seed']}–"
         f"{results['first_seed'] + results['batches'] - 1}), held-out seed {results['heldout_seed']}, "
         f"{results['heldout']} per label. Cells: own labels kept mean (worst; batches below "
-        f"{100 * KEEP:.0f}%, with drawings of the own labels below {100 * KEEP_WITH_OLD:.0f}%) / new labels' "
+        f"{100 * KEEP:.0f}%, with drawings of the own labels or a narrower ball below "
+        f"{100 * KEEP_WITH_OLD:.0f}%) / new labels' "
         "top-1 / share of new labels answering any held-out drawing, in %.",
         "",
         "| rule | " + " | ".join(names) + " |",
@@ -444,7 +513,7 @@ def study_markdown(results: dict[str, Any]) -> str:
         for name in names:
             cell = results["fixtures"][name][rule[0]]
             kept = np.array(cell["kept"])
-            floor = KEEP_WITH_OLD if rule[5] else KEEP
+            floor = KEEP_WITH_OLD if rule[5] or rule[0] in AT_THE_OLD_BAR else KEEP
             cells.append(
                 f"{100 * kept.mean():.1f} ({100 * kept.min():.1f}; {int((kept < floor).sum())}) / "
                 f"{100 * np.mean(cell['new']):.1f} / {100 * np.mean(cell['answering']):.0f}"
@@ -652,14 +721,46 @@ def _with_examples(
     }
 
 
+def cli_ranked(home: Path, model: str, folder: Path, cwd: Path, labels: int) -> dict[str, list[str]]:
+    """``predict --json`` on a folder: file (relative to the folder) -> every label, best first."""
+    out = cli(home, "predict", str(folder), "--model", model, "--json", "-k", str(labels), cwd=cwd)
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {str(Path(r["file"]).relative_to(folder)): [t["label"] for t in r["top"]] for r in rows}
+
+
+def gated(
+    linear: dict[str, list[str]], branch: dict[str, list[str]], new_labels: tuple[str, ...]
+) -> dict[str, str]:
+    """Top-1 of a branch head behind the linear kind's own-vs-new decision: where the linear kind
+    answers an own label, that answer; where it answers a new one, the branch's best new label."""
+    out = {}
+    for file, ranked in linear.items():
+        best_new = next((label for label in branch[file] if label in new_labels), ranked[0])
+        out[file] = best_new if ranked[0] in new_labels else ranked[0]
+    return out
+
+
 def measure_branch(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any) -> dict[str, Any]:
     """``--trainable``: the branch kind (BRANCH_LAYERS) updated with the new labels only, per seed:
-    whether the guard refused (exit 6) and, rerun with --force, what the update would have done."""
+    whether the guard refused (exit 6) and, rerun with --force, what the update would have done;
+    next to the linear kind on the same batch and the branch gated by the linear kind's rows
+    (``gated``: what the branch's trained layers add where the own labels are kept as well)."""
     work.mkdir(parents=True)
     pkg = work / "pkg"
     trainable = [arg for layer in BRANCH_LAYERS[fx.name] for arg in ("--trainable", layer)]
     args = [str(fx.path), "-o", str(pkg), *fx.make_updatable_args(), *trainable]
     cli(work / "home0", "make-updatable", *args, cwd=work)
+    linear_pkg = work / "pkg-linear"
+    cli(
+        work / "home0",
+        "make-updatable",
+        str(fx.path),
+        "-o",
+        str(linear_pkg),
+        *fx.make_updatable_args(),
+        cwd=work,
+    )
+    every = len(fx.labels) + len(fx.new_labels)
     test_dir = work / "heldout"
     drawings(test_dir, fx.labels + fx.new_labels, heldout, HELDOUT_SEED)
     before = accuracy(cli_top1(work / "home0", str(pkg), test_dir, work), fx.labels)
@@ -678,11 +779,22 @@ def measure_branch(fx: Fixture, seeds: int, heldout: int, work: Path, log: Any) 
         if refused:
             cli(home, *update, "--force", cwd=work)
         seconds = time.perf_counter() - start
-        top1 = cli_top1(home, fx.name, test_dir, work)
+        ranked = cli_ranked(home, fx.name, test_dir, work, every)
+        top1 = {file: labels[0] for file, labels in ranked.items()}
         old, new = accuracy(top1, fx.labels), accuracy(top1, fx.new_labels)
+        linear_home = work / f"home-linear{seed}"
+        linear_batch = str(work / f"linear{seed}.npz")
+        cli(linear_home, "prepare", str(new_dir), "-o", linear_batch, "--model", str(linear_pkg), cwd=work)
+        cli(linear_home, "update", linear_batch, "--model", str(linear_pkg), "--seed", str(seed), cwd=work)
+        linear = cli_ranked(linear_home, fx.name, test_dir, work, every)
+        linear_top1 = {file: labels[0] for file, labels in linear.items()}
+        both = gated(linear, ranked, fx.new_labels)
         record["runs"].append(
             {"seed": seed, "method": "update-branch", "old_shots": 0, "old": old, "new": new,
-             "refused": refused, "seconds": seconds}
+             "refused": refused, "seconds": seconds,
+             "linear_old": accuracy(linear_top1, fx.labels),
+             "linear_new": accuracy(linear_top1, fx.new_labels),
+             "gated_old": accuracy(both, fx.labels), "gated_new": accuracy(both, fx.new_labels)}
         )  # fmt: skip
         note = ", refused by the guard: measured with --force" if refused else ""
         log(f"  seed {seed}: own labels kept {old / before:.3f}, new {new:.3f} ({seconds:.1f} s{note})")
@@ -696,16 +808,25 @@ def branch_markdown(results: dict[str, Any]) -> str:
         f"{results['seeds']} seeds, {results['heldout']} held-out drawings per label; a refused update "
         "is measured as rerun with --force.",
         "",
-        "| fixture (`--trainable`) | own labels before | kept (mean, worst) | new labels | guard refused |",
-        "| --- | --- | --- | --- | --- |",
+        "| fixture (`--trainable`) | own labels before | kept (mean, worst) | new labels | guard refused "
+        "| linear kind, same batch: kept / new | branch gated by the linear kind's rows: kept / new |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, record in results["fixtures"].items():
-        kept = [r["old"] / record["before"] for r in record["runs"]]
-        new = [r["new"] for r in record["runs"]]
-        refused = sum(bool(r["refused"]) for r in record["runs"])
+        runs, before = record["runs"], record["before"]
+        kept = [r["old"] / before for r in runs]
+        new = [r["new"] for r in runs]
+        refused = sum(bool(r["refused"]) for r in runs)
+        other = [
+            f"{100 * np.mean([r[k + '_old'] / before for r in runs]):.1f} / "
+            + _ms([r[k + "_new"] for r in runs])
+            for k in ("linear", "gated")
+        ]
         lines.append(
-            f"| {name} (`{' '.join(record['trainable'])}`) | {100 * record['before']:.1f} | "
-            f"{100 * np.mean(kept):.1f}, {100 * min(kept):.1f} | {_ms(new)} | {refused}/{len(kept)} |"
+            f"| {name} (`{' '.join(record['trainable'])}`) | {100 * before:.1f} | "
+            f"{100 * np.mean(kept):.1f}, {100 * min(kept):.1f} | {_ms(new)} | {refused}/{len(kept)} | "
+            + " | ".join(other)
+            + " |"
         )
     return "\n".join(lines)
 

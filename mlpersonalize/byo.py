@@ -262,13 +262,29 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
     if branch is None:
         thresholds = _gate(backbone, head, constraint)
         distance = bool(thresholds)  # the distance features come with the gate (one label has neither)
+        plain = onnx.ModelProto()
+        plain.CopyFrom(backbone)
         backbone = margin_gate.add_to_backbone(backbone, head.weight, head.bias, thresholds, distance)
     else:
         features, thresholds, extra["branch"] = _branch_parts(model, head, branch, backbone, constraint)
         branch_columns = int(head.weight.shape[1])
     exemplars = _examples(options.examples, labels, backbone, constraint) if options.examples else {}
+    own = 0
     if exemplars:
         extra["examples"] = {label: len(rows) for label, rows in exemplars.items()}
+        if branch is None and distance and len(exemplars) == classes:
+            # Examples of every brought label: the backbone also measures how near an input lies
+            # to the nearest of them, so added labels can be stopped where the own labels lie.
+            dim = int(head.weight.shape[1])
+            known = np.concatenate([rows[:, :dim] for rows in exemplars.values()])
+            backbone = margin_gate.add_to_backbone(plain, head.weight, head.bias, thresholds, distance, known)
+            exemplars = {
+                label: np.concatenate(
+                    [rows, margin_gate.own_distance(rows[:, :dim], known)[:, None]], axis=1
+                ).astype(np.float32)
+                for label, rows in exemplars.items()
+            }
+            own = len(known)
     digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
     record = {
         "source": model_path.name,
@@ -277,11 +293,12 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         "source_ir_version": source_ir,
         "head": {"op": head.op, "nodes": list(head.nodes), "params": list(head.params)},
         "embedding": head.embedding,
-        "gate": margin_gate.record(thresholds, distance),
+        "gate": margin_gate.record(thresholds, distance, own),
         **extra,
     }
 
     gate_columns = len(thresholds) + (margin_gate.DISTANCE_COLUMNS if distance else 0)
+    gate_columns += margin_gate.OWN_COLUMNS if own else 0
 
     def write(temp: Path) -> Manifest:
         manifest = create_package(

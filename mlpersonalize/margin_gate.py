@@ -38,6 +38,10 @@ STEEPNESS = 100.0  # logits a new row loses per logit of margin above its rung: 
 # ``best + k * (r**2 - |e - mean|**2)``: it wins exactly inside a ball around its examples' mean,
 # whatever the brought head's scale (see heads/linear.py's ``distance_rows``).
 DISTANCE_COLUMNS = 2
+# With examples of every brought label (make-updatable --examples), one more distance feature: the
+# squared distance to the nearest of them ("mlp_gate.own"), so an added row can win only where its
+# examples' mean is nearer than a share of that (heads/linear.py's ``distance_rows``).
+OWN_COLUMNS = 1
 
 
 def margins(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -92,15 +96,49 @@ def distance_parts(source: str, dim: int) -> tuple[list[onnx.NodeProto], list[on
     return nodes, inits
 
 
+def own_parts(source: str, own: np.ndarray) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes computing "mlp_gate.own" ``[N, 1]``: the squared distance from ``source`` to the nearest
+    row of ``own`` (|e|**2 - 2 e.x + |x|**2, after distance_parts' "mlp_gate.sq"; the smallest via
+    TopK of its negation, whose form is the same in opsets 11-21, unlike ReduceMin's)."""
+    own = np.asarray(own, np.float32)
+    lengths = (own.astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(np.ascontiguousarray(-2.0 * own.T), "mlp_gate.own_t"),
+        numpy_helper.from_array(lengths, "mlp_gate.own_sq"),
+        numpy_helper.from_array(np.array([1], np.int64), "mlp_gate.one"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", [source, "mlp_gate.own_t"], ["mlp_gate.own_dot"]),
+        helper.make_node("Add", ["mlp_gate.own_dot", "mlp_gate.own_sq"], ["mlp_gate.own_part"]),
+        helper.make_node("Add", ["mlp_gate.own_part", "mlp_gate.sq"], ["mlp_gate.own_all"]),
+        helper.make_node("Neg", ["mlp_gate.own_all"], ["mlp_gate.own_neg"]),
+        helper.make_node(
+            "TopK", ["mlp_gate.own_neg", "mlp_gate.one"], ["mlp_gate.own_top", "mlp_gate.own_at"]
+        ),
+        helper.make_node("Neg", ["mlp_gate.own_top"], ["mlp_gate.own_raw"]),
+        helper.make_node("Relu", ["mlp_gate.own_raw"], ["mlp_gate.own"]),  # round-off below 0
+    ]
+    return nodes, inits
+
+
+def own_distance(emb: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """What ``own_parts`` computes, in numpy: ``[N]`` squared distances to the nearest row of ``own``."""
+    emb, own = np.asarray(emb, np.float64), np.asarray(own, np.float64)
+    near = (emb**2).sum(axis=1)[:, None] - 2 * emb @ own.T + (own**2).sum(axis=1)[None]
+    return np.maximum(near.min(axis=1), 0.0)
+
+
 def add_to_backbone(
     backbone: onnx.ModelProto,
     weight: np.ndarray,
     bias: np.ndarray,
     thresholds: tuple[float, ...],
     distance: bool = False,
+    own: np.ndarray | None = None,
 ) -> onnx.ModelProto:
     """``backbone`` whose "embedding" output gains ``len(thresholds)`` gate features, and with
-    ``distance`` the two distance features after them."""
+    ``distance`` the two distance features after them, and with ``own`` (embeddings of the
+    brought labels' examples, needs ``distance``) the squared distance to the nearest of them."""
     if not thresholds:
         return backbone
     graph = backbone.graph
@@ -122,10 +160,16 @@ def add_to_backbone(
         nodes += more_nodes
         inits += more_inits
         blocks += ["mlp_gate.best", "mlp_gate.sq"]
+        if own is not None:
+            more_nodes, more_inits = own_parts("mlp_gate.in", own)
+            nodes += more_nodes
+            inits += more_inits
+            blocks.append("mlp_gate.own")
     nodes.append(helper.make_node("Concat", blocks, [out.name], axis=1))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     width = dim + len(thresholds) + (DISTANCE_COLUMNS if distance else 0)
+    width += OWN_COLUMNS if distance and own is not None else 0
     widened = helper.make_tensor_value_info(out.name, TensorProto.FLOAT, ["N", width])
     graph.output[0].CopyFrom(widened)
     return backbone
@@ -190,11 +234,14 @@ def attach(core: np.ndarray, original: np.ndarray, rungs: list[int | None], colu
     return out
 
 
-def record(thresholds: tuple[float, ...], distance: bool = False) -> dict[str, Any]:
-    """What the manifest keeps about the gate (the update loop reads it back)."""
+def record(thresholds: tuple[float, ...], distance: bool = False, own: int = 0) -> dict[str, Any]:
+    """What the manifest keeps about the gate (the update loop reads it back); ``own``: how many
+    examples the own-distance feature measures to (0: none)."""
     out: dict[str, Any] = {"thresholds": list(thresholds), "quantile": QUANTILE, "steepness": STEEPNESS}
     if distance:
         out["distance"] = True
+        if own:
+            out["own_examples"] = int(own)
     return out
 
 
@@ -202,4 +249,7 @@ def distance_columns(training: dict[str, Any]) -> int:
     """How many distance features a package's embedding ends with (0 for packages made before them)."""
     brought = training.get("brought") if isinstance(training, dict) else None
     gate = brought.get("gate") if isinstance(brought, dict) else None
-    return DISTANCE_COLUMNS if isinstance(gate, dict) and gate.get("distance") is True else 0
+    if not (isinstance(gate, dict) and gate.get("distance") is True):
+        return 0
+    own = gate.get("own_examples")
+    return DISTANCE_COLUMNS + (OWN_COLUMNS if isinstance(own, int) and own > 0 else 0)

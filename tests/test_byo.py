@@ -572,3 +572,73 @@ def test_distance_rows_ball_scale_cap_stops_and_confidence() -> None:
     assert score(rows, mean, median, 5) == pytest.approx(linear.SHARPNESS, rel=1e-3)
     surer = median + sd / linear.CONFIDENCE * 1.01  # more than one ball-width's worth
     assert score(rows, mean, surer, 5) < 0 < score(rows, mean, median + sd, 5)
+
+
+def test_distance_rows_with_the_own_distance_feature() -> None:
+    """With the squared distance ``o`` to the nearest example of the brought labels (make-updatable
+    --examples), an added row wins where the squared distance to its mean is below OWN_SHARE x o,
+    not on one of those examples (o = 0) unless the brought head is much less sure of it, and
+    gives way by OWN_CONFIDENCE ball-widths per standard deviation the brought head is surer than
+    of the new examples."""
+    from mlpersonalize import margin_gate
+    from mlpersonalize.heads import linear
+
+    rng = np.random.default_rng(0)
+    dim = 8
+    emb = rng.normal(0, 1.0, (6, dim)).astype(np.float32)
+    emb[:, 0] += 10.0
+    emb[3:, 1] += 4.0
+    idx = np.array([5, 5, 5, 6, 6, 6])
+    own = (rng.normal(0, 1.0, (10, dim)) - np.eye(dim)[0] * 10.0).astype(np.float32)  # far side
+    best = np.array([1.0, 2.0, 3.0, 1.5, 2.5, 2.0], np.float32)
+    rows = linear.distance_rows(emb, idx, [5, 6], own, dim, best, own=True)
+    median, sd = float(np.median(best)), float(np.std(best))
+
+    def score(e: np.ndarray, brought_best: float, row: int = 5) -> float:
+        core, distance = rows[row]
+        assert len(distance) == 3
+        o = float(margin_gate.own_distance(e[None], own)[0])
+        features = (brought_best, float(e @ e), o)
+        return float(core[:-1] @ e + core[-1] + np.dot(distance, features) - brought_best)
+
+    mean = emb[:3].astype(np.float64).mean(axis=0)
+    assert score(mean, median) > 0  # at its mean, far from the own examples
+    for example in own.astype(np.float64):  # never on an example of the brought labels
+        assert score(example, median) < 0 and score(example, median - 10 * sd) < 0
+    # on the way from its mean to the nearest own example the row wins up to a point, then no more
+    target = own[np.argmin(((own - mean) ** 2).sum(axis=1))].astype(np.float64)
+    path = [score(mean + t * (target - mean), median) > 0 for t in np.linspace(0, 1, 101)]
+    assert path[0] and not path[-1] and path == sorted(path, reverse=True)
+    # the confidence term: a brought head much surer than of the new examples takes the input back
+    assert score(mean, median + 100 * sd) < 0 < score(mean, median)
+
+
+def test_own_distance_rows_stop_before_known_examples_the_feature_lacks() -> None:
+    """Old labels in a later batch (or labels of earlier updates) are not in the own-distance
+    feature: a row's share is lowered so that such a known example lies at most OWN_STOP of the
+    way into its region, and is not won."""
+    from mlpersonalize import margin_gate
+    from mlpersonalize.heads import linear
+
+    rng = np.random.default_rng(1)
+    dim = 8
+    emb = rng.normal(0, 1.0, (3, dim)).astype(np.float32)
+    emb[:, 0] += 10.0
+    idx = np.array([5, 5, 5])
+    own = (rng.normal(0, 1.0, (10, dim)) - np.eye(dim)[0] * 10.0).astype(np.float32)
+    mean = emb.astype(np.float64).mean(axis=0)
+    stranger = (mean + np.eye(dim)[1] * 2.0).astype(np.float32)  # near the new mean, not in ``own``
+    o = margin_gate.own_distance(stranger[None], own)
+    free = linear.distance_rows(emb, idx, [5], stranger[None], dim, own=True)
+    stopped = linear.distance_rows(emb, idx, [5], stranger[None], dim, own=True, own_known=(o, np.zeros(1)))
+
+    def lead(rows: dict, e: np.ndarray) -> float:
+        core, distance = rows[5]
+        features = (0.0, float(e @ e), float(margin_gate.own_distance(e[None], own)[0]))
+        return float(core[:-1] @ e + core[-1] + np.dot(distance, features))
+
+    assert lead(free, stranger.astype(np.float64)) > 0  # without the stop the row takes it
+    assert lead(stopped, stranger.astype(np.float64)) < 0 < lead(stopped, mean)
+    assert stopped[5][1][2] < free[5][1][2]  # by a lower share, same ball
+    held = linear.distance_rows(emb, idx, [5], own[:1], dim, own=True, own_known=(np.zeros(1), np.zeros(1)))
+    assert np.array_equal(held[5][1], free[5][1])  # an example the feature holds stops nothing

@@ -78,6 +78,20 @@ SHRINK = 0.35
 STAND_IN_SHARE = 0.01
 STAND_IN_SHRINK = 0.9
 SHARPNESS = 4.0  # an added row's logit over the best brought one at its mean (its confidence)
+# With the own-distance feature (make-updatable --examples of every brought label, see
+# margin_gate.own_parts) an added row wins where the squared distance to its examples' mean is
+# below OWN_SHARE times that to the nearest of those examples, less OWN_CONFIDENCE ball-widths
+# (r**2 as above, without the stops) per standard deviation the brought head is surer of the
+# input than of the new examples. Chosen on batch seeds 100-159 (held-out 5000, 6000, 7000; 5
+# generated drawings per own label) as the widest share whose runs under 99% of the own labels
+# kept were no more than the ball's (stopped at SHRINK of the nearest example): `python -m
+# benchmarks.byo --gate-study 20` measures both; docs/bring-your-own-model.md has the table.
+OWN_SHARE = 0.35
+OWN_CONFIDENCE = 0.5
+# Known examples the own-distance feature does not hold (old labels in a later batch, labels of
+# earlier updates) lower a row's share so that each lies at most OWN_STOP of the way into its
+# region (by share); the stop before known examples of the rows without the feature, in its form.
+OWN_STOP = 0.5
 
 
 def split(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,6 +250,9 @@ def distance_rows(
     dim: int,
     best: np.ndarray | None = None,
     stand_ins: np.ndarray | None = None,
+    radius: float | None = None,
+    own: bool = False,
+    own_known: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The core weights ``[D + 1]`` (bias last) and the two distance weights of each row in ``rows``.
 
@@ -249,14 +266,20 @@ def distance_rows(
     median squared length of those examples, at most LOO_CAP times their leave-one-out spread,
     SHRINK times the squared distance from ``m`` to the nearest of ``known`` and STAND_IN_SHRINK
     times that to the first of ``stand_ins`` (embeddings, may be None) beyond STAND_IN_SHARE of
-    them per row. Returned as ``(core [D + 1], distance [2])``.
+    them per row (``radius`` instead of RADIUS: what benchmarks.byo's --gate-study varies).
+    Returned as ``(core [D + 1], distance [2])``. With ``own`` (the embedding ends with the
+    squared distance ``o`` to the nearest example of the brought labels) row j is instead
+    best + k (OWN_SHARE o - |e - m|**2) - SHARPNESS * OWN_CONFIDENCE * (best - mu) / sd, ``r**2``
+    without the stops (known examples and stand-ins), and ``distance [3]``; ``own_known`` (the
+    own-distance values and best logits of ``known``) lowers a row's share below OWN_SHARE so
+    that none of ``known`` lies more than OWN_STOP of the way into its region.
     """
     mine = np.isin(idx, rows)
     members_all = np.asarray(emb[mine], np.float64)
     means = {row: np.asarray(emb[idx == row], np.float64).mean(axis=0) for row in rows if np.any(idx == row)}
     if not means:
         return {}
-    radius2 = RADIUS * float(np.median((members_all**2).sum(axis=1)))
+    radius2 = (RADIUS if radius is None else radius) * float(np.median((members_all**2).sum(axis=1)))
     loo = [
         float(((members[i] - np.delete(members, i, axis=0).mean(axis=0)) ** 2).sum())
         for members in (np.asarray(emb[idx == row], np.float64) for row in means)
@@ -270,11 +293,28 @@ def distance_rows(
         mine_best = np.asarray(best, np.float64)[mine]
         sd = float(np.std(mine_best))
         if sd > 1e-9 * max(1.0, float(np.abs(mine_best).max())):
-            tilt = SHARPNESS * CONFIDENCE / sd
+            tilt = SHARPNESS * (OWN_CONFIDENCE if own else CONFIDENCE) / sd
             offset = tilt * float(np.median(mine_best))
     out = {}
     for row, mean in means.items():
         r2 = radius2
+        if own:
+            r2 = max(r2, 1e-12)
+            k = SHARPNESS / r2
+            share = OWN_SHARE
+            if own_known is not None and len(known):
+                # a known example x wins where share * o_x > |x - m|**2 + (tilt / k) (best_x - mu)
+                o_x, best_x = (np.asarray(v, np.float64) for v in own_known)
+                mu = offset / tilt if tilt else 0.0
+                room = ((np.asarray(known, np.float64) - mean) ** 2).sum(axis=1) + tilt / k * (best_x - mu)
+                held = o_x > 1e-4 * r2  # not one of the examples the feature measures to
+                if np.any(held):
+                    share = min(share, OWN_STOP * max(0.0, float((room[held] / o_x[held]).min())))
+            core = np.zeros(dim + 1, np.float64)
+            core[:dim] = 2 * k * mean
+            core[dim] = -k * float(mean @ mean) + offset
+            out[row] = (core.astype(np.float32), np.array([1.0 - tilt, -k, k * share], np.float32))
+            continue
         if len(known):
             nearest = float(((np.asarray(known, np.float64) - mean) ** 2).sum(axis=1).min())
             r2 = min(r2, SHRINK * nearest)
@@ -451,7 +491,13 @@ class LinearHead(HeadKind):
         # on noise, what the guard judges on without old data): on the trained fixtures noise
         # lies far away and this changes nothing; in random-weight test networks it lies near.
         stand = self.train_input(self.stand_in_embeddings())
-        rows = distance_rows(core, real_idx, sorted(renewed), core[right], self.core, best, stand)
+        own = self.distance > margin_gate.DISTANCE_COLUMNS  # the own-distance feature is there
+        own_known = None
+        if own and best is not None:  # its last column: the own-distance feature of each example
+            own_known = (np.asarray(real_emb, np.float64)[right, -1], best[right])
+        rows = distance_rows(
+            core, real_idx, sorted(renewed), core[right], self.core, best, stand, own=own, own_known=own_known
+        )
         first_distance = self.core + len(self.gate)
         for row in range(self.frozen, len(result.weight)):
             if row in rows:

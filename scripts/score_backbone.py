@@ -10,6 +10,14 @@ random drawings per digit form each digit's mean embedding and every other drawi
 by the nearest class mean (cosine, normalised embeddings) among the ten digits. Printed: mean ±
 std of that accuracy over the draws, the same draws for every backbone; with ``--against BASE``,
 also each backbone's per-draw difference from BASE (mean ± std, and the share of draws it wins).
+
+Open set, on the same seeds (``untaught-digit oracle``): five random digits are taught (the mean of
+3 or 5 drawings each), the other five are unknowns; every drawing's score is its largest cosine to
+a taught digit's mean; one threshold is set so that 5% of the right answers among the taught
+digits' other drawings fall below it (an oracle: set on the test itself, ``oracle_reject`` of
+``benchmarks/calibration_study.py``), and the share of the untaught digits' drawings below it is
+printed. It measures how far the backbone separates digits it was never taught from taught ones;
+``python -m benchmarks.calibration_study --part calib`` measures the same next to the model's labels.
 The digits are only ever a score: nothing here trains anything.
 """
 
@@ -23,12 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.calibration_study import oracle_reject
 from benchmarks.real_digits import load_digits, render
 from mlpersonalize import _ort
 from mlpersonalize.images import ImageConstraint, preprocess, to_model_input
 
 CONSTRAINT = ImageConstraint(width=28, height=28, color="gray", scale=1 / 255, bias=(0.0,), ink="light")
 SHOTS = (1, 3, 5)
+ORACLE_SHOTS = (3, 5)
 
 
 def digit_pixels() -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +80,25 @@ def ncm(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> np.nda
     return np.array(accs)
 
 
+def untaught_oracle(feats: np.ndarray, digits: np.ndarray, shots: int, draws: int) -> np.ndarray:
+    """Per draw: the share of untaught digits' drawings an oracle max-cosine threshold rejects."""
+    out = []
+    for seed in range(draws):
+        rng = np.random.default_rng([seed, 0x0DD])
+        taught = rng.permutation(10)[:5]
+        train = np.zeros(len(digits), bool)
+        for d in taught:
+            train[rng.choice(np.flatnonzero(digits == d), size=shots, replace=False)] = True
+        means = np.stack([feats[train & (digits == d)].mean(0) for d in taught])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        known = ~train & np.isin(digits, taught)
+        cos_known = feats[known] @ means.T
+        right = taught[np.argmax(cos_known, axis=1)] == digits[known]
+        score_unknown = (feats[~np.isin(digits, taught)] @ means.T).max(1)
+        out.append(oracle_reject(cos_known.max(1)[right], score_unknown))
+    return np.array(out)
+
+
 def backbone_of(model: Path) -> Path:
     return model / "backbone.onnx" if model.is_dir() else model
 
@@ -90,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.against:
         base_feats = embed(backbone_of(args.against), pixels)
         base = {shots: ncm(base_feats, digits, shots, args.draws) for shots in SHOTS}
+        base_open = {shots: untaught_oracle(base_feats, digits, shots, args.draws) for shots in ORACLE_SHOTS}
     report: dict[str, dict[str, list[float]]] = {}
     for model in args.models:
         feats = embed(backbone_of(model), pixels)
@@ -97,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         row = {f"ncm_{k}": [round(a.mean() * 100, 2), round(a.std() * 100, 2)] for k, a in scores.items()}
         cells = " / ".join(f"{a.mean() * 100:.1f} ± {a.std() * 100:.1f}" for a in scores.values())
         print(f"{model}: NCM 1 / 3 / 5 drawings % {cells}")
+        opens = {shots: untaught_oracle(feats, digits, shots, args.draws) for shots in ORACLE_SHOTS}
+        row.update(
+            {f"oracle_{k}": [round(a.mean() * 100, 2), round(a.std() * 100, 2)] for k, a in opens.items()}
+        )
+        cells = " / ".join(f"{a.mean() * 100:.1f} ± {a.std() * 100:.1f}" for a in opens.values())
+        print(f"{model}: untaught-digit oracle, 3 / 5 drawings, % rejected {cells}")
         if base is not None:
             diffs = {k: (scores[k] - base[k]) * 100 for k in SHOTS}
             row.update({f"diff_{k}": [round(d.mean(), 2), round(d.std(), 2)] for k, d in diffs.items()})
@@ -104,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{d.mean():+.1f} ± {d.std():.1f} (wins {np.mean(d > 0):.0%})" for d in diffs.values()
             )
             print(f"{model}: minus {args.against}, per draw, points: {cells}")
+            odiffs = {k: (opens[k] - base_open[k]) * 100 for k in ORACLE_SHOTS}
+            row.update(
+                {f"oracle_diff_{k}": [round(d.mean(), 2), round(d.std(), 2)] for k, d in odiffs.items()}
+            )
+            cells = " / ".join(
+                f"{d.mean():+.1f} ± {d.std():.1f} (wins {np.mean(d > 0):.0%})" for d in odiffs.values()
+            )
+            print(f"{model}: untaught-digit oracle minus {args.against}, per draw, 3 / 5 drawings: {cells}")
         report[str(model)] = row
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

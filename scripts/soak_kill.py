@@ -11,9 +11,11 @@ A zygote process imports everything once, builds a tiny model and one committed 
 loops: fork a child that runs an update (or, one time in five, a rollback), sleep a random delay,
 SIGKILL the child (if it is still running). After each round it checks the promise: ``current``
 names a committed version whose every file hash verifies, the lock is free; and when the child
-finished on its own (exit 0), that ``current`` names the version it reported. At the end one
-update runs to completion and no temp file or folder may be left. The seed is printed first so a
-failure can be replayed. Exit 0 when every round held, 1 (with the round and seed) otherwise.
+finished on its own (exit 0), that ``current`` names the version it reported; when the update was
+refused (a conflict with what an earlier round taught, or the guard), that ``current`` did not
+move. At the end one update runs to completion and no temp file or folder may be left. The seed
+is printed first so a failure can be replayed. Exit 0 when every round held, 1 (with the round
+and seed) otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path[:0] = [str(HERE), str(HERE / "tests")]
 def _child(op: str, home: Path, batches: list[Path], seed: int, report: Path) -> None:
     """Runs in the forked child: one update or rollback, then the version it left on ``report``."""
     from mlpersonalize import store, updater
+    from mlpersonalize.errors import RejectedError
 
     random.seed(seed)
     if op == "rollback":
@@ -41,8 +44,14 @@ def _child(op: str, home: Path, batches: list[Path], seed: int, report: Path) ->
     else:
         batch = random.choice(batches)
         options = updater.UpdateOptions(model=home, epochs=random.randint(1, 3), keep=random.randint(1, 4))
-        version = updater.update([batch], options).version or ""
+        try:
+            version = updater.update([batch], options).version or ""
+        except RejectedError:  # the guard or a conflict refused it: a documented outcome, no change
+            os._exit(REFUSED)
     report.write_text(version)
+
+
+REFUSED = 4  # a child's exit status when the update was refused (exit 6 in the CLI), not failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     home = personalized(original, work)
     batches = [write_batch(work / f"b{i}.npz", original, [label], seed=i) for i, label in enumerate(NEW)]
     report = work / "report"
-    start, rounds, kills, completed = time.monotonic(), 0, 0, 0
+    start, rounds, kills, completed, refused = time.monotonic(), 0, 0, 0, 0
     while rounds < args.count and time.monotonic() - start < args.seconds:
         rounds += 1
         # what rollback steps to (the version current replaced), not merely an older folder: a
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         op = "rollback" if rng.random() < 0.2 and can_roll_back else "update"
         report.unlink(missing_ok=True)
         delay = rng.uniform(0.0, args.max_delay)
+        before = store.current_version(home)
         child_seed = rng.randrange(2**32)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the loop
@@ -109,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if os.WIFSIGNALED(status):
                 kills += 1
+            elif os.WEXITSTATUS(status) == REFUSED:
+                # these drawings can contradict what an earlier round taught: a refusal must
+                # leave the model exactly as it was
+                refused += 1
+                assert store.current_version(home) == before, "a refused update changed current"
             else:
                 assert os.WEXITSTATUS(status) == 0, f"{op} failed on its own (exit {os.WEXITSTATUS(status)})"
                 completed += 1
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED round {rounds} ({op}, delay {delay:.3f}s, seed={seed}): {exc}", flush=True)
             return 1
     # The run after the last kill needs no manual step and leaves nothing behind.
-    result = updater.update([batches[0]], updater.UpdateOptions(model=home, epochs=1))
+    result = updater.update([batches[0]], updater.UpdateOptions(model=home, epochs=1, force=True))
     try:
         assert store.current_version(home) == result.version
         assert_healthy(home)
@@ -126,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except AssertionError as exc:
         print(f"FAILED after the loop (seed={seed}): {exc}", flush=True)
         return 1
-    print(f"soak_kill ok: {rounds} rounds, {kills} killed, {completed} completed, seed={seed}", flush=True)
+    print(
+        f"soak_kill ok: {rounds} rounds, {kills} killed, {completed} completed, {refused} refused, "
+        f"seed={seed}",
+        flush=True,
+    )
     if args.prepare_count:
         return _prepare_rounds(rng, work, original, args.prepare_count, seed)
     return 0

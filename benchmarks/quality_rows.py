@@ -1,7 +1,8 @@
 """The update algorithm itself (update_algorithm.personalize_rows) on embeddings, without the CLI.
 
     python -m benchmarks.quality_rows [--model DIR] [--seeds N] [--shots 1,3,5]
-                                      [--part digits|generated|style|all] [--target FRR]
+                                      [--part digits|generated|style|augment|all] [--target FRR]
+                                      [--variants K] [--targets T,T,...]
 
 What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
 
@@ -22,6 +23,16 @@ What it measures, for the cosine head kind (what ``mlpersonalize update`` runs a
   as ``sun``): held-out asterisks read as ``star`` before and after, standard stars and all 43
   labels' generated drawings before and after; and standard stars labelled ``circle``: how many
   the conflict check names.
+
+* ``augment`` (not in ``all``): does update-time drawing augmentation help on the real digits?
+  Each taught drawing's preprocessed pixels give ``--variants`` K variants
+  (benchmarks/augment.py: small affine, pen one pixel wider or thinner, elastic), embedded.
+  (1) Prototypes: nearest class mean over the ten digits, each mean from the originals vs from
+  the originals and their variants (weighted equally), per seed paired. (2) The update with the
+  variants as batch examples (rows, training, calibration, exemplar memory: ``examples``) and
+  (3) with them joining the calibration only (``calibration``), beside the update without them,
+  each at the calibration targets ``--targets``: compare the columns at matched
+  ``right_to_unknown_new``. Findings: docs/update.md.
 
 Embeddings come from the model's own backbone (``--model``, default: the bundled one), so the
 numbers follow the backbone.
@@ -85,19 +96,29 @@ def update_once(
     params: UpdateParams,
     force: bool = False,
     retry: bool = True,
+    calibration_extra: tuple[np.ndarray, list[str]] | None = None,
 ) -> tuple[View, Outcome]:
     old = view.manifest.labels
     added = tuple(dict.fromkeys(n for n in names if n not in old))
     labels = old + added
     idx = np.array([labels.index(n) for n in names], np.int64)
     head = CosineHead(view, labels, params, engines.get(None))
+    extra = (
+        None
+        if calibration_extra is None
+        else (calibration_extra[0], np.array([labels.index(n) for n in calibration_extra[1]], np.int64))
+    )
     try:
-        out = personalize_rows(view, head, emb, idx, labels, added, params, 0.02, lambda e: None, force)
+        out = personalize_rows(
+            view, head, emb, idx, labels, added, params, 0.02, lambda e: None, force, calibration_extra=extra
+        )
     except ConflictError:  # measured as a user who runs again with --force (counted: "refused")
         if not retry:
             raise
         head = CosineHead(view, labels, params, engines.get(None))
-        out = personalize_rows(view, head, emb, idx, labels, added, params, 0.02, lambda e: None, True)
+        out = personalize_rows(
+            view, head, emb, idx, labels, added, params, 0.02, lambda e: None, True, calibration_extra=extra
+        )
         out.history["refused"] = True
     folder = Path(tempfile.mkdtemp(prefix="quality-rows-"))
     onnx.save(CosineHead.graph(out.head), str(folder / HEAD_FILE))
@@ -145,8 +166,14 @@ def two_rounds(
     unknown_emb: np.ndarray,
     known_emb: np.ndarray,
     known_y: np.ndarray,
+    variant_emb: np.ndarray | None = None,
+    variant_use: str = "examples",
 ) -> dict[str, float]:
-    """Round 1 teaches 5 classes of ``y``, round 2 five others; accuracies with unknown counted wrong."""
+    """Round 1 teaches 5 classes of ``y``, round 2 five others; accuracies with unknown counted wrong.
+
+    ``variant_emb`` [N, K, D]: each taught drawing's K augmented variants (benchmarks/augment.py)
+    join the batch as examples of its label (``variant_use`` "examples": rows, training,
+    calibration and exemplar memory), or the calibration's examples only ("calibration")."""
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(y))[:10]
     a, b = classes[:5], classes[5:]
@@ -157,7 +184,23 @@ def two_rounds(
 
     def batch(cs: np.ndarray) -> tuple[np.ndarray, list[str]]:
         pos = np.concatenate([train[c] for c in cs])
-        return emb[pos], [names[int(c)] for c in y[pos]]
+        taught = [names[int(c)] for c in y[pos]]
+        if variant_emb is None or variant_use != "examples":
+            return emb[pos], taught
+        k = variant_emb.shape[1]
+        extra = variant_emb[pos].reshape(len(pos) * k, -1)
+        return np.concatenate([emb[pos], extra]), taught + [n for n in taught for _ in range(k)]
+
+    def update(v: View, cs: np.ndarray) -> tuple[View, Outcome]:
+        cal = None
+        if variant_emb is not None and variant_use == "calibration":
+            pos = np.concatenate([train[c] for c in cs])
+            k = variant_emb.shape[1]
+            cal = (
+                variant_emb[pos].reshape(len(pos) * k, -1),
+                [names[int(c)] for c in y[pos] for _ in range(k)],
+            )
+        return update_once(v, *batch(cs), params, calibration_extra=cal)
 
     tops: dict[str, float] = {}
 
@@ -169,7 +212,7 @@ def two_rounds(
             tops[key] = float(np.mean(predict(v, emb[pos], None) == truth))
         return float(np.mean(pred == truth)), float(np.mean(pred == -1))
 
-    v1, out1 = update_once(view, *batch(a), params)
+    v1, out1 = update(view, a)
     r1, r1_unknown = acc(v1, a)
     pos1 = np.concatenate([test[c] for c in a])
     truth1 = np.array([v1.manifest.labels.index(names[int(c)]) for c in y[pos1]])
@@ -188,7 +231,7 @@ def two_rounds(
         ).argmax(1)
         == known_y
     )
-    v2, out2 = update_once(v1, *batch(b), params)
+    v2, out2 = update(v1, b)
     r2, r2_unknown = acc(v2, b, "r2_new_top1")
     r1_after, r1_after_unknown = acc(v2, a, "r1_after_top1")
     ref = imprint_reference(view, emb, y, names, a, b, train, test)
@@ -270,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", default="1,3,5")
     parser.add_argument("--part", default="all")
     parser.add_argument("--methods", default="update,imprint")
+    parser.add_argument("--variants", type=int, default=8, help="augment: variants per drawing")
+    parser.add_argument(
+        "--targets", default="0.003,0.005,0.01,0.02,0.03,0.05", help="augment: calibration targets"
+    )
     parser.add_argument(
         "--target",
         type=float,
@@ -335,6 +382,102 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.part in ("style", "all"):
         style(args.model, args.seeds)
+    if args.part == "augment":
+        targets = [float(t) for t in args.targets.split(",")]
+        augment_study(args.model, args.seeds, shots_list, args.variants, targets, novel_emb, std_emb, std_y)
+
+
+AUGMENT_KEYS = (
+    "r1",
+    "r2_new",
+    "r1_after_r2",
+    "r1_top1",
+    "r2_new_top1",
+    "r1_after_top1",
+    "right_to_unknown_new",
+    "right_to_unknown_43",
+    "untaught_rejected",
+    "novel_rejected",
+    "known_top1_r2",
+)
+
+
+def augment_study(
+    model: Path,
+    seeds: int,
+    shots_list: list[int],
+    k: int,
+    targets: list[float],
+    novel_emb: np.ndarray,
+    std_emb: np.ndarray,
+    std_y: np.ndarray,
+) -> None:
+    """``--part augment`` (module docstring): prototypes, then the update three ways per target."""
+    from mlpersonalize import calibration
+
+    from .augment import variants
+
+    constraint = base_view(model).manifest.constraint
+    backbone = model / BACKBONE_FILE
+    digit_pix, y = digit_pixels(constraint)
+    emb = embed(backbone, digit_pix, constraint)
+    var_pix = variants(digit_pix, k, seed=0, ink=constraint.ink)
+    var_emb = embed(backbone, var_pix, constraint).reshape(len(digit_pix), k, -1)
+    names = [f"digit {d}" for d in range(10)]
+    print(f"\n## Augmentation: prototypes (nearest class mean over ten digits, {k} variants per drawing)")
+    print("Beside it, the cosine to a digit's prototype (its taught drawings' mean) of its other drawings")
+    print("and of the taught drawings' variants (mean +- standard deviation over digits and seeds).")
+    print(
+        "shots | originals | originals + variants | paired difference [min, max] | seeds better / worse"
+        " | fresh drawings' cosine | variants' cosine"
+    )
+    print("--- | --- | --- | --- | --- | --- | ---")
+    width = emb.shape[1]
+    for shots in shots_list:
+        plain, mixed, fresh, varied = [], [], [], []
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            train = {c: rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in range(10)}
+            test = np.setdiff1d(np.arange(len(y)), np.concatenate(list(train.values())))
+            own = [normalize(emb[train[c]]).mean(0) for c in range(10)]
+            var = [normalize(var_emb[train[c]].reshape(-1, width)).mean(0) for c in range(10)]
+            p0 = normalize(np.stack(own))
+            p1 = normalize(np.stack(own) + np.stack(var))
+            unit = normalize(emb[test])
+            plain.append(float(np.mean((unit @ p0.T).argmax(1) == y[test])))
+            mixed.append(float(np.mean((unit @ p1.T).argmax(1) == y[test])))
+            for c in range(10):
+                fresh.append(unit[y[test] == c] @ p0[c])
+                varied.append(normalize(var_emb[train[c]].reshape(-1, width)) @ p0[c])
+        d = np.array(mixed) - np.array(plain)
+        f, g = np.concatenate(fresh), np.concatenate(varied)
+        print(
+            f"{shots} | {np.mean(plain):.4f} | {np.mean(mixed):.4f}"
+            f" | {d.mean():+.4f} [{d.min():+.3f}, {d.max():+.3f}]"
+            f" | {int(np.sum(d > 0))} / {int(np.sum(d < 0))}"
+            f" | {f.mean():.3f} +- {f.std():.3f} | {g.mean():.3f} +- {g.std():.3f}"
+        )
+    saved = calibration.TARGET_FRR
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {}
+    try:
+        for shots in shots_list:
+            for target in targets:
+                calibration.TARGET_FRR = target
+                for use in ("none", "calibration", "examples"):
+                    v = None if use == "none" else var_emb
+                    recs = []
+                    for s in range(seeds):
+                        r = two_rounds(
+                            model, emb, y, names, shots, s, None, novel_emb, std_emb, std_y, v, use
+                        )
+                        recs.append({key: r[key] for key in AUGMENT_KEYS})
+                    rows[(f"{use} T={target:g}", shots)] = recs
+    finally:
+        calibration.TARGET_FRR = saved
+    table(
+        f"Augmentation: the update with {k} variants per drawing (none / calibration only / as examples)",
+        rows,
+    )
 
 
 def style_records(model: Path, seeds: int) -> dict[str, Any]:

@@ -60,6 +60,13 @@ answers ``unknown``, round 1 / round 2 new / round 1 after 0.805 / 0.752 / 0.784
 0.808 with ``unknown`` counted wrong; untaught digits rejected 76% -> 64%, never-seen doodles 81% ->
 80% (``python -m benchmarks.quality_rows --part digits --shots 1 --seeds 5``).
 
+Augmented variants of the user's drawings (small affine, pen width, elastic) joining the taught
+labels' calibration do not carry a label's spread: they sit tighter around the prototype than its
+other real drawings, differently per drawing count (1 drawing: 29% of right answers turned
+``unknown`` at the 1% target), and the better trade-off they give on the mean (3 and 5 drawings)
+stays within the per-seed spread; docs/update.md has the numbers (``python -m
+benchmarks.quality_rows --part augment``). Not used.
+
 Rows imprinted from the very examples being scored (a 3-drawing label's row is their mean) would
 score them optimistically, so each such example's score is lowered by how much the imprint gains
 from containing it: ``cos(e, imprint(S)) - cos(e, imprint(S without e))`` (closed form).

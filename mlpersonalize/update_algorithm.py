@@ -253,8 +253,13 @@ def personalize_rows(
     emit: Event,
     force: bool,
     memory: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration_extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Outcome:
     """Steps 2-6 for a kind whose rows are unit vectors with labels (see the module docstring).
+
+    ``calibration_extra``: (embeddings, label indices) that join the calibration's examples only,
+    never a row, the training or the exemplar memory (benchmarks/quality_rows.py ``--part augment``
+    measures augmented variants of the batch's drawings this way).
 
     ``memory``: the package's exemplar memory, already read, for which ``emb`` holds that many free
     rows before the batch's (``embedding.embed``'s ``ahead``): it is written there and ``emb`` is
@@ -395,9 +400,14 @@ def personalize_rows(
     del held_emb
 
     # Calibrated unknown, the exemplar memory (per row, so style drawings stay), history.
+    cal_emb, cal_lab = pool_emb, pool_lab
+    if calibration_extra is not None and len(calibration_extra[1]):
+        cal_emb = np.concatenate([pool_emb, calibration_extra[0]], dtype=np.float32)
+        cal_lab = np.concatenate([pool_lab, np.asarray(calibration_extra[1], np.int64)])
     cal = calibration.calibrate(
-        pool_emb, pool_lab, choice.rows, row_label, n_labels, sources, target_frr=calibration.TARGET_FRR
+        cal_emb, cal_lab, choice.rows, row_label, n_labels, sources, target_frr=calibration.TARGET_FRR
     )
+    del cal_emb, cal_lab
     memory_emb, memory_idx = select_exemplars_rows(
         pool_emb, pool_lab, package.manifest.exemplars_per_label, choice.rows, row_label, after=n_ex
     )

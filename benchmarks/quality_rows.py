@@ -89,6 +89,16 @@ class View:
         return self.memory
 
 
+_SCRATCH: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _scratch() -> str:
+    """One folder for this process's updated heads, removed when the process ends."""
+    if not _SCRATCH:
+        _SCRATCH.append(tempfile.TemporaryDirectory(prefix="quality-rows-"))
+    return _SCRATCH[0].name
+
+
 def update_once(
     view: View,
     emb: np.ndarray,
@@ -120,7 +130,7 @@ def update_once(
             view, head, emb, idx, labels, added, params, 0.02, lambda e: None, True, calibration_extra=extra
         )
         out.history["refused"] = True
-    folder = Path(tempfile.mkdtemp(prefix="quality-rows-"))
+    folder = Path(tempfile.mkdtemp(dir=_scratch()))
     onnx.save(CosineHead.graph(out.head), str(folder / HEAD_FILE))
     manifest = dataclasses.replace(
         view.manifest,

@@ -55,8 +55,8 @@ soak: $(STAMP)
 	$(BIN)/python scripts/soak_kill.py --count 1000 --seconds 600 --prepare-count 30
 
 lint: $(STAMP)
-	$(BIN)/ruff check mlpersonalize tests
-	$(BIN)/ruff format --check mlpersonalize tests
+	$(BIN)/ruff check mlpersonalize tests benchmarks scripts
+	$(BIN)/ruff format --check mlpersonalize tests benchmarks scripts
 	$(BIN)/mypy
 
 # The backbone pretrains on font glyphs of many writing systems (Debian font packages, installed

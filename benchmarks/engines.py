@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper
 
-from mlpersonalize.engines.portable import PortableEngine
+from mlpersonalize.engines.portable import NEXT, PortableEngine, build_train_step
 from mlpersonalize.fitting import EpochPlan
 from mlpersonalize.heads import StoredHead
 from mlpersonalize.heads import linear as linear_head
@@ -114,9 +115,73 @@ def time_engine(
     return opened - start, done - opened
 
 
+def carry_only(step: onnx.ModelProto) -> onnx.ModelProto:
+    """A graph with the portable step's inputs and outputs that does no arithmetic: each ``p.next``
+    is an Identity of ``p``, the loss the learning rate. What a step costs to feed in and fetch out
+    the parameters and optimizer state (and to run one ``InferenceSession.run``)."""
+    graph = step.graph
+    outputs = [o.name for o in graph.output]
+    nodes = [
+        helper.make_node("Identity", [name[: -len(NEXT)]], [name]) for name in outputs if name.endswith(NEXT)
+    ]
+    loss = next(name for name in outputs if not name.endswith(NEXT))
+    nodes.append(helper.make_node("ReduceSum", ["learning_rate"], [loss], keepdims=0))
+    model = helper.make_model(
+        helper.make_graph(nodes, "carry_only", list(graph.input), list(graph.output)),
+        opset_imports=list(step.opset_import),
+    )
+    model.ir_version = step.ir_version
+    return model
+
+
+def breakdown(data: dict[str, Any], params: UpdateParams, repeats: int) -> None:
+    """Why the engines' steps differ: graph sizes, and the portable step's cost with no arithmetic."""
+    from mlpersonalize import _ort
+
+    case, batches = next(iter(data["batches"].items()))
+    print(f"\nbreakdown over the {case} case ({len(batches)} steps), median of {repeats}:")
+    print(f"{'head':8} {'portable nodes':>14} {'ort nodes':>9} ", end="")
+    print(f"{'carry us/step':>13} {'step us/step':>12} {'carry share':>11}")
+    for head_name, (head, trainable) in data["heads"].items():
+        step = build_train_step(head, trainable, params)
+        ort_nodes = "-"
+        if ort_available():
+            from mlpersonalize.engines.ort import MODELS
+
+            folder = MODELS.models(head, trainable, params)
+            ort_nodes = str(
+                sum(
+                    len(onnx.load(str(folder / f)).graph.node)
+                    for f in ("training_model.onnx", "optimizer_model.onnx")
+                )
+            )
+        carry = _ort.inference_session(carry_only(step).SerializeToString(), 1)
+        runs: dict[str, list[float]] = {"carry": [], "step": []}
+        for _ in range(repeats):
+            for kind in runs:
+                session = PortableEngine().open(head, trainable, params)
+                if kind == "carry":
+                    session._session = carry  # the same feeds, fetches and Python path, no arithmetic
+                start = time.perf_counter()
+                for x, y in batches:
+                    session.step(x, y)
+                runs[kind].append(time.perf_counter() - start)
+                session.close()
+        us = {kind: statistics.median(times) / len(batches) * 1e6 for kind, times in runs.items()}
+        print(
+            f"{head_name:8} {len(step.graph.node):14d} {ort_nodes:>9} {us['carry']:13.1f} {us['step']:12.1f} "
+            f"{us['carry'] / us['step']:11.0%}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timings per engine and case (median shown)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also: graph sizes and the portable step's cost with no arithmetic",
+    )
     args = parser.parse_args(argv)
     weight, emb, idx = bundled_data()
     data = cases(weight, emb, idx)
@@ -144,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             if "ort" in times:
                 print(f"{'':8} {'':38} {'':5} portable/ort steps: {times['portable'] / times['ort']:.2f}x")
+    if args.breakdown:
+        breakdown(data, params, args.repeats)
 
 
 if __name__ == "__main__":

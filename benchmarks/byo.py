@@ -366,6 +366,12 @@ AT_THE_OLD_BAR = {rule[0] for rule in STUDY_RULES if rule[2] == "update" and rul
 OLD_STOP = 0.5  # the previous update's stop before known examples (the formula rules use it)
 
 
+def _loo_unit(new: np.ndarray, new_ids: np.ndarray) -> float:
+    """Median squared distance of each new drawing to its label's mean without it (leave-one-out)."""
+    others = [(new_ids == new_ids[i]) & (np.arange(len(new)) != i) for i in range(len(new))]
+    return float(np.median([((new[i] - new[o].mean(0)) ** 2).sum() for i, o in enumerate(others)]))
+
+
 def study_gate(
     test: np.ndarray,
     weight: np.ndarray,
@@ -414,12 +420,7 @@ def study_gate(
         to_own = ((test[:, None] - known[None]) ** 2).sum(-1).min(1)
         score = to_means / np.maximum(radius * to_own, 1e-12)[:, None]
     elif unit_kind == "stop":
-        loo_unit = float(
-            np.median(
-                [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
-                 for i in range(len(new))]
-            )
-        )  # fmt: skip
+        loo_unit = _loo_unit(new, new_ids)
         r2 = np.full(len(labels), min(STOP_PRIOR * float(np.median((new**2).sum(1))), 1.5 * loo_unit))
         if len(known):  # an own drawing must score at least ``radius`` (distance share + confidence)
             room = radius - confidence * ((known @ weight.T + bias).max(1) - centre) / spread
@@ -427,12 +428,7 @@ def study_gate(
             r2 = np.minimum(r2, np.where(room[:, None] > 0, share, np.inf).min(0))
         score = to_means / np.maximum(r2, 1e-12)[None]
     elif unit_kind == "loo":
-        unit = float(
-            np.median(
-                [((new[i] - new[(new_ids == new_ids[i]) & (np.arange(len(new)) != i)].mean(0)) ** 2).sum()
-                 for i in range(len(new))]
-            )
-        )  # fmt: skip
+        unit = _loo_unit(new, new_ids)
     else:
         unit = float(np.median((new**2).sum(1)))
     if unit_kind in ("loo", "norm"):

@@ -224,6 +224,17 @@ def test_onnx_runtime_pool_threads_sleep_rather_than_spin_between_operators() ->
         assert options.get_session_config_entry(_ort.SPINNING) == "0"
 
 
+def _tiled(n: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` generated drawings of three labels: shifted copies of 300, so no two are alike."""
+    from mlpersonalize.sample.doodles import make_dataset
+
+    labels = ["umbrella", "key", "envelope"]
+    base, ids = make_dataset(labels, 100, seed=3, constraint=ImageConstraint(28, 28))
+    reps = -(-n // len(ids))
+    pixels = np.concatenate([np.roll(base, r % 5 - 2, axis=1 + r % 2) for r in range(reps)])[:n]
+    return pixels, [labels[i] for i in np.tile(ids, reps)[:n]]
+
+
 def _traced_peak_of_update(package: Path, pixels: np.ndarray, names: list[str]) -> int:
     """Peak bytes allocated (tracemalloc: numpy's buffers included) by one in-process cosine
     update of an already loaded batch, its pixels let go once embedded as `update` does."""
@@ -251,20 +262,11 @@ def test_update_memory_per_example_stays_near_the_pixels_and_embeddings_it_holds
     or a per-fold copy of the pool would each add 200-500 bytes per example at 64 dimensions)."""
     from mlpersonalize import calibration, selection
     from mlpersonalize.heads import cosine
-    from mlpersonalize.sample.doodles import make_dataset
 
     for module in (calibration, selection, cosine):
         monkeypatch.setattr(module, "CHUNK", 256)
-    labels = ["umbrella", "key", "envelope"]
-    base, ids = make_dataset(labels, 100, seed=3, constraint=ImageConstraint(28, 28))
-
-    def tiled(n: int) -> tuple[np.ndarray, list[str]]:  # shifted copies: no two drawings alike
-        reps = -(-n // len(ids))
-        pixels = np.concatenate([np.roll(base, r % 5 - 2, axis=1 + r % 2) for r in range(reps)])[:n]
-        return pixels, [labels[i] for i in np.tile(ids, reps)[:n]]
-
     small, large = 1500, 4500
-    peaks = {n: _traced_peak_of_update(doodle_model, *tiled(n)) for n in (small, large)}
+    peaks = {n: _traced_peak_of_update(doodle_model, *_tiled(n)) for n in (small, large)}
     per_example = (peaks[large] - peaks[small]) / (large - small)
     held = 28 * 28 + 4 * 64  # uint8 pixels plus a float32 embedding of the tiny backbone
     assert per_example <= 1.5 * held, f"{per_example:.0f} bytes per example against {held} held"
@@ -317,7 +319,6 @@ def test_an_update_from_a_file_never_holds_all_the_pixels(
     place as at 100,000 (IN_PLACE_FROM)."""
     from mlpersonalize import calibration, reteach, selection, update_algorithm
     from mlpersonalize.heads import cosine
-    from mlpersonalize.sample.doodles import make_dataset
 
     for module in (calibration, selection, cosine):
         monkeypatch.setattr(module, "CHUNK", 256)
@@ -325,16 +326,8 @@ def test_an_update_from_a_file_never_holds_all_the_pixels(
     monkeypatch.setattr(update_algorithm, "GATHER_ROWS", 256)
     monkeypatch.setattr(update_algorithm, "IN_PLACE_FROM", 0)
     monkeypatch.setattr(selection, "ONE_FOLD_FROM", 500)  # one fold, as at 100,000 examples
-    labels = ["umbrella", "key", "envelope"]
-    base, ids = make_dataset(labels, 100, seed=3, constraint=ImageConstraint(28, 28))
-
-    def tiled(n: int) -> tuple[np.ndarray, list[str]]:  # shifted copies: no two drawings alike
-        reps = -(-n // len(ids))
-        pixels = np.concatenate([np.roll(base, r % 5 - 2, axis=1 + r % 2) for r in range(reps)])[:n]
-        return pixels, [labels[i] for i in np.tile(ids, reps)[:n]]
-
     small, large = 1500, 4500
-    peaks = {n: _traced_peak_of_file_update(tmp_path, doodle_model, *tiled(n)) for n in (small, large)}
+    peaks = {n: _traced_peak_of_file_update(tmp_path, doodle_model, *_tiled(n)) for n in (small, large)}
     per_example = (peaks[large] - peaks[small]) / (large - small)
     pixels_and_embedding = 28 * 28 + 4 * 64
     # measured: 714 bytes streamed, 1,296 with the pixels loaded whole

@@ -26,6 +26,7 @@ from .heads import branch as branch_head
 from .heads import linear as linear_head
 from .images import ImageConstraint, to_model_input
 from .manifest import MODEL_FILE, Manifest, check_labels, normalize_label
+from .manifest import gate_columns as manifest_gate_columns
 from .package import create_package
 from .params import UpdateParams
 from .store import copy_note, personalized_copy, update_hint  # noqa: F401 (moved: see store.py)
@@ -297,8 +298,7 @@ def make_updatable(model_path: Path, output: Path, options: ByoOptions | None = 
         **extra,
     }
 
-    gate_columns = len(thresholds) + (margin_gate.DISTANCE_COLUMNS if distance else 0)
-    gate_columns += margin_gate.OWN_COLUMNS if own else 0
+    gate_columns = manifest_gate_columns({"brought": record})  # as a package's reader counts them
 
     def write(temp: Path) -> Manifest:
         manifest = create_package(

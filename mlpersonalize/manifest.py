@@ -74,14 +74,41 @@ def check_labels(labels: Any, where: str) -> list[str]:
     return out
 
 
-def gate_thresholds(training: dict[str, Any]) -> tuple[float, ...]:
-    """The gate thresholds a package's manifest records (none for packages made before the gate)."""
+# The distance features a brought model's embedding ends with after the gate's rungs
+# (margin_gate.py builds them; packages made since they exist): the brought head's best logit and
+# the embedding's squared length; with examples of every brought label (make-updatable --examples)
+# one more, the squared distance to the nearest of them.
+DISTANCE_COLUMNS = 2
+OWN_COLUMNS = 1
+
+
+def _gate_record(training: dict[str, Any]) -> dict[str, Any]:
     brought = training.get("brought") if isinstance(training, dict) else None
     gate = brought.get("gate") if isinstance(brought, dict) else None
-    values = gate.get("thresholds") if isinstance(gate, dict) else None
+    return gate if isinstance(gate, dict) else {}
+
+
+def gate_thresholds(training: dict[str, Any]) -> tuple[float, ...]:
+    """The gate thresholds a package's manifest records (none for packages made before the gate)."""
+    values = _gate_record(training).get("thresholds")
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
         return ()
     return tuple(float(v) for v in values)
+
+
+def distance_columns(training: dict[str, Any]) -> int:
+    """How many distance features a package's embedding ends with (0 for packages made before them)."""
+    gate = _gate_record(training)
+    if gate.get("distance") is not True:
+        return 0
+    own = gate.get("own_examples")
+    return DISTANCE_COLUMNS + (OWN_COLUMNS if isinstance(own, int) and own > 0 else 0)
+
+
+def gate_columns(training: dict[str, Any]) -> int:
+    """The trailing columns of a brought head's rows that updates set rather than train: one per
+    gate threshold, then the distance features."""
+    return len(gate_thresholds(training)) + distance_columns(training)
 
 
 @dataclass(frozen=True)

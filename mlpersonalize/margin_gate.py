@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ModelError
+from .manifest import DISTANCE_COLUMNS, OWN_COLUMNS
 
 # Thresholds: the brought head's median margin on noise images times 2**(k/4), from 1/8 to 16
 # times it. A rung per quarter octave keeps the chosen threshold within 19% above the wanted one.
@@ -33,15 +34,13 @@ LADDER = tuple(2.0 ** (k / 4) for k in range(-12, 17))
 # predictions on three of four; "all examples" lets an outlier open the gate wide).
 QUANTILE = 0.8
 STEEPNESS = 100.0  # logits a new row loses per logit of margin above its rung: a near-hard gate
-# The distance features (packages made since they exist, see ``record``): the brought head's best
-# logit and the embedding's squared length, after the rungs. With them an added row can score
-# ``best + k * (r**2 - |e - mean|**2)``: it wins exactly inside a ball around its examples' mean,
-# whatever the brought head's scale (see heads/linear.py's ``distance_rows``).
-DISTANCE_COLUMNS = 2
-# With examples of every brought label (make-updatable --examples), one more distance feature: the
-# squared distance to the nearest of them ("mlp_gate.own"), so an added row can win only where its
-# examples' mean is nearer than a share of that (heads/linear.py's ``distance_rows``).
-OWN_COLUMNS = 1
+# The distance features (DISTANCE_COLUMNS, manifest.py; packages made since they exist, see
+# ``record``): the brought head's best logit and the embedding's squared length, after the rungs.
+# With them an added row can score ``best + k * (r**2 - |e - mean|**2)``: it wins exactly inside a
+# ball around its examples' mean, whatever the brought head's scale (see heads/linear.py's
+# ``distance_rows``). With examples of every brought label (make-updatable --examples), one more
+# (OWN_COLUMNS): the squared distance to the nearest of them ("mlp_gate.own"), so an added row can
+# win only where its examples' mean is nearer than a share of that.
 
 
 def margins(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -243,13 +242,3 @@ def record(thresholds: tuple[float, ...], distance: bool = False, own: int = 0) 
         if own:
             out["own_examples"] = int(own)
     return out
-
-
-def distance_columns(training: dict[str, Any]) -> int:
-    """How many distance features a package's embedding ends with (0 for packages made before them)."""
-    brought = training.get("brought") if isinstance(training, dict) else None
-    gate = brought.get("gate") if isinstance(brought, dict) else None
-    if not (isinstance(gate, dict) and gate.get("distance") is True):
-        return 0
-    own = gate.get("own_examples")
-    return DISTANCE_COLUMNS + (OWN_COLUMNS if isinstance(own, int) and own > 0 else 0)

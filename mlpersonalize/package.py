@@ -56,7 +56,7 @@ from .manifest import (
     Manifest,
     check_labels,
     check_relative,
-    gate_thresholds,
+    gate_columns,
     read_manifest,
 )
 from .params import DEFAULT_RANGES, UpdateParams
@@ -402,7 +402,7 @@ def create_package(
         np.asarray(head_weight, np.float32),
         float(logit_scale),
         frozen_labels,
-        len(gate_thresholds(training)),
+        gate_columns(training),
         features,
     )
     kind = kind_named(head_kind)

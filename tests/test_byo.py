@@ -18,7 +18,7 @@ from mlpersonalize.byo import ByoOptions, make_updatable
 from mlpersonalize.embedding import embed
 from mlpersonalize.errors import InputError, ModelError, UsageError
 from mlpersonalize.heads.linear import read_weight
-from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, gate_thresholds
+from mlpersonalize.manifest import BACKBONE_FILE, HEAD_FILE, MODEL_FILE, gate_columns, gate_thresholds
 from mlpersonalize.package import load_package
 
 # Measured retention (share of held-out old-class predictions unchanged) and new-label accuracy
@@ -148,6 +148,21 @@ def test_no_head_and_bad_trainable_names_list_candidates(tmp_path: Path) -> None
     assert made.manifest.head_kind == "linear"  # the last layer's own parameters: no branch
 
 
+def test_a_new_package_sets_aside_every_gate_column_a_reader_counts(tmp_path: Path) -> None:
+    """The head make-updatable writes keeps the gate's rungs AND the distance features out of what
+    trains (head.weight_gate), the same count LinearHead.read gives the package; it had left the
+    distance features among the trainable weights."""
+    from mlpersonalize.heads.linear import GATE_WEIGHT, WEIGHT
+
+    made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "pkg")
+    manifest = load_package(made.path).manifest
+    inits = {i.name: i for i in onnx.load(str(made.path / HEAD_FILE)).graph.initializer}
+    gate = gate_columns(manifest.training)
+    assert gate == len(margin_gate.LADDER) + margin_gate.DISTANCE_COLUMNS
+    assert inits[GATE_WEIGHT].dims[1] == gate
+    assert inits[WEIGHT].dims[1] == manifest.embedding_dim - gate
+
+
 def test_gate_features_are_the_brought_heads_margin_over_each_threshold(tmp_path: Path) -> None:
     made = make_updatable(_save(bm.build("mlp"), tmp_path / "m.onnx"), tmp_path / "pkg")
     thresholds = np.array(made.head["gate"]["thresholds"], np.float32)
@@ -236,7 +251,7 @@ def test_stored_training_artifacts_train_only_the_added_rows_own_weights(tmp_pat
     )
     package = load_package(tmp_path / "p1")
     manifest = package.manifest
-    gate = len(gate_thresholds(manifest.training)) + margin_gate.distance_columns(manifest.training)
+    gate = gate_columns(manifest.training)
     dim = manifest.embedding_dim
     assert gate > margin_gate.DISTANCE_COLUMNS
     weight = read_weight(onnx.load(str(package.file(HEAD_FILE))))  # every column, the gate's too

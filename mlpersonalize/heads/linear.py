@@ -36,7 +36,7 @@ from .. import fitting, margin_gate
 from ..classifier import head_model
 from ..embedding import embed
 from ..images import ImageConstraint
-from ..manifest import BACKBONE_FILE, HEAD_FILE, gate_thresholds
+from ..manifest import BACKBONE_FILE, HEAD_FILE, distance_columns, gate_columns, gate_thresholds
 from ..params import UpdateParams
 from .base import FitResult, HeadKind, PackageView, Parts, StoredHead
 
@@ -367,13 +367,13 @@ class LinearHead(HeadKind):
         """``head``: the package's head.onnx when the caller has it loaded already."""
         manifest = package.manifest
         weight = read_weight(head if head is not None else onnx.load(str(package.path / HEAD_FILE)))
-        gate = len(gate_thresholds(manifest.training)) + cls.distance_columns(manifest.training)
+        gate = gate_columns(manifest.training)
         return StoredHead(weight, manifest.logit_scale, manifest.frozen_labels, gate)
 
     @staticmethod
     def distance_columns(training: dict[str, Any]) -> int:
         """The distance features' columns after the gate's (0: a package made before them)."""
-        return margin_gate.distance_columns(training)
+        return distance_columns(training)
 
     def __init__(
         self,

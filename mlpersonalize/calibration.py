@@ -81,6 +81,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from . import _arrays
 from ._arrays import distinct, quantile
 
 # Pseudo-examples of the pooled spread added to each label's own spread estimate. 5 means a label
@@ -112,9 +113,6 @@ NO_ROW = -2.0  # a label with no row: below every cosine
 # Taught labels are calibrated on their own once their pooled spread has this many degrees of
 # freedom (two labels of three drawings); below it t's quantile is too wide to mean anything.
 MIN_TAUGHT_DOF = 4
-# Examples scored at a time: the float64 [examples, rows] temporaries of 100,000 examples would
-# take 50 MB each (and their unit embeddings 100 MB); the results do not depend on it.
-CHUNK = 2048  # [CHUNK, D] float64 unit embeddings: 4 MB at 256 dimensions
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -127,9 +125,9 @@ def label_cosines(emb: np.ndarray, rows: np.ndarray, row_label: np.ndarray, n_la
     """[N, n_labels]: each example's cosine to each label's best row (``NO_ROW`` for a rowless label)."""
     unit_rows = normalize(rows)
     out = np.full((len(emb), n_labels), NO_ROW)
-    for at in range(0, len(emb), CHUNK):  # the float64 temporaries stay CHUNK rows long
-        cos = normalize(emb[at : at + CHUNK]) @ unit_rows.T
-        part = out[at : at + CHUNK]
+    for at in range(0, len(emb), _arrays.CHUNK):  # the float64 temporaries stay CHUNK rows long
+        cos = normalize(emb[at : at + _arrays.CHUNK]) @ unit_rows.T
+        part = out[at : at + _arrays.CHUNK]
         for r, label in enumerate(np.asarray(row_label)):
             np.maximum(part[:, label], cos[:, r], out=part[:, label])
     return out
@@ -142,12 +140,12 @@ def label_probabilities(
     unit_rows = normalize(rows)
     row_label = np.asarray(row_label)
     out = np.zeros((len(emb), n_labels))
-    for at in range(0, len(emb), CHUNK):  # the float64 temporaries stay CHUNK rows long
-        logits = float(scale) * (normalize(emb[at : at + CHUNK]) @ unit_rows.T)
+    for at in range(0, len(emb), _arrays.CHUNK):  # the float64 temporaries stay CHUNK rows long
+        logits = float(scale) * (normalize(emb[at : at + _arrays.CHUNK]) @ unit_rows.T)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
-        np.add.at(out[at : at + CHUNK].T, row_label, p.T)
+        np.add.at(out[at : at + _arrays.CHUNK].T, row_label, p.T)
     return out
 
 
@@ -159,7 +157,7 @@ def imprint_optimism(emb: np.ndarray, members: np.ndarray) -> np.ndarray:
     """
     if len(members) < 2:
         return np.zeros(len(members))
-    step = 2048  # members at a time: float64 [step, D] temporaries, not [members, D] (100 MB at 10,000)
+    step = _arrays.CHUNK  # members at a time: float64 [step, D] temporaries, not [members, D]
     parts = range(0, len(members), step)
     total = np.sum([normalize(emb[members[at : at + step]]).sum(axis=0) for at in parts], axis=0)
     out = []
@@ -211,12 +209,12 @@ def calibration_scores(
             trusted[members] = False
     unit_rows = normalize(rows)
     own = np.full(len(labels), NO_ROW)
-    for at in range(0, len(labels), CHUNK):  # [CHUNK, rows] float64 at a time
-        cos_rows = normalize(emb[at : at + CHUNK]) @ unit_rows.T
+    for at in range(0, len(labels), _arrays.CHUNK):  # [CHUNK, rows] float64 at a time
+        cos_rows = normalize(emb[at : at + _arrays.CHUNK]) @ unit_rows.T
         for r, members, optimism in lowered:
-            lo, hi = np.searchsorted(members, [at, at + CHUNK])
+            lo, hi = np.searchsorted(members, [at, at + _arrays.CHUNK])
             cos_rows[members[lo:hi] - at, r] -= optimism[lo:hi]
-        part_labels, part = labels[at : at + CHUNK], own[at : at + CHUNK]
+        part_labels, part = labels[at : at + _arrays.CHUNK], own[at : at + _arrays.CHUNK]
         for r, label in enumerate(row_label):
             hit = part_labels == label
             part[hit] = np.maximum(part[hit], cos_rows[hit, r])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _arrays
 from ._arrays import distinct
 from ._arrays import quantile as _quantile
 from .calibration import label_cosines, label_probabilities, normalize
@@ -76,9 +77,6 @@ class Conflict:
     read_as: dict[int, int] = field(default_factory=dict)  # other label -> drawings
 
 
-READ_ROWS = 2048  # ~10 MB of float64 temporaries at 256 dimensions
-
-
 def read_as(
     emb: np.ndarray,
     rows: np.ndarray,
@@ -88,11 +86,11 @@ def read_as(
     cosines: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per example: the label it is read as, that label's probability and (``cosines``) its cosine
-    to the label's best row; READ_ROWS examples at a time (whole [N, labels] float64 matrices
+    to the label's best row; _arrays.CHUNK examples at a time (whole [N, labels] float64 matrices
     were 84 MB at 100,000 examples)."""
     pred, sure, cos = np.empty(len(emb), np.int64), np.empty(len(emb)), np.zeros(len(emb))
-    for at in range(0, len(emb), READ_ROWS):
-        part = emb[at : at + READ_ROWS]
+    for at in range(0, len(emb), _arrays.CHUNK):
+        part = emb[at : at + _arrays.CHUNK]
         prob = label_probabilities(part, rows, row_label, scale, n_labels)
         here = slice(at, at + len(part))
         pred[here], sure[here] = prob.argmax(axis=1), prob.max(axis=1)

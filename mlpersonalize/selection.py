@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _arrays
 from ._arrays import distinct
 from .calibration import normalize
 
@@ -50,8 +51,6 @@ MIN_NET_WINS = 2
 SIGNIFICANCE = 2.0
 # With this many drawings of every batch label, one fold (a third of them held out) decides alone.
 ONE_FOLD_FROM = 1000
-# Examples scored at a time: [CHUNK, D] and [CHUNK, rows] float64 temporaries (~10 MB at 256-d).
-CHUNK = 2048
 
 
 @dataclass
@@ -129,8 +128,8 @@ def _right(
     row_label = np.asarray(row_label)
     unit_rows = normalize(rows)
     out = np.empty(len(labels), bool)
-    for at in range(0, len(labels), CHUNK):  # [CHUNK, rows] float64 temporaries at any pool size
-        part = slice(at, at + CHUNK)
+    for at in range(0, len(labels), _arrays.CHUNK):  # [CHUNK, rows] float64 temporaries at any pool size
+        part = slice(at, at + _arrays.CHUNK)
         cos = normalize(emb[part] if positions is None else emb[positions[part]]) @ unit_rows.T
         own = row_label[None, :] == labels[part, None]
         cos = np.where(own, np.minimum(cos, loo[part, None]), cos)

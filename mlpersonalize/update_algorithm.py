@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from . import calibration, engines, selection
+from . import _arrays, calibration, engines, selection
 from ._arrays import distinct
 from .embedding import embed
 from .errors import ConflictError
@@ -389,7 +389,10 @@ def personalize_rows(
     held_emb = emb if len(held) == len(idx) else cast(np.ndarray, Gathered(emb, held))
     before_right = (
         np.concatenate(
-            [head.predict(emb[held[at : at + GATHER_ROWS]], None) for at in range(0, len(held), GATHER_ROWS)]
+            [
+                head.predict(emb[held[at : at + _arrays.CHUNK]], None)
+                for at in range(0, len(held), _arrays.CHUNK)
+            ]
             or [np.zeros(0, np.int64)]
         )
         == idx[held]
@@ -439,7 +442,6 @@ def personalize_rows(
 # swapped, then swapped back) instead of copied: at 100,000 examples of a 256-d backbone the copy was
 # 68 MB. Smaller folds copy, as before, so their training (which rows each epoch draws) is unchanged.
 IN_PLACE_FROM = 16 * 1024**2
-GATHER_ROWS = 2048  # rows moved or read at a time
 
 
 def gather_in_place(
@@ -472,8 +474,8 @@ def undo_in_place(pool: np.ndarray, swaps: list[tuple[np.ndarray, np.ndarray]]) 
 
 
 def _swap(pool: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    for at in range(0, len(a), GATHER_ROWS):  # a block of rows at a time: bounded temporaries
-        i, j = a[at : at + GATHER_ROWS], b[at : at + GATHER_ROWS]
+    for at in range(0, len(a), _arrays.CHUNK):  # a block of rows at a time: bounded temporaries
+        i, j = a[at : at + _arrays.CHUNK], b[at : at + _arrays.CHUNK]
         pool[i], pool[j] = pool[j], pool[i].copy()
 
 
@@ -650,8 +652,8 @@ def select_exemplars_rows(
         group = nearest_own_row(emb, idx, rows, row_label)
     for g in distinct(group):
         members = np.flatnonzero(group == g)
-        # one group's rows at a time, GATHER_ROWS of them normalised at once (float64 temporaries)
-        parts = [members[at : at + GATHER_ROWS] for at in range(0, len(members), GATHER_ROWS)]
+        # one group's rows at a time, _arrays.CHUNK of them normalised at once (float64 temporaries)
+        parts = [members[at : at + _arrays.CHUNK] for at in range(0, len(members), _arrays.CHUNK)]
         total = np.sum([normalize(emb[part]).sum(axis=0, keepdims=True) for part in parts], axis=0)
         centre = normalize(total / len(members))[0]
         near = np.concatenate([normalize(emb[part]) @ centre for part in parts])

@@ -41,7 +41,7 @@ def test_an_update_does_not_import_numpy_ma(tmp_path: Path, tiny_model: Path) ->
 def test_chunked_scoring_gives_the_whole_matrix_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scoring CHUNK examples at a time (memory at 100,000 examples) changes no answer: labels
     with style rows, rows imprinted from scored examples, a label without rows."""
-    from mlpersonalize import calibration, selection
+    from mlpersonalize import _arrays, calibration, selection
     from mlpersonalize.heads import cosine
 
     rng = np.random.default_rng(1)
@@ -67,7 +67,6 @@ def test_chunked_scoring_gives_the_whole_matrix_answers(monkeypatch: pytest.Monk
     cos = calibration.normalize(emb) @ calibration.normalize(rows).T  # the dense nearest own row
     dense = np.where(row_label[None, :] == labels[:, None], cos, -np.inf).argmax(axis=1)
     assert np.array_equal(whole[4], dense)
-    for module in (calibration, selection, cosine):
-        monkeypatch.setattr(module, "CHUNK", 7)
+    monkeypatch.setattr(_arrays, "CHUNK", 7)
     for chunked, full in zip(answers(), whole, strict=True):
         np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-12)

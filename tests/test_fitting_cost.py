@@ -260,11 +260,9 @@ def test_update_memory_per_example_stays_near_the_pixels_and_embeddings_it_holds
     cancel). Scoring runs in chunks of CHUNK examples: set small here so that 4,500 examples show
     what 100,000 do (a full-size [examples, rows] float64 matrix, a second copy of the embeddings
     or a per-fold copy of the pool would each add 200-500 bytes per example at 64 dimensions)."""
-    from mlpersonalize import calibration, selection
-    from mlpersonalize.heads import cosine
+    from mlpersonalize import _arrays
 
-    for module in (calibration, selection, cosine):
-        monkeypatch.setattr(module, "CHUNK", 256)
+    monkeypatch.setattr(_arrays, "CHUNK", 256)
     small, large = 1500, 4500
     peaks = {n: _traced_peak_of_update(doodle_model, *_tiled(n)) for n in (small, large)}
     per_example = (peaks[large] - peaks[small]) / (large - small)
@@ -317,13 +315,9 @@ def test_an_update_from_a_file_never_holds_all_the_pixels(
     as the growth of the peak from 1,500 to 4,500 examples (fixed costs cancel), chunk sizes set
     small so that 4,500 examples show what 100,000 do; the fold's training set is gathered in
     place as at 100,000 (IN_PLACE_FROM)."""
-    from mlpersonalize import calibration, reteach, selection, update_algorithm
-    from mlpersonalize.heads import cosine
+    from mlpersonalize import _arrays, selection, update_algorithm
 
-    for module in (calibration, selection, cosine):
-        monkeypatch.setattr(module, "CHUNK", 256)
-    monkeypatch.setattr(reteach, "READ_ROWS", 256)
-    monkeypatch.setattr(update_algorithm, "GATHER_ROWS", 256)
+    monkeypatch.setattr(_arrays, "CHUNK", 256)
     monkeypatch.setattr(update_algorithm, "IN_PLACE_FROM", 0)
     monkeypatch.setattr(selection, "ONE_FOLD_FROM", 500)  # one fold, as at 100,000 examples
     small, large = 1500, 4500

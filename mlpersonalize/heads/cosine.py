@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import calibration, fitting
+from .. import _arrays, calibration, fitting
 from .._lazy import deferred
 from ..classifier import SCORES, head_model
 from ..manifest import HEAD_FILE
@@ -39,9 +39,6 @@ else:  # onnx (~30 ms): when a head graph is built or read, which predict and in
 KIND = "cosine"
 WEIGHT = "head.weight"
 EPS = 1e-12
-# Examples scored at a time where a whole pool's [examples, rows] float64 matrix would be large
-# (100,000 examples: 50 MB a matrix); the answers do not depend on it.
-CHUNK = 2048  # [CHUNK, D] float64 unit embeddings: 4 MB at 256 dimensions
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -74,7 +71,7 @@ def nearest_own_row(
 ) -> np.ndarray:
     """Per example, the index of its label's row nearest to it (by cosine; row 0 for a label with
     no row). A label with one row needs no cosine; the examples of labels with several rows are
-    compared with those rows only, CHUNK at a time, so no [examples, rows] matrix is made.
+    compared with those rows only, _arrays.CHUNK at a time, so no [examples, rows] matrix is made.
     ``unit`` normalises rows (float32 :func:`normalize` or calibration's float64 one)."""
     idx = np.asarray(idx, np.int64)
     row_label = np.asarray(row_label, np.int64)
@@ -86,8 +83,8 @@ def nearest_own_row(
         own = np.flatnonzero(row_label == label)
         own_rows = unit(rows[own])
         members = np.flatnonzero(idx == label)
-        for at in range(0, len(members), CHUNK):
-            part = members[at : at + CHUNK]
+        for at in range(0, len(members), _arrays.CHUNK):
+            part = members[at : at + _arrays.CHUNK]
             out[part] = own[(unit(emb[part]) @ own_rows.T).argmax(axis=1)]
     return out
 
@@ -273,10 +270,12 @@ class CosineHead(HeadKind):
             return np.zeros(0, np.int64)
         n_labels = int(row_label.max()) + 1
         out = np.empty(len(emb), np.int64)
-        for at in range(0, len(emb), CHUNK):  # bounded temporaries (float64 [CHUNK, rows]) at any size
-            part = emb[at : at + CHUNK]
+        for at in range(
+            0, len(emb), _arrays.CHUNK
+        ):  # bounded temporaries (float64 [CHUNK, rows]) at any size
+            part = emb[at : at + _arrays.CHUNK]
             prob = calibration.label_probabilities(part, rows, row_label, self.scale, n_labels)
-            out[at : at + CHUNK] = prob.argmax(axis=1)
+            out[at : at + _arrays.CHUNK] = prob.argmax(axis=1)
         return out
 
     def stored(self, result: FitResult) -> StoredHead:

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -395,6 +396,29 @@ def _branch_marks(name: str) -> list[pytest.MarkDecorator]:
     return ([pytest.mark.slow] if name == "resnet" else []) + ([_NEEDS_ORT] if name != "mlp" else [])
 
 
+def _branch_fit(name: str, tmp_path: Path, batch_seed: int, seed: int) -> tuple[Any, Any]:
+    """The branch kind's fit of 5 new labels x SHOTS generated drawings on fixture ``name`` made
+    updatable with its BRANCH_LAYERS, in-process: (the BranchHead, its FitResult)."""
+    from mlpersonalize.embedding import embed
+    from mlpersonalize.engines import get
+    from mlpersonalize.heads.branch import BranchHead
+    from mlpersonalize.manifest import BACKBONE_FILE
+
+    fx = FIXTURES[name]
+    options = ByoOptions(labels=fx.labels_file, ink=fx.constraint.ink, trainable=BRANCH_LAYERS[name])
+    package = load_package(make_updatable(fx.path, tmp_path / "pkg", options).path)
+    files = write_folder(tmp_path / "new", fx.new_labels, SHOTS, seed=batch_seed)
+    pixels = np.stack([load(f, fx.constraint) for f in files])
+    emb = embed(package.path / BACKBONE_FILE, pixels, package.manifest.constraint)
+    labels = fx.labels + fx.new_labels
+    idx = np.array([labels.index(f.parent.name) for f in files])
+    params = DEFAULTS.replace(seed=seed)
+    head = BranchHead(package, labels, params, get(None))
+    exemplars = package.exemplars()
+    rows = list(range(len(fx.labels), len(labels)))
+    return head, head.fit(emb, idx, rows, head.rehearsal(*exemplars), exemplars, params)
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=_branch_marks(n)) for n in BRANCH_LAYERS])
 def test_branch_kind_update_is_refused_or_keeps_the_brought_accuracy(name: str, tmp_path: Path) -> None:
     """`--trainable` naming an earlier layer (the branch kind): an update with 3 drawings of each
@@ -435,28 +459,11 @@ def test_branch_guard_judges_what_the_added_rows_answer(tmp_path: Path) -> None:
     """The probe behind the refusal (``BranchHead.own_labels_reason``) judges the added rows: the
     trained ones of the mlp's update answer the scrambled drawings and are refused; the same
     trained branch with added rows that never win is accepted."""
-    from mlpersonalize.embedding import embed
-    from mlpersonalize.engines import get
-    from mlpersonalize.heads.branch import BranchHead
-    from mlpersonalize.manifest import BACKBONE_FILE
-
-    fx = FIXTURES["mlp"]
-    options = ByoOptions(labels=fx.labels_file, ink=fx.constraint.ink, trainable=BRANCH_LAYERS["mlp"])
-    package = load_package(make_updatable(fx.path, tmp_path / "pkg", options).path)
-    files = write_folder(tmp_path / "new", fx.new_labels, SHOTS, seed=31)
-    pixels = np.stack([load(f, fx.constraint) for f in files])
-    emb = embed(package.path / BACKBONE_FILE, pixels, package.manifest.constraint)
-    labels = fx.labels + fx.new_labels
-    idx = np.array([labels.index(f.parent.name) for f in files])
-    params = DEFAULTS.replace(seed=0)
-    head = BranchHead(package, labels, params, get(None))
-    exemplars = package.exemplars()
-    rows = list(range(len(fx.labels), len(labels)))
-    result = head.fit(emb, idx, rows, head.rehearsal(*exemplars), exemplars, params)
+    head, result = _branch_fit("mlp", tmp_path, batch_seed=31, seed=0)
     reason = head.own_labels_reason(result, 0.02)
     assert "scrambled copies" in reason and "inputs it is surest of" in reason
     quiet = result.weight.copy()
-    quiet[len(fx.labels) :, -1] = -1e6  # the same rows, their biases far below any brought logit
+    quiet[head.frozen :, -1] = -1e6  # the same rows, their biases far below any brought logit
     result.weight = quiet
     assert head.own_labels_reason(result, 0.02) == ""
 
@@ -467,24 +474,7 @@ def test_branch_guard_refuses_the_update_that_costs_least(tmp_path: Path) -> Non
     """The closest of the 20 measured damaging updates (resnet, batch seed 102, ``--seed 2``): it
     keeps 91.7% of the own labels' accuracy, its added rows answer 12% of the scrambled probes and
     change the brought model's answer on 40% of the inputs it is surest of; refused."""
-    from mlpersonalize.embedding import embed
-    from mlpersonalize.engines import get
-    from mlpersonalize.heads.branch import BranchHead
-    from mlpersonalize.manifest import BACKBONE_FILE
-
-    fx = FIXTURES["resnet"]
-    options = ByoOptions(labels=fx.labels_file, ink=fx.constraint.ink, trainable=BRANCH_LAYERS["resnet"])
-    package = load_package(make_updatable(fx.path, tmp_path / "pkg", options).path)
-    files = write_folder(tmp_path / "new", fx.new_labels, SHOTS, seed=102)
-    pixels = np.stack([load(f, fx.constraint) for f in files])
-    emb = embed(package.path / BACKBONE_FILE, pixels, package.manifest.constraint)
-    labels = fx.labels + fx.new_labels
-    idx = np.array([labels.index(f.parent.name) for f in files])
-    params = DEFAULTS.replace(seed=2)
-    head = BranchHead(package, labels, params, get(None))
-    exemplars = package.exemplars()
-    rows = list(range(len(fx.labels), len(labels)))
-    result = head.fit(emb, idx, rows, head.rehearsal(*exemplars), exemplars, params)
+    head, result = _branch_fit("resnet", tmp_path, batch_seed=102, seed=2)
     assert "inputs it is surest of" in head.own_labels_reason(result, 0.02)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 # Rows scored, normalised or moved at a time wherever a whole pool at once would hold large
-# float64 temporaries (at 100,000 examples an [examples, rows] matrix is 50 MB and their unit
-# embeddings 200 MB; [CHUNK, 256] is 4 MB). No answer depends on it; tests set it small to show at
-# a few thousand examples what 100,000 do.
+# float64 temporaries (by size: 100,000 examples' unit embeddings at 256 dimensions are 205 MB,
+# [CHUNK, 256] is 4 MB). No answer depends on it (tests/test_arrays.py); the memory tests set it
+# small to show at a few thousand examples what 100,000 do.
 CHUNK = 2048
 
 

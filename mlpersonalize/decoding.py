@@ -6,7 +6,10 @@ bomb or a corrupt file is one reported entry in either, never a hang or a traceb
 
 A :class:`Decoder` starts its workers when it is entered. ``predict`` enters it before it
 creates its ONNX Runtime session: on Linux the workers are forked, and a fork taken while the
-engine's thread pool exists copies a process whose other threads are gone.
+engine's thread pool exists copies a process whose other threads are gone (a lock one of them
+held stays locked in the child for good). A process that already runs other threads (a Python
+program calling :func:`mlpersonalize.prepare` after it made predictions, or with threads of its
+own) decodes in a pool of threads instead: Pillow's decoders and resampling release the GIL.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -126,6 +129,15 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def threads_running() -> int:
+    """Threads in this process, native ones included (ONNX Runtime's pools are invisible to
+    :mod:`threading`); 1 where that cannot be read."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
 class Decoder:
     """Decodes ``count`` files for ``constraint``; ``digest`` adds each file's SHA-256."""
 
@@ -143,7 +155,9 @@ class Decoder:
         self._pool: Executor | None = None
 
     def __enter__(self) -> Decoder:
-        if self.workers:
+        if self.workers and sys.platform.startswith("linux") and threads_running() > 1:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlpersonalize-decode")
+        elif self.workers:
             # fork starts workers in milliseconds; macOS and Windows need spawn
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
             self._pool = ProcessPoolExecutor(

@@ -71,6 +71,41 @@ def test_many_files_decoded_by_workers_give_the_in_process_results_in_order(
     )
 
 
+def test_a_process_running_threads_decodes_in_threads_not_forked_workers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A program that calls prepare/predict while it runs threads (ONNX Runtime's pools after a
+    prediction, or its own) must not fork: the child would keep a lock a vanished thread held."""
+    import multiprocessing
+    import threading
+    import warnings
+
+    from mlpersonalize.decoding import PARALLEL_MIN_FILES, Decoder, threads_running
+    from mlpersonalize.package import load_package
+
+    for i in range(PARALLEL_MIN_FILES + 6):
+        draw(tmp_path / "in" / f"{i:03d}.png", "circle" if i % 2 else "square")
+    tasks = [(str(p), False) for p in sorted((tmp_path / "in").iterdir())]
+    constraint = load_package(tiny_model).manifest.constraint
+    with Decoder(constraint, len(tasks), workers=0) as serial:
+        expected = [(ok, digest) for ok, _, digest in serial.map(tasks)]
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait)
+    busy.start()
+    try:
+        assert threads_running() > 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # Python >= 3.12 warns on such a fork
+            with Decoder(constraint, len(tasks), workers=2) as decoder:
+                assert decoder.workers == 2
+                pooled = [(ok, digest) for ok, _, digest in decoder.map(tasks)]
+                assert multiprocessing.active_children() == []
+    finally:
+        stop.set()
+        busy.join()
+    assert pooled == expected
+
+
 def test_predict_plain_output_off_a_terminal_is_tab_separated(tiny_model: Path, tmp_path: Path) -> None:
     image = draw(tmp_path / "a.png", "circle")
     result = run("predict", str(image), "-m", str(tiny_model))

@@ -9,6 +9,12 @@ Three upstream quirks are handled here and nowhere else:
   that only ``generate_artifacts(ort_format=True)`` uses: see ``_DeferredConverter``.
 * ONNX Runtime logs from C++ straight to stderr (``generate_artifacts`` even turns it up to INFO).
   The default logger is held at ERROR-and-worse severity so users never see those lines.
+* The stock ``onnxruntime`` 1.32 for Linux sends usage telemetry to Microsoft's 1DS collector: at
+  import it writes a ``.ses`` file into $TMPDIR, and a session that lives some seconds looks the
+  collector up in DNS (6 lookups from one session held 20 s, traced). This tool promises no network
+  at run time, so ``ORT_DISABLE_TELEMETRY=1`` is set before the import unless the user set it:
+  no file, no lookup. ``disable_telemetry_events()`` after the import stops neither (traced), so a
+  program that imported onnxruntime before mlpersonalize must set the variable itself.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class _DeferredConverter(types.ModuleType):
         return _Styles()
 
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read once, at the import below
 _bare_training_package()
 import onnxruntime as ort  # noqa: E402
 

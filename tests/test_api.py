@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,26 @@ def test_import_is_cheap_and_exposes_the_api() -> None:
         "['Model', '__version__', 'load_model', 'prepare', 'update']",
         "mlpersonalize.api",
     ]
+
+
+def test_a_program_using_the_api_leaves_no_onnx_runtime_telemetry_behind(
+    doodle_model: Path, tmp_path: Path
+) -> None:
+    """The stock onnxruntime 1.32 for Linux writes a telemetry session file into $TMPDIR at import
+    and looks its collector up in DNS; mlpersonalize turns that off before it imports onnxruntime
+    (no network at run time). A program that only imports mlpersonalize gets no such file."""
+    image = _drawings(tmp_path / "data", NEW[:1], 1, seed=3)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = (
+        "import sys, mlpersonalize\n"
+        "rows = list(mlpersonalize.load_model(sys.argv[1]).predict(sys.argv[2]))\n"
+        "assert len(rows) == 1 and rows[0].label, rows\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["TMPDIR"] = str(temp)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(doodle_model), str(image)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in temp.iterdir()) == []

@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
     REJECTED = 6  # the update guard refused to swap in the new model
     IO = 7  # the disk refused a write (full, read-only, permission, I/O error)
     PARTIAL = 8  # some images could not be read; the rest were handled
-    LEARNED_NOTHING = 9  # the update was saved but did not learn the batch (reason in the summary)
+    LEARNED_NOTHING = 9  # saved but did not learn the batch, or the batch held nothing new (reason given)
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; nothing was changed
 
 
@@ -73,6 +73,10 @@ class LearnedNothing(MLPersonalizeError):
     """An update was saved, but held-out accuracy on its batch did not rise (the reason says why)."""
 
     exit_code = ExitCode.LEARNED_NOTHING
+
+
+class NothingNew(LearnedNothing):
+    """Every example of the update is a drawing the model already learned; nothing was saved."""
 
 
 class StorageError(MLPersonalizeError):

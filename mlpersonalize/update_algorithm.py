@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from . import _arrays, calibration, engines, selection
+from . import _arrays, calibration, engines, repeats, selection
 from ._arrays import distinct
 from .embedding import embed
-from .errors import ConflictError
+from .errors import ConflictError, NothingNew
 from .heads import FitResult, HeadKind, StoredHead, kind_of
 from .heads.base import RowHead
 from .heads.cosine import nearest_own_row, normalize
@@ -118,7 +118,6 @@ def personalize(
 
     # 1. Embed once, into one array (pass two reads it whole, in the batches' order; pass one a
     # copy of its part).
-    train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
     # A row kind trains on the exemplar memory followed by the batch: the embeddings are written
     # after room for the memory, so that pool is this one array (at 100,000 examples of the 256-d
     # backbone, joining them afterwards took a second 100 MB copy: 361 MiB peak instead of 260).
@@ -130,8 +129,12 @@ def personalize(
     if release_pixels:
         for batch in batches:
             batch.release_pixels()
+    # Drawings the model already learned (the same batch again, a batch grown by --append) are
+    # left out: as new examples they were copies in the memory and the calibration (repeats.py).
+    idx, repeats = _without_repeats(embedded, ahead, memory, idx, [d for b in batches for d in b.sha256])
+    train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
     if head.selects:  # the embeddings' only reference goes along, so personalize_rows can let them go
-        return personalize_rows(
+        outcome = personalize_rows(
             package,
             cast(RowHead, head),
             embedded.pop(),
@@ -144,6 +147,8 @@ def personalize(
             force,
             memory=memory,
         )
+        outcome.history["repeated"] = repeats
+        return outcome
     emb = embedded[0]
     ex_emb, ex_idx = memory
     rehearse = head.rehearsal(ex_emb, ex_idx)
@@ -199,6 +204,7 @@ def personalize(
     guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
     history = _history(labels, idx, added, params, final, accuracy, guard)
     history["training_steps"] = [training_steps(first), training_steps(final) if final is not first else 0]
+    history["repeated"] = repeats
     # "Learned nothing" is judged for the cosine kind only (personalize_rows): brought models'
     # one-in-four held-out split leaves too few drawings to judge, and their added rows answer only
     # inside a ball around their examples.
@@ -239,6 +245,33 @@ def taught_labels(manifest_history: tuple[dict[str, Any], ...], labels: tuple[st
     position = {label: i for i, label in enumerate(labels)}
     names = {label for entry in manifest_history for label in entry.get("labels_added", []) or []}
     return {position[name] for name in names if name in position}
+
+
+def _without_repeats(
+    embedded: list[np.ndarray],
+    ahead: int,
+    memory: tuple[np.ndarray, np.ndarray],
+    idx: np.ndarray,
+    digests: list[str],
+) -> tuple[np.ndarray, int]:
+    """Leave out the examples that repeat a drawing the model holds (repeats.py): the embeddings
+    are moved down in place in ``embedded[0]`` (its first ``ahead`` rows stay); returns the kept
+    examples' label indices and how many were left out. NothingNew when none is left."""
+    emb = embedded[0]
+    repeated = repeats.repeated(memory, emb[ahead:], idx, digests)
+    count = int(repeated.sum())
+    if count == len(idx):
+        raise NothingNew(
+            f"every one of the batch's {count} examples is a drawing the model already learned "
+            "(the same batch again?): nothing to learn, the model was not changed"
+        )
+    if count:
+        keep = ~repeated
+        body = emb[ahead:]
+        body[: len(idx) - count] = body[keep]
+        embedded[0] = emb[: ahead + len(idx) - count]
+        idx = idx[keep]
+    return idx, count
 
 
 def personalize_rows(

@@ -12,9 +12,10 @@ loops: fork a child that runs an update (or, one time in five, a rollback), slee
 SIGKILL the child (if it is still running). After each round it checks the promise: ``current``
 names a committed version whose every file hash verifies, the lock is free; and when the child
 finished on its own (exit 0), that ``current`` names the version it reported; when the update was
-refused (a conflict with what an earlier round taught, or the guard), that ``current`` did not
-move. At the end one update runs to completion and no temp file or folder may be left. The seed
-is printed first so a failure can be replayed. Exit 0 when every round held, 1 (with the round
+refused (a conflict with what an earlier round taught, or the guard) or had nothing new (its
+batch is already in the current version), that ``current`` did not move. At the end one update
+runs to completion and no temp file or folder may be left. The seed is printed first so a
+failure can be replayed. Exit 0 when every round held, 1 (with the round
 and seed) otherwise.
 """
 
@@ -36,7 +37,7 @@ sys.path[:0] = [str(HERE), str(HERE / "tests")]
 def _child(op: str, home: Path, batches: list[Path], seed: int, report: Path) -> None:
     """Runs in the forked child: one update or rollback, then the version it left on ``report``."""
     from mlpersonalize import store, updater
-    from mlpersonalize.errors import RejectedError
+    from mlpersonalize.errors import NothingNew, RejectedError
 
     random.seed(seed)
     if op == "rollback":
@@ -48,10 +49,13 @@ def _child(op: str, home: Path, batches: list[Path], seed: int, report: Path) ->
             version = updater.update([batch], options).version or ""
         except RejectedError:  # the guard or a conflict refused it: a documented outcome, no change
             os._exit(REFUSED)
+        except NothingNew:  # every drawing already in the model (exit 9): no change either
+            os._exit(REFUSED)
     report.write_text(version)
 
 
-REFUSED = 4  # a child's exit status when the update was refused (exit 6 in the CLI), not failed
+REFUSED = 4  # a child's exit status when the update was refused (exit 6 in the CLI) or had nothing
+# new to learn (exit 9: the batch is already in the current version), not failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             if os.WIFSIGNALED(status):
                 kills += 1
             elif os.WEXITSTATUS(status) == REFUSED:
-                # these drawings can contradict what an earlier round taught: a refusal must
-                # leave the model exactly as it was
+                # these drawings can contradict what an earlier round taught, or be in the model
+                # already: either way the model must stay exactly as it was
                 refused += 1
                 assert store.current_version(home) == before, "a refused update changed current"
             else:
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED round {rounds} ({op}, delay {delay:.3f}s, seed={seed}): {exc}", flush=True)
             return 1
     # The run after the last kill needs no manual step and leaves nothing behind.
-    result = updater.update([batches[0]], updater.UpdateOptions(model=home, epochs=1, force=True))
+    last = write_batch(work / "last.npz", original, [NEW[0]], seed=len(NEW))  # drawings no round saw
+    result = updater.update([last], updater.UpdateOptions(model=home, epochs=1, force=True))
     try:
         assert store.current_version(home) == result.version
         assert_healthy(home)

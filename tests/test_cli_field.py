@@ -176,7 +176,8 @@ def test_predict_retries_when_its_version_is_deleted_under_it(
 
     batch = write_batch(tmp_path / "b.npz", doodle, NEW[:1])
     updater.update([batch], updater.UpdateOptions(model=doodle, epochs=1))
-    updater.update([batch], updater.UpdateOptions(model=store.model_home("tiny"), epochs=1))
+    more = write_batch(tmp_path / "c.npz", doodle, NEW[:1], seed=8)  # new drawings: a second version
+    updater.update([more], updater.UpdateOptions(model=store.model_home("tiny"), epochs=1))
     root = store.model_home("tiny")
     assert store.current_version(root) == "000002"
     real_load = package.load_package
@@ -460,7 +461,8 @@ def test_models_which_version_help_and_completion(
     code, out, err = main_cli(["which", "--json"], capsys)
     assert code == 0 and json.loads(out)["source"] == "bundled"
     updater.update([batch], updater.UpdateOptions(model=doodle, epochs=1))
-    updater.update([batch], updater.UpdateOptions(model=store.model_home("tiny"), epochs=1))
+    more = write_batch(tmp_path / "c.npz", doodle, NEW[:1], seed=8)  # new drawings: a second version
+    updater.update([more], updater.UpdateOptions(model=store.model_home("tiny"), epochs=1))
     code, out, err = main_cli(["models", "--json"], capsys)
     (model,) = json.loads(out)
     assert model["name"] == "tiny" and [v["version"] for v in model["versions"]] == ["000001", "000002"]
@@ -619,18 +621,24 @@ def test_sigterm_at_random_moments_never_reports_a_committed_update_as_failed(
     """The field experiment, bounded: SIGTERM an `update --json` near its end, six times."""
     import random
 
-    batch = write_batch(tmp_path / "b.npz", doodle, NEW[:1])
+    # each run its own drawings: the same drawings again would teach nothing (exit 9, no version)
+    batches = [write_batch(tmp_path / f"b{i}.npz", doodle, NEW[:1], seed=7 + i) for i in range(7)]
     home = store.model_home("tiny")
-    args = [sys.executable, "-m", "mlpersonalize", "update", str(batch), "--json", "--epochs", "1"]
+    args = [sys.executable, "-m", "mlpersonalize", "update", "--json", "--epochs", "1"]
     start = time.monotonic()
-    first = subprocess.run([*args, "--model", str(doodle)], capture_output=True, text=True, timeout=120)
+    first = subprocess.run(
+        [*args, str(batches[0]), "--model", str(doodle)], capture_output=True, text=True, timeout=120
+    )
     took = time.monotonic() - start
     assert first.returncode == 0, first.stderr
     rng = random.Random(16)
-    for _ in range(6):
+    for batch in batches[1:]:
         before = store.current_version(home)
         child = subprocess.Popen(
-            [*args, "--model", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*args, str(batch), "--model", str(home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(took * rng.uniform(0.6, 1.05))
         child.send_signal(signal.SIGTERM)

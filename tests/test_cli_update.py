@@ -25,7 +25,8 @@ def test_update_json_events_then_rollback_and_reset(
     assert [e["epoch"] for e in events if e["event"] == "epoch_end" and e["pass"] == 2] == [1, 2, 3]
     assert events[-1]["version"] == "000001" and "held_out_by_label" in events[-1]["metrics"]
     home = store.model_home("tiny")
-    code, out, err = run(["update", str(batch), "--model", str(home)], capsys)
+    more = write_batch(tmp_path / "c.npz", doodle_model, NEW[:2], seed=8)  # new drawings
+    code, out, err = run(["update", str(more), "--model", str(home)], capsys)
     assert code == 0 and out == "" and err == ""  # quiet off a terminal
     assert store.current_version(home) == "000002"
     code, out, err = run(["rollback", "--model", str(home), "--json"], capsys)
@@ -105,7 +106,8 @@ def test_busy_and_rejected_exit_codes(
         return result
 
     monkeypatch.setattr(CosineHead, "train", diverging)
-    code, _, err = run(["update", str(batch), "--model", str(home)], capsys)
+    more = write_batch(tmp_path / "c.npz", doodle_model, NEW[:1], seed=8)  # new drawings
+    code, _, err = run(["update", str(more), "--model", str(home)], capsys)
     assert code == 6 and "update refused" in err and err.count("\n") == 1
     assert store.current_version(home) == "000001"
 

@@ -32,7 +32,8 @@ def test_p3_sigkill_during_rollback(point: str, doodle_model: Path, tmp_path: Pa
     package = assert_healthy(home)
     assert store.current_version(home) == ("000002" if point.endswith("before-swap") else "000001")
     assert package.path.name == store.current_version(home)
-    again = updater.update([batch], updater.UpdateOptions(model=home, epochs=2, wait=False))
+    other = write_batch(tmp_path / "c.npz", doodle_model, NEW[1:2], seed=8)  # new drawings: not a repeat
+    again = updater.update([other], updater.UpdateOptions(model=home, epochs=2, wait=False))
     assert again.version == store.current_version(home) == "000003" and stale_entries(home) == []
     assert_healthy(home)
 
@@ -85,13 +86,15 @@ def test_p3_rollback_never_steps_onto_a_version_whose_swap_was_killed(
     home = personalized(doodle_model, tmp_path)  # 000001
     batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[1:2])
     updater.update([batch], updater.UpdateOptions(model=home, epochs=2))  # 000002
+    # each run its own drawings: the same drawings again teach nothing (exit 9, no version)
+    second, third = (write_batch(tmp_path / f"{n}.npz", doodle_model, NEW[1:2], seed=n) for n in (8, 9))
     killed = cli(
-        ["update", str(batch), "--model", str(home), "--epochs", "2"],
+        ["update", str(second), "--model", str(home), "--epochs", "2"],
         {"MLPERSONALIZE_FAULT": "update:before-swap"},
     )
     assert killed.returncode == -signal.SIGKILL
     assert store.current_version(home) == "000002" and "000003" in store.list_versions(home)
-    updater.update([batch], updater.UpdateOptions(model=home, epochs=2))  # 000004 replaces 000002
+    updater.update([third], updater.UpdateOptions(model=home, epochs=2))  # 000004 replaces 000002
     assert store.current_version(home) == "000004"
     assert store.rollback(home) == "000002"
     assert store.rollback(home) == "000001"

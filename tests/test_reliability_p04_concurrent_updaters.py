@@ -23,7 +23,7 @@ import json, os, sys, time
 from pathlib import Path
 import mlpersonalize.updater  # the slow imports happen once, before the fork
 from mlpersonalize.cli.app import main
-work, n, args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+work, n, argv = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 gate, pids = work / "gate", []
 for i in range(n):
     pid = os.fork()
@@ -32,6 +32,7 @@ for i in range(n):
         os.dup2(err, 2)
         while not gate.exists():
             time.sleep(0.001)
+        args = [a.replace("{i}", str(i)) for a in argv]  # each updater its own batch
         try:
             main(args + (["--no-wait"] if i % 2 else []))
         except SystemExit as exc:
@@ -47,8 +48,9 @@ print(json.dumps([[c, (work / f"err{i}").read_text()] for i, c in enumerate(code
 
 def test_p4_eight_updaters_through_one_gate(doodle_model: Path, tmp_path: Path) -> None:
     home = personalized(doodle_model, tmp_path)
-    batch = write_batch(tmp_path / "b.npz", doodle_model, NEW[1:2])
-    args = ["update", str(batch), "--model", str(home), "--epochs", "1", "--keep", "20"]
+    for i in range(8):  # other drawings each: the same drawings again would teach nothing (exit 9)
+        write_batch(tmp_path / f"b{i}.npz", doodle_model, NEW[1:2], seed=100 + i)
+    args = ["update", str(tmp_path / "b{i}.npz"), "--model", str(home), "--epochs", "1", "--keep", "20"]
     run = subprocess.run(
         [sys.executable, "-c", GATED, str(tmp_path), "8", *args],
         capture_output=True,

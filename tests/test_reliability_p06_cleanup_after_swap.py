@@ -31,6 +31,7 @@ def test_p6_the_version_current_names_survives_a_kill_at_the_start_of_cleanup(
     assert store.current_version(home) == "000002"  # the new pointer is in place...
     assert store.list_versions(home) == ["000001", "000002"]  # ...and nothing was deleted yet
     assert_healthy(home)
-    again = updater.update([batch], updater.UpdateOptions(model=home, keep=1, epochs=2))
+    more = write_batch(tmp_path / "c.npz", doodle_model, NEW[1:2], seed=8)  # new drawings: a new version
+    again = updater.update([more], updater.UpdateOptions(model=home, keep=1, epochs=2))
     # keep=1, plus the version this run replaced (a reader may hold it) until the next run
     assert store.list_versions(home) == ["000002", again.version] and stale_entries(home) == []

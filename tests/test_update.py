@@ -18,7 +18,7 @@ from conftest import CONSTRAINT, NEW, OLD, write_batch
 from mlpersonalize import store, updater
 from mlpersonalize.batch import Batch, save_batch
 from mlpersonalize.embedding import embed
-from mlpersonalize.errors import BatchError, RejectedError, UsageError
+from mlpersonalize.errors import BatchError, ExitCode, RejectedError, UsageError
 from mlpersonalize.heads.cosine import cosine_logits, head_weight
 from mlpersonalize.package import load_package
 from mlpersonalize.sample.doodles import make_dataset
@@ -230,8 +230,9 @@ def test_interrupt_during_training_changes_nothing(doodle_model: Path, tmp_path:
         if event["event"] == "epoch_end":
             raise KeyboardInterrupt
 
+    more = write_batch(tmp_path / "c.npz", doodle_model, NEW[:1], seed=8)  # new drawings: it trains
     with pytest.raises(KeyboardInterrupt):
-        updater.update([batch], updater.UpdateOptions(model=home), interrupt)
+        updater.update([more], updater.UpdateOptions(model=home), interrupt)
     assert store.list_versions(home) == ["000001"]
     assert [p.name for p in store.versions_dir(home).iterdir()] == ["000001"]
 
@@ -251,8 +252,14 @@ def test_sigkill_at_each_fault_point_leaves_a_loadable_model(
     package = load_package(store.resolve_model(home).path)  # loads, every hash verified
     assert store.current_version(home) in ("000001", "000002")
     assert NEW[0] in package.manifest.labels
+    committed = store.current_version(home) == "000002"  # killed after its swap: the batch is in
     again = run_cli("update", str(second), "--model", str(home), "--keep", "1", "--no-wait")
-    assert again.returncode == 0, again.stderr
+    if committed:  # the cron job's rerun: the same drawings are not applied a second time
+        assert again.returncode == ExitCode.LEARNED_NOTHING, again.stderr
+        assert again.stderr.startswith("Error: every one of the batch's 3 examples is a drawing the model")
+        assert store.current_version(home) == "000002"
+    else:
+        assert again.returncode == 0, again.stderr
     # keep 1, plus the version just replaced (a reader may hold it open) until the next run
     kept = sorted(p.name for p in store.versions_dir(home).iterdir())
     assert kept == sorted({store.current_version(home), *store.rollback_chain(home)[1:2]})
@@ -324,8 +331,9 @@ def test_readers_never_fail_while_updates_swap(doodle_model: Path, tmp_path: Pat
     )
     deadline = time.time() + 3.5
     swaps = 0
-    while time.time() < deadline:
-        updater.update([batch], updater.UpdateOptions(model=home, keep=3, epochs=2))
+    while time.time() < deadline:  # each update its own drawings (the same again: no new version)
+        more = write_batch(tmp_path / f"b{swaps}.npz", doodle_model, NEW[:1], seed=100 + swaps)
+        updater.update([more], updater.UpdateOptions(model=home, keep=3, epochs=2))
         swaps += 1
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err

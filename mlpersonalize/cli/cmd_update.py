@@ -104,6 +104,11 @@ def reteach_lines(history: dict[str, Any]) -> list[str]:
     if styles:
         names = ", ".join(safe_name(label) for label in styles)
         lines.append(f"Learned your way of drawing: {names} ({plural(len(styles), 'new style row')})")
+    repeated = history.get("repeated") or 0
+    if repeated:
+        lines.append(
+            f"Left out {plural(repeated, 'drawing')} the model had already learned (taught once only)"
+        )
     learned = history.get("learned") or {}
     if learned and not learned.get("learned", True):
         lines.append(f"Learned nothing: {learned.get('reason')}")

@@ -106,6 +106,7 @@ _bare_training_package()
 import onnxruntime as ort  # noqa: E402
 
 ORT_VERSION: str = ort.__version__
+sessions_made = False  # whether this process made a session (session_options is the one way in)
 SPINNING = "session.intra_op.allow_spinning"
 _QUIET = 4  # ORT severity: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal; errors reach us as exceptions
 
@@ -120,6 +121,8 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     setting (``--threads`` / $MLPERSONALIZE_THREADS, see threads.py), else ONNX Runtime's."""
     from .threads import configured  # lazy: read when a session is made (the setting can change after import)
 
+    global sessions_made
+    sessions_made = True  # its thread pools live on: decoding.fork_is_safe reads this
     options = ort.SessionOptions()
     options.log_severity_level = _QUIET
     # Idle pool threads sleep instead of spinning between operators: on cores shared with other

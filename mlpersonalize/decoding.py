@@ -7,9 +7,10 @@ bomb or a corrupt file is one reported entry in either, never a hang or a traceb
 A :class:`Decoder` starts its workers when it is entered. ``predict`` enters it before it
 creates its ONNX Runtime session: on Linux the workers are forked, and a fork taken while the
 engine's thread pool exists copies a process whose other threads are gone (a lock one of them
-held stays locked in the child for good). A process that already runs other threads (a Python
-program calling :func:`mlpersonalize.prepare` after it made predictions, or with threads of its
-own) decodes in a pool of threads instead: Pillow's decoders and resampling release the GIL.
+held stays locked in the child for good). A process that made an ONNX Runtime session or runs
+Python threads of its own (a program calling :func:`mlpersonalize.prepare` after it made
+predictions) decodes in a pool of threads instead: Pillow's decoders and resampling release the
+GIL. numpy's OpenBLAS pool does not count: it stops its threads around a fork itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
@@ -129,13 +131,11 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def threads_running() -> int:
-    """Threads in this process, native ones included (ONNX Runtime's pools are invisible to
-    :mod:`threading`); 1 where that cannot be read."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1
+def fork_is_safe() -> bool:
+    """No Python thread but this one runs, and this process made no ONNX Runtime session (whose
+    pools' threads :mod:`threading` cannot see; ``_ort.session_options`` notes every one)."""
+    engine = sys.modules.get("mlpersonalize._ort")
+    return threading.active_count() == 1 and not getattr(engine, "sessions_made", False)
 
 
 class Decoder:
@@ -155,7 +155,7 @@ class Decoder:
         self._pool: Executor | None = None
 
     def __enter__(self) -> Decoder:
-        if self.workers and sys.platform.startswith("linux") and threads_running() > 1:
+        if self.workers and sys.platform.startswith("linux") and not fork_is_safe():
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mlpersonalize-decode")
         elif self.workers:
             # fork starts workers in milliseconds; macOS and Windows need spawn

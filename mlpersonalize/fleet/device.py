@@ -29,7 +29,7 @@ import numpy as np
 from .. import store
 from ..batch import Batch, check_batch_fits, load_batch
 from ..embedding import embed
-from ..errors import ModelError, UsageError
+from ..errors import ModelError, NothingNew, UsageError
 from ..heads import kind_of
 from ..heads.cosine import cosine_logits
 from ..manifest import BACKBONE_FILE, normalize_label
@@ -163,15 +163,18 @@ def train(config: DeviceConfig, known: Sequence[str] = ()) -> TrainReport:
         for batch in batches:
             for label in batch.labels:
                 counts[normalize_label(label)] = counts.get(normalize_label(label), 0) + 1
+        labels, weight, added = package.manifest.labels, _weight(package), ()
         if batches:
             params = package.manifest.update_defaults
-            outcome = personalize(package, batches, params, config.max_drop)
-            guard = outcome.history["guard"]
-            if not guard["passed"]:
-                return TrainReport(None, f"this device's guard refused its update: {guard['reason']}")
-            labels, weight, added = outcome.labels, outcome.head.weight, outcome.added
-        else:
-            labels, weight, added = package.manifest.labels, _weight(package), ()
+            try:
+                outcome = personalize(package, batches, params, config.max_drop)
+            except NothingNew:  # an earlier round's adoption holds every pending drawing: share its rows
+                outcome = None
+            if outcome is not None:
+                guard = outcome.history["guard"]
+                if not guard["passed"]:
+                    return TrainReport(None, f"this device's guard refused its update: {guard['reason']}")
+                labels, weight, added = outcome.labels, outcome.head.weight, outcome.added
         shared = set(source.manifest.labels) | set(known)
         shared |= {label for label, n in counts.items() if n >= config.min_examples}
         keep = [i for i, label in enumerate(labels) if label in shared]

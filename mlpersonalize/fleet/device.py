@@ -163,7 +163,8 @@ def train(config: DeviceConfig, known: Sequence[str] = ()) -> TrainReport:
         for batch in batches:
             for label in batch.labels:
                 counts[normalize_label(label)] = counts.get(normalize_label(label), 0) + 1
-        labels, weight, added = package.manifest.labels, _weight(package), ()
+        labels, weight = package.manifest.labels, _weight(package)
+        added: tuple[str, ...] = ()
         if batches:
             params = package.manifest.update_defaults
             try:

@@ -110,3 +110,17 @@ def test_a_label_that_stays_under_the_floor_is_named_with_the_label_it_looks_lik
     )
     assert not verdict.learned and verdict.weak_labels == [3]
     assert verdict.reason is not None and "'tree' looks like 'circle'" in verdict.reason
+
+
+def test_one_misread_of_three_held_out_drawings_is_not_learning_nothing() -> None:
+    """3 held-out drawings of a new label, 1 read right: a label the model learned, one drawing misread
+    (the plain share, 33% < 50%, said "learned nothing" after 3 of 20 second updates on real digits)."""
+    before = np.zeros(6, bool)
+    labels = np.repeat([4, 5], 3)
+    one_of_three = np.array([True, True, True, True, False, False])
+    assert judge_learning(before, one_of_three, labels, NAMES + ("a", "b")).learned
+    none_of_three = np.array([True, True, True, False, False, False])
+    verdict = judge_learning(before, none_of_three, labels, NAMES + ("a", "b"))
+    assert not verdict.learned and verdict.weak_labels == [5]
+    # with more drawings a share well under the floor still counts: 3 of 10 right
+    assert not judge_learning(np.zeros(10, bool), np.arange(10) < 3, np.zeros(10), NAMES).learned

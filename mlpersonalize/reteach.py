@@ -22,7 +22,6 @@ Constants were chosen on the bundled model (``benchmarks/calibration_study.py``)
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np

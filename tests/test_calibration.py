@@ -261,7 +261,7 @@ def test_labels_the_user_did_not_teach_beside_taught_ones_are_rejected_more() ->
 def test_the_negative_side_never_lifts_a_threshold_past_the_own_drawings_guard() -> None:
     # Known labels packed closer than the user's drawings spread: their nearest-other cosines sit
     # above most fresh drawings of the taught labels. Without the guard the negative side turned
-    # away 46% of them (measured); with it, far fewer, and the thresholds stay at most the own
+    # away 41% of them (measured); with it, far fewer, and the thresholds stay at most the own
     # side's at the guard share.
     turned = []
     for seed in range(10):

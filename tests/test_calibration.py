@@ -13,6 +13,8 @@ from mlpersonalize.calibration import (
     imprint_optimism,
     imprinted_labels,
     label_probabilities,
+    label_weighted_quantile,
+    nearest_other,
     normalize,
     predict_open,
     t_quantile,
@@ -278,3 +280,24 @@ def test_the_negative_side_never_lifts_a_threshold_past_the_own_drawings_guard()
         assert np.all(cal[:10] == alone[TARGET_FRR][:10])  # the model's own labels: untouched
         turned.append(open_set_rates(setting)[0])
     assert np.mean(turned) <= 0.2
+
+
+def test_nearest_other_is_the_best_cosine_among_the_other_labels() -> None:
+    rows = np.eye(3, D)
+    rows = np.concatenate([rows, normalize(rows[1:2] + rows[2:3])])  # label 1's style row, between 1 and 2
+    row_label = np.array([0, 1, 2, 1])
+    emb = np.stack([normalize(rows[0] + 0.5 * rows[2]), rows[1], rows[2]])
+    got = nearest_other(emb, np.array([0, 1, 2]), rows, row_label, 3)
+    assert np.allclose(
+        got, [0.5 / np.sqrt(1.25), 0.0, 1 / np.sqrt(2)]
+    )  # label 2 scored on label 1's style row
+
+
+def test_a_large_batch_of_one_label_does_not_outweigh_the_others() -> None:
+    # 1,000 drawings of one label at 0.9 and one example of each of nine others at 0.1..0.9: each
+    # label weighs the same, so the median is the others', not the big label's.
+    values = np.concatenate([np.full(1000, 0.9), np.linspace(0.1, 0.9, 9)])
+    labels = np.concatenate([np.zeros(1000, np.int64), np.arange(1, 10)])
+    assert abs(label_weighted_quantile(values, labels, 0.5) - 0.5) < 1e-9
+    assert label_weighted_quantile(values, labels, 0.0) == 0.1
+    assert label_weighted_quantile(values, labels, 1.0) == 0.9

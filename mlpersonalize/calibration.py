@@ -257,11 +257,13 @@ def calibration_scores(
     row_label: np.ndarray,
     n_labels: int,
     imprinted: Mapping[int, np.ndarray] | None = None,
+    other: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each example's score for its own label, and whether it is trustworthy (not 1-shot in-sample).
 
     ``imprinted`` maps a row to the positions (into ``emb``) of the examples it was imprinted from;
-    their scores to that row are lowered by the imprint's in-sample optimism.
+    their scores to that row are lowered by the imprint's in-sample optimism. ``other`` [N], when
+    given, receives each example's :func:`nearest_other` score from the same pass.
     """
     labels = np.asarray(labels)
     row_label = np.asarray(row_label)
@@ -279,10 +281,14 @@ def calibration_scores(
     own = np.full(len(labels), NO_ROW)
     for at in range(0, len(labels), _arrays.CHUNK):  # [CHUNK, rows] float64 at a time
         cos_rows = normalize(emb[at : at + _arrays.CHUNK]) @ unit_rows.T
+        part_labels = labels[at : at + _arrays.CHUNK]
+        if other is not None and len(row_label):
+            others = np.where(part_labels[:, None] == row_label[None, :], NO_ROW, cos_rows)
+            other[at : at + _arrays.CHUNK] = others.max(axis=1)
         for r, members, optimism in lowered:
             lo, hi = np.searchsorted(members, [at, at + _arrays.CHUNK])
             cos_rows[members[lo:hi] - at, r] -= optimism[lo:hi]
-        part_labels, part = labels[at : at + _arrays.CHUNK], own[at : at + _arrays.CHUNK]
+        part = own[at : at + _arrays.CHUNK]
         for r, label in enumerate(row_label):
             hit = part_labels == label
             part[hit] = np.maximum(part[hit], cos_rows[hit, r])
@@ -311,7 +317,8 @@ def calibrate(
     their own side then aimed at ``anchored_frr``.
     """
     labels = np.asarray(labels, np.int64)
-    own, trusted = calibration_scores(emb, labels, rows, row_label, n_labels, imprinted)
+    other = np.full(len(labels), NO_ROW) if negative_quantile is not None else None
+    own, trusted = calibration_scores(emb, labels, rows, row_label, n_labels, imprinted, other)
     loc = np.full(n_labels, np.nan)
     var = np.full(n_labels, np.nan)
     counts = np.zeros(n_labels, np.int64)
@@ -350,8 +357,8 @@ def calibrate(
         else:  # both sides: the own drawings (at a lower aim) and what a missing label scores
             _taught_thresholds(own_side, own, trusted, labels, taught, guard_frr, prior)
             _taught_thresholds(thresholds, own, trusted, labels, taught, min(anchored_frr, target_frr), prior)
-            scores = nearest_other(emb, labels, rows, row_label, n_labels)
-            negative = label_weighted_quantile(scores, labels, negative_quantile)
+            assert other is not None  # filled by calibration_scores: nearest_other's scores
+            negative = label_weighted_quantile(other, labels, negative_quantile)
             # never above what the label's own drawings allow at guard_frr (labels packed closer
             # than the user's drawings spread would otherwise turn most of them away)
             floor = np.minimum(negative, own_side[taught])
@@ -359,21 +366,13 @@ def calibrate(
     return Calibration(thresholds, z, float(np.sqrt(pooled_var)), counts, negative)
 
 
-def nearest_other(
-    emb: np.ndarray, labels: np.ndarray, rows: np.ndarray, row_label: np.ndarray, n_labels: int
-) -> np.ndarray:
+def nearest_other(emb: np.ndarray, labels: np.ndarray, rows: np.ndarray, row_label: np.ndarray) -> np.ndarray:
     """Per example: its cosine to the best row of any label but its own (``NO_ROW``: no other label).
 
     What ``predict`` would give the example if its label were not in the model: the score of a
-    drawing of a missing label that lands on its nearest known one. Chunked: [CHUNK, labels] at a time.
-    """
-    labels = np.asarray(labels, np.int64)
+    drawing of a missing label that lands on its nearest known one."""
     out = np.full(len(labels), NO_ROW)
-    for at in range(0, len(labels), _arrays.CHUNK):
-        cos = label_cosines(emb[at : at + _arrays.CHUNK], rows, row_label, n_labels)
-        part = labels[at : at + _arrays.CHUNK]
-        cos[np.arange(len(part)), part] = NO_ROW
-        out[at : at + _arrays.CHUNK] = cos.max(axis=1)
+    calibration_scores(emb, labels, rows, row_label, 0, other=out)
     return out
 
 

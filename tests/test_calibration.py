@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mlpersonalize.calibration import (
     ANCHORED_FRR,
@@ -287,7 +288,7 @@ def test_nearest_other_is_the_best_cosine_among_the_other_labels() -> None:
     rows = np.concatenate([rows, normalize(rows[1:2] + rows[2:3])])  # label 1's style row, between 1 and 2
     row_label = np.array([0, 1, 2, 1])
     emb = np.stack([normalize(rows[0] + 0.5 * rows[2]), rows[1], rows[2]])
-    got = nearest_other(emb, np.array([0, 1, 2]), rows, row_label, 3)
+    got = nearest_other(emb, np.array([0, 1, 2]), rows, row_label)
     assert np.allclose(
         got, [0.5 / np.sqrt(1.25), 0.0, 1 / np.sqrt(2)]
     )  # label 2 scored on label 1's style row
@@ -301,3 +302,22 @@ def test_a_large_batch_of_one_label_does_not_outweigh_the_others() -> None:
     assert abs(label_weighted_quantile(values, labels, 0.5) - 0.5) < 1e-9
     assert label_weighted_quantile(values, labels, 0.0) == 0.1
     assert label_weighted_quantile(values, labels, 1.0) == 0.9
+
+
+def test_the_negative_side_does_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The nearest-other scores come from the own scores' chunked pass (100,000 examples: one pass).
+    from mlpersonalize import _arrays
+
+    emb, labels, rows, sources, _, _ = family_setting(3, 2.0, 1.5)
+    whole = (
+        nearest_other(emb, labels, rows, np.arange(15)),
+        calibrate(emb, labels, rows, np.arange(15), 15, sources),
+    )
+    monkeypatch.setattr(_arrays, "CHUNK", 7)
+    chunked = (
+        nearest_other(emb, labels, rows, np.arange(15)),
+        calibrate(emb, labels, rows, np.arange(15), 15, sources),
+    )
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked[1].thresholds, whole[1].thresholds, rtol=0, atol=1e-12)
+    assert chunked[1].negative == whole[1].negative and np.isfinite(whole[1].negative)

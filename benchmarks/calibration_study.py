@@ -1,7 +1,7 @@
 """Measure the calibrated ``unknown``, the never-worse-than-imprinting choice and style rows / conflicts.
 
-    python -m benchmarks.calibration_study [--model DIR] [--seeds N] [--shots 3,5]
-                                           [--per-digit N] [--part calib|scores|select|style|all]
+    python -m benchmarks.calibration_study [--model DIR] [--seeds N] [--shots 3,5] [--per-digit N]
+                                           [--part calib|scores|negatives|tta|select|style|all]
 
 The study behind the constants of mlpersonalize/calibration.py, selection.py and reteach.py, run on
 today's code: the cosine head's training is the update's own (heads/cosine.py's ``CosineHead.train``
@@ -34,6 +34,18 @@ Parts (tables go to stdout, each cell the mean over seeds with [min-max]):
   (centring on its mean, whitening by the shrunk within-label covariance) baked in front of the
   cosine rows: closed-set top-1 (round 1, round 2, the model's labels) and the calibrated
   ``unknown`` in the mapped space.
+* ``negatives``: the taught labels' thresholds with and without their negative side (calibration.py:
+  each example's cosine to its nearest other label). quality_rows' two ``update`` rounds of five
+  digits, seed for seed, each round's ``calibrate`` arguments recorded and calibrated again under
+  each rule (the quantile, the own side's aim, the guard); per rule: round 1 / round 2 new / round
+  1 after with ``unknown`` counted wrong, right answers turned ``unknown`` (and of the model's
+  labels, generated), untaught digits and never-seen doodles rejected after round 1. Then the
+  oracles at 4% of round 1's right answers turned away (one global threshold, one per label, set
+  on the test drawings) and whether the batch shows where untaught digits crowd (per taught label,
+  the correlation of the untaught digits it takes with the examples whose nearest other label it is).
+* ``tta`` (not in ``all``): the score on several copies of each drawing (test-time augmentation:
+  its embedding the mean of its own and k shifted / scaled copies', benchmarks/augment.py), the
+  oracle rejection at 4% of right answers turned away and top-1, and the backbone time it costs.
 * ``select``: never worse than imprinting. Two rounds of five digits through
   ``personalize_rows``: imprinting alone (the same update with 0 epochs), the trained head always
   (the cross-validated choice overridden), and the update as it ships (its choice); top-1 among all
@@ -62,7 +74,8 @@ from unittest import mock
 
 import numpy as np
 
-from mlpersonalize import engines, selection
+from mlpersonalize import calibration, engines, selection
+from mlpersonalize._arrays import distinct
 from mlpersonalize.calibration import calibrate, label_cosines, label_probabilities, normalize, predict_open
 from mlpersonalize.embedding import embed
 from mlpersonalize.heads.cosine import CosineHead
@@ -96,10 +109,14 @@ class Data:
             keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:per_digit] for c in range(10)]))
             pixels, y = pixels[keep], y[keep]
         self.emb, self.y = embed(backbone, pixels, constraint).astype(np.float32), y
+        self.pixels = pixels if "tta" in parts else pixels[:0]
         std_pix, self.std_y = make_dataset(self.labels, 20, seed=777, constraint=constraint)
         self.std = embed(backbone, std_pix, constraint).astype(np.float32)
         self.novel = np.zeros((0, self.emb.shape[1]), np.float32)
-        if "scores" in parts:  # drawings of labels never in pretraining: the far side of the open set
+        if parts & {
+            "scores",
+            "negatives",
+        }:  # drawings of labels never in pretraining: the far side of the open set
             novel_pix, _ = make_dataset(list(NOVEL_LABELS), 30, seed=4242, constraint=constraint)
             self.novel = embed(backbone, novel_pix, constraint).astype(np.float32)
         self.styles: dict[str, np.ndarray] = {}
@@ -421,6 +438,257 @@ def study_scores(d: Data, seeds: int, shots_list: list[int]) -> None:
         print(f"{kind:9s} | {shots:5d} | " + " | ".join(cell(r[:, i]) for i in range(r.shape[1])))
 
 
+# --- 1c. the negative side of the taught labels' thresholds ---------------------------------------
+
+
+NEGATIVE_RULES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("own side only (before)", {"negative_quantile": None}),
+    ("own side only, target 5%", {"negative_quantile": None, "target_frr": 0.05}),
+    *((f"negatives q={q:g}", {"negative_quantile": q}) for q in (0.6, 0.65, 0.7, 0.75, 0.8)),
+    ("as shipped, own side at 1%", {"anchored_frr": 0.01}),
+    ("as shipped, guard at 10%", {"guard_frr": 0.1}),
+    ("as shipped, guard at 50%", {"guard_frr": 0.5}),
+)
+
+
+def two_round_calibrations(
+    d: Data, seed: int, shots: int, names: list[str]
+) -> tuple[dict[str, Any], list[tuple[View, tuple[Any, ...]]]]:
+    """quality_rows' two rounds of five digits (its split, seed for seed): each round's updated
+    view and the arguments ``personalize_rows`` passed to ``calibrate``."""
+    rng = np.random.default_rng(seed)
+    classes = rng.permutation(np.unique(d.y))[:10]
+    a, b = classes[:5], classes[5:]
+    train = {c: rng.choice(np.flatnonzero(d.y == c), shots, replace=False) for c in classes}
+    test = {c: np.setdiff1d(np.flatnonzero(d.y == c), train[c]) for c in classes}
+    calls: list[tuple[Any, ...]] = []
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[:6])
+        return calibrate(*args, **kwargs)
+
+    rounds, view = [], d.view
+    for cs in (a, b):
+        pos = np.concatenate([train[c] for c in cs])
+        with mock.patch.object(calibration, "calibrate", record):
+            view, _ = update_once(
+                view, d.emb[pos], [names[int(c)] for c in d.y[pos]], UpdateParams(seed=seed)
+            )
+        rounds.append((view, calls[-1]))
+    return {"a": a, "b": b, "train": train, "test": test}, rounds
+
+
+def per_label_oracle(s_known: np.ndarray, p_known: np.ndarray, s_un: np.ndarray, p_un: np.ndarray) -> float:
+    """Untaught drawings rejected by per-label thresholds set on the test drawings themselves, at
+    most 4% of the right answers ``s_known`` (predicted ``p_known``) turned away: one Lagrange
+    multiplier traded against the rejections, label by label."""
+    grid = np.linspace(-1.0, 1.0, 401)
+    best = 0.0
+    for lam in np.logspace(-1, 2, 40):
+        turned = rejected = 0
+        for lab in distinct(np.concatenate([p_known, p_un])):
+            k, u = s_known[p_known == lab], s_un[p_un == lab]
+            gain = [(np.sum(u < t) - lam * np.sum(k < t), t) for t in grid]
+            t = max(gain)[1]
+            turned += int(np.sum(k < t))
+            rejected += int(np.sum(u < t))
+        if turned <= 0.04 * len(s_known):
+            best = max(best, rejected / max(1, len(s_un)))
+    return best
+
+
+def study_negatives(d: Data, seeds: int, shots_list: list[int]) -> None:
+    """The taught labels' thresholds with and without the negative side (calibration.py)."""
+    n = d.n
+    names = [f"digit {c}" for c in range(10)]
+    print(
+        "\n## Negative side: real digits, two `update` rounds of five (quality_rows' split), the "
+        "other five digits and never-seen doodles as unknowns after round 1"
+    )
+    print(
+        "rule | shots | round 1 / round 2 new / round 1 after (unknown wrong) | right->unknown: round 1 /"
+        f" round 2 new / round 1 after / the {n} (generated) | untaught digits rejected | doodles rejected"
+    )
+    recs: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+    oracles: dict[int, list[tuple[float, float]]] = {}
+    crowding: dict[int, list[tuple[int, int, int]]] = {}
+    for shots in shots_list:
+        for seed in range(seeds):
+            split_, rounds = two_round_calibrations(d, seed, shots, names)
+            heads = [CosineHead.read(v) for v, _ in rounds]
+            labels = [v.manifest.labels for v, _ in rounds]
+
+            def at(
+                test_of: np.ndarray, r: int, tests: Any = split_["test"], labels: Any = labels
+            ) -> tuple[np.ndarray, np.ndarray]:
+                pos = np.concatenate([tests[c] for c in test_of])
+                return pos, np.array([labels[r].index(names[int(c)]) for c in d.y[pos]])
+
+            (pos_a, truth_a1), (pos_b, truth_b2) = at(split_["a"], 0), at(split_["b"], 1)
+            truth_a2 = at(split_["a"], 1)[1]
+            top = [
+                lambda x, h=h, k=len(k): label_probabilities(
+                    x, h.weight, h.row_label(), h.logit_scale, k
+                ).argmax(1)
+                for h, k in zip(heads, labels, strict=True)
+            ]
+            right_a1, right_b2 = top[0](d.emb[pos_a]) == truth_a1, top[1](d.emb[pos_b]) == truth_b2
+            right_a2, right_std = top[1](d.emb[pos_a]) == truth_a2, top[0](d.std) == d.std_y
+            h1 = heads[0]
+            cos_a = label_cosines(d.emb[pos_a], h1.weight, h1.row_label(), len(labels[0]))
+            cos_b = label_cosines(d.emb[pos_b], h1.weight, h1.row_label(), len(labels[0]))
+            p_a, p_b = top[0](d.emb[pos_a]), top[0](d.emb[pos_b])
+            s_a, s_b = cos_a[np.arange(len(p_a)), p_a], cos_b[np.arange(len(p_b)), p_b]
+            oracles.setdefault(shots, []).append(
+                (
+                    oracle_reject(s_a[right_a1], s_b, 0.04),
+                    per_label_oracle(s_a[right_a1], p_a[right_a1], s_b, p_b),
+                )
+            )
+            # Does the batch show where untaught digits crowd? Per taught label: the batch's and
+            # the memory's examples whose nearest other label it is, and the untaught digits it takes.
+            cal_emb, cal_lab, cal_rows, cal_rl, cal_n, _ = rounds[0][1]
+            near = label_cosines(cal_emb, cal_rows, cal_rl, cal_n)
+            near[np.arange(len(cal_lab)), cal_lab] = -np.inf
+            nearest, taught_ex = near.argmax(axis=1), cal_lab >= n
+            for lab in range(n, len(labels[0])):
+                crowding.setdefault(shots, []).append(
+                    (
+                        np.sum((nearest == lab) & taught_ex),
+                        np.sum((nearest == lab) & ~taught_ex),
+                        np.sum(p_b == lab),
+                    )
+                )
+            for name, kwargs in NEGATIVE_RULES:
+                pred = []
+                for (_, args), h in zip(rounds, heads, strict=True):
+                    thr = calibrate(*args, **kwargs).thresholds
+                    pred.append(
+                        lambda x, h=h, thr=thr: predict_open(x, h.weight, h.row_label(), h.logit_scale, thr)[
+                            0
+                        ]
+                    )
+                a1, b2, a2 = pred[0](d.emb[pos_a]), pred[1](d.emb[pos_b]), pred[1](d.emb[pos_a])
+                recs.setdefault((name, shots), []).append(
+                    (
+                        np.mean(a1 == truth_a1),
+                        np.mean(b2 == truth_b2),
+                        np.mean(a2 == truth_a2),
+                        np.mean(a1[right_a1] == -1),
+                        np.mean(b2[right_b2] == -1),
+                        np.mean(a2[right_a2] == -1),
+                        np.mean(pred[0](d.std)[right_std] == -1),
+                        np.mean(pred[0](d.emb[pos_b]) == -1),
+                        np.mean(pred[0](d.novel) == -1),
+                    )
+                )
+    for (name, shots), rec in recs.items():
+        r = np.array(rec) * 100
+        print(
+            f"{name} | {shots} | "
+            + " / ".join(f"{v:.1f}" for v in r[:, :3].mean(0))
+            + " | "
+            + " / ".join(f"{v:.1f}" for v in r[:, 3:7].mean(0))
+            + f" | {cell(r[:, 7])} | {r[:, 8].mean():.1f}"
+        )
+    print(
+        "\noracles on round 1 (thresholds set on the test drawings themselves, at most 4% of the new "
+        "labels' right answers turned away): untaught digits rejected, one global threshold on the max "
+        "cosine / one per label"
+    )
+    for shots, found in oracles.items():
+        r = np.array(found) * 100
+        print(f"{shots} drawings: {r[:, 0].mean():.1f}% / {r[:, 1].mean():.1f}%")
+    print(
+        "\nper taught label (round 1): correlation of the untaught digits it takes with the batch's /"
+        " the memory's examples whose nearest other label it is"
+    )
+    for shots, counts in crowding.items():
+        c = np.array(counts, np.float64)
+        print(
+            f"{shots} drawings ({len(c)} labels): {np.corrcoef(c[:, 0], c[:, 2])[0, 1]:.2f} / "
+            f"{np.corrcoef(c[:, 1], c[:, 2])[0, 1]:.2f}"
+        )
+
+
+# --- 1d. the score on several copies of the drawing (test-time augmentation) ---------------------
+
+
+def study_tta(d: Data, seeds: int, shots_list: list[int], copies: tuple[int, ...] = (2, 4, 8)) -> None:
+    """Untaught digits rejected at 4% of right answers turned away (one threshold set on the test
+    drawings: the most any calibration of the score could give) when each drawing's embedding is
+    the mean of its own and ``k`` shifted / scaled copies' (benchmarks/augment.py with rotation,
+    shear, elastic and pen changes off; and with them on), the taught rows as the update trained
+    them or re-imprinted from the copies too; top-1 among all labels; and the backbone time."""
+    from . import augment
+
+    names = [f"digit {c}" for c in range(10)]
+    mild = {"ROTATE": 0.0, "SHEAR": 0.0, "ELASTIC": 0.0, "PEN": False, "SHIFT": 1.5, "SCALE": (0.93, 1.07)}
+    constraint = d.view.manifest.constraint
+    backbone = d.view.path / BACKBONE_FILE
+    pixels = d.pixels
+    copied: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for style, patch in (("shift/scale", mild), ("augment.py's", {})):
+        with contextlib.ExitStack() as stack:
+            for name, value in patch.items():
+                stack.enter_context(mock.patch.object(augment, name, value))
+            many = augment.variants(pixels, max(copies), seed=0, ink=constraint.ink)
+        started = time.perf_counter()
+        copied[style] = embed(backbone, many, constraint).reshape(len(pixels), max(copies), -1)
+        seconds[style] = time.perf_counter() - started
+    started = time.perf_counter()
+    embed(backbone, pixels, constraint)
+    plain_seconds = time.perf_counter() - started
+    print(
+        "\n## Test-time augmentation: real digits, round 1 of quality_rows' split (five taught), the other"
+        " five as unknowns; untaught digits rejected by the oracle threshold at 4% of right answers turned"
+        " away, and top-1 of the taught digits"
+    )
+    print(
+        f"backbone time: {1000 * plain_seconds / len(pixels):.3f} ms a drawing; k copies cost k + 1 runs"
+        f" ({1000 * seconds['shift/scale'] / (len(pixels) * max(copies)):.3f} ms a copy)"
+    )
+    print("copies | shots | rows as trained: oracle rejected / top-1 | rows re-imprinted from the copies too")
+    for shots in shots_list:
+        rec: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+        for seed in range(seeds):
+            split_, rounds = two_round_calibrations(d, seed, shots, names)
+            view = rounds[0][0]
+            head = CosineHead.read(view)
+            labels = view.manifest.labels
+            rl, n = head.row_label(), len(labels)
+            pos_a = np.concatenate([split_["test"][c] for c in split_["a"]])
+            pos_b = np.concatenate([split_["test"][c] for c in split_["b"]])
+            truth = np.array([labels.index(names[int(c)]) for c in d.y[pos_a]])
+            for style, k in [("none", 0)] + [(s, k) for s in copied for k in copies]:
+                e = (
+                    d.emb
+                    if k == 0
+                    else normalize(normalize(d.emb) + normalize(copied[style][:, :k]).sum(axis=1))
+                )
+                again = np.asarray(head.weight, np.float64).copy()
+                for c in split_["a"]:
+                    row = int(np.flatnonzero(rl == labels.index(names[int(c)]))[0])
+                    again[row] = normalize(normalize(e[split_["train"][c]]).mean(axis=0, keepdims=True))[0]
+                cells: list[float] = []
+                for rows in (head.weight, again):
+                    cos_a, cos_b = label_cosines(e[pos_a], rows, rl, n), label_cosines(e[pos_b], rows, rl, n)
+                    p_a = label_probabilities(e[pos_a], rows, rl, head.logit_scale, n).argmax(1)
+                    p_b = label_probabilities(e[pos_b], rows, rl, head.logit_scale, n).argmax(1)
+                    right = p_a == truth
+                    s_a, s_b = cos_a[np.arange(len(p_a)), p_a], cos_b[np.arange(len(p_b)), p_b]
+                    cells += [oracle_reject(s_a[right], s_b, 0.04), float(np.mean(right))]
+                rec.setdefault((style, k), []).append(tuple(cells))
+        for (style, k), cells_ in rec.items():
+            r = np.array(cells_) * 100
+            label = "none" if k == 0 else f"{k} ({style})"
+            print(
+                f"{label} | {shots} | {r[:, 0].mean():.1f}% / {r[:, 1].mean():.1f}% | "
+                f"{r[:, 2].mean():.1f}% / {r[:, 3].mean():.1f}%"
+            )
+
+
 # --- 2. never worse than imprinting -----------------------------------------------------------
 
 
@@ -606,7 +874,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shots", default="3,5", help="drawings per taught digit, comma-separated")
     parser.add_argument("--per-digit", type=int, default=None, help="keep the first N drawings of each digit")
-    parser.add_argument("--part", choices=("calib", "scores", "select", "style", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("calib", "scores", "negatives", "tta", "select", "style", "all"), default="all"
+    )
     args = parser.parse_args(argv)
     try:
         shots_list = [int(v) for v in args.shots.split(",")]
@@ -623,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.model / BACKBONE_FILE).is_file():
         print(f"Error: no model package at {args.model}", file=sys.stderr)
         return 1
-    parts = {"calib", "scores", "select", "style"} if args.part == "all" else {args.part}
+    parts = {"calib", "scores", "negatives", "select", "style"} if args.part == "all" else {args.part}
     started = time.perf_counter()
     try:
         d = Data(args.model, args.per_digit, parts)
@@ -638,6 +908,10 @@ def main(argv: list[str] | None = None) -> int:
         study_calibration(d, args.seeds, shots_list)
     if "scores" in parts:
         study_scores(d, args.seeds, shots_list)
+    if "negatives" in parts:
+        study_negatives(d, args.seeds, shots_list)
+    if "tta" in parts:
+        study_tta(d, args.seeds, shots_list)
     if "select" in parts:
         study_selection(d, args.seeds, shots_list)
     if "style" in parts:

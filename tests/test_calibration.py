@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mlpersonalize.calibration import (
+    ANCHORED_FRR,
+    GUARD_FRR,
+    TARGET_FRR,
     calibrate,
     calibration_scores,
     imprint_optimism,
     imprinted_labels,
     label_probabilities,
+    label_weighted_quantile,
+    nearest_other,
     normalize,
     predict_open,
     t_quantile,
@@ -201,3 +207,117 @@ def test_labels_taught_from_one_drawing_keep_their_fresh_drawings() -> None:
         far_rejected.append(np.mean(predict_open(far, rows, np.arange(15), 20.0, cal.thresholds)[0] == -1))
     assert np.mean(turned) <= 0.08  # the pooled rule alone: 0.28
     assert np.mean(far_rejected) >= 0.6  # measured 0.78
+
+
+def family(n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """``n`` label centres around one shared direction: labels that look alike (digits, say)."""
+    return normalize(centres(1, rng)[0][None, :] + spread * centres(n, rng))
+
+
+def family_setting(
+    seed: int, known_spread: float, taught_spread: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray, np.random.Generator]:
+    """Ten known labels in two families (their memory: the 20 of 200 drawings nearest each row) and
+    a third family of ten labels, five taught from three drawings each, five never taught."""
+    rng = np.random.default_rng(seed)
+    known = np.concatenate([family(5, known_spread, rng), family(5, known_spread, rng)])
+    kin = family(10, taught_spread, rng)
+    memory = np.concatenate([closest(known[k], 200, 20, 1.0, rng) for k in range(10)])
+    taught = np.concatenate([cluster(kin[k], 3, 1.0, rng) for k in range(5)])
+    emb = np.concatenate([taught, memory])
+    labels = np.concatenate([np.repeat(np.arange(10, 15), 3), np.repeat(np.arange(10), 20)])
+    rows = np.concatenate([known, [normalize(taught[3 * k : 3 * k + 3].mean(axis=0)) for k in range(5)]])
+    sources = {10 + k: np.arange(3 * k, 3 * k + 3) for k in range(5)}
+    return emb, labels, rows, sources, kin, rng
+
+
+def open_set_rates(
+    setting: tuple[
+        np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray], np.ndarray, np.random.Generator
+    ],
+    **kwargs: float | None,
+) -> tuple[float, float]:
+    """(share of the taught labels' fresh right answers turned unknown, share of the untaught
+    labels' drawings rejected) under ``calibrate(**kwargs)``."""
+    emb, labels, rows, sources, kin, rng = setting
+    cal = calibrate(emb, labels, rows, np.arange(15), 15, sources, **kwargs)  # type: ignore[arg-type]
+    fresh = np.concatenate([cluster(kin[k], 100, 1.0, rng) for k in range(5)])
+    untaught = np.concatenate([cluster(kin[5 + k], 100, 1.0, rng) for k in range(5)])
+    pred, _, _ = predict_open(fresh, rows, np.arange(15), 20.0, cal.thresholds)
+    right = pred == np.repeat(np.arange(10, 15), 100)
+    turned = np.sum(pred == -1) / max(1, np.sum(right | (pred == -1)))
+    rejected, _, _ = predict_open(untaught, rows, np.arange(15), 20.0, cal.thresholds)
+    return float(turned), float(np.mean(rejected == -1))
+
+
+def test_labels_the_user_did_not_teach_beside_taught_ones_are_rejected_more() -> None:
+    # An untaught label of the taught labels' kind lands on its nearest taught label; the own
+    # drawings alone (15 of them) set thresholds that reject it in some seeds and not in others.
+    # The negative side (what each memory example scores on its nearest OTHER label) rejects more
+    # of them while fresh drawings of the taught labels stay.
+    own_side = [open_set_rates(family_setting(seed, 2.0, 1.5), negative_quantile=None) for seed in range(20)]
+    both = [open_set_rates(family_setting(seed, 2.0, 1.5)) for seed in range(20)]
+    assert np.mean([r for _, r in both]) >= np.mean([r for _, r in own_side]) + 0.1
+    assert np.mean([t for t, _ in both]) <= 0.05
+
+
+def test_the_negative_side_never_lifts_a_threshold_past_the_own_drawings_guard() -> None:
+    # Known labels packed closer than the user's drawings spread: their nearest-other cosines sit
+    # above most fresh drawings of the taught labels. Without the guard the negative side turned
+    # away 41% of them (measured); with it, far fewer, and the thresholds stay at most the own
+    # side's at the guard share.
+    turned = []
+    for seed in range(10):
+        setting = family_setting(seed, 0.8, 0.8)
+        emb, labels, rows, sources, _, _ = setting
+
+        args = (emb, labels, rows, np.arange(15), 15, sources)
+        alone = {
+            t: calibrate(*args, target_frr=t, negative_quantile=None).thresholds
+            for t in (GUARD_FRR, ANCHORED_FRR, TARGET_FRR)
+        }
+        cal = calibrate(*args).thresholds
+        assert np.all(cal[10:] <= np.maximum(alone[GUARD_FRR], alone[ANCHORED_FRR])[10:] + 1e-12)
+        assert np.all(cal[:10] == alone[TARGET_FRR][:10])  # the model's own labels: untouched
+        turned.append(open_set_rates(setting)[0])
+    assert np.mean(turned) <= 0.2
+
+
+def test_nearest_other_is_the_best_cosine_among_the_other_labels() -> None:
+    rows = np.eye(3, D)
+    rows = np.concatenate([rows, normalize(rows[1:2] + rows[2:3])])  # label 1's style row, between 1 and 2
+    row_label = np.array([0, 1, 2, 1])
+    emb = np.stack([normalize(rows[0] + 0.5 * rows[2]), rows[1], rows[2]])
+    got = nearest_other(emb, np.array([0, 1, 2]), rows, row_label)
+    assert np.allclose(
+        got, [0.5 / np.sqrt(1.25), 0.0, 1 / np.sqrt(2)]
+    )  # label 2 scored on label 1's style row
+
+
+def test_a_large_batch_of_one_label_does_not_outweigh_the_others() -> None:
+    # 1,000 drawings of one label at 0.9 and one example of each of nine others at 0.1..0.9: each
+    # label weighs the same, so the median is the others', not the big label's.
+    values = np.concatenate([np.full(1000, 0.9), np.linspace(0.1, 0.9, 9)])
+    labels = np.concatenate([np.zeros(1000, np.int64), np.arange(1, 10)])
+    assert abs(label_weighted_quantile(values, labels, 0.5) - 0.5) < 1e-9
+    assert label_weighted_quantile(values, labels, 0.0) == 0.1
+    assert label_weighted_quantile(values, labels, 1.0) == 0.9
+
+
+def test_the_negative_side_does_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The nearest-other scores come from the own scores' chunked pass (100,000 examples: one pass).
+    from mlpersonalize import _arrays
+
+    emb, labels, rows, sources, _, _ = family_setting(3, 2.0, 1.5)
+    whole = (
+        nearest_other(emb, labels, rows, np.arange(15)),
+        calibrate(emb, labels, rows, np.arange(15), 15, sources),
+    )
+    monkeypatch.setattr(_arrays, "CHUNK", 7)
+    chunked = (
+        nearest_other(emb, labels, rows, np.arange(15)),
+        calibrate(emb, labels, rows, np.arange(15), 15, sources),
+    )
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked[1].thresholds, whole[1].thresholds, rtol=0, atol=1e-12)
+    assert chunked[1].negative == whole[1].negative and np.isfinite(whole[1].negative)

@@ -5,116 +5,28 @@ more rows than labels (style rows, see :mod:`mlpersonalize.reteach`): ``row_labe
 of row ``r``; a label's probability is the sum of the softmax over its rows, and its open-set score
 for a drawing is the cosine to its best row.
 
-Why this score: on scikit-learn's real handwritten digits through the bundled backbone (model id
-b3481fa5a92113fa; 5 digits taught from 3 drawings next to the 43 labels, the other 5 as unknowns,
-20 seeds), an oracle threshold that turns 5% of right answers ``unknown`` rejects 81% of the
-untaught digits when it is set on the max cosine and 74% when set on the max softmax probability
-(imprinted head; 79% / 71% trained; ``python -m benchmarks.calibration_study --part calib --seeds
-20``). The cosine does not depend on how many other labels compete.
+The rule, in order (the measurements behind each choice: docs/unknown.md):
 
-Scores the open-set literature offers instead, measured the same way (one oracle threshold set on
-the held-out right answers, 5% of them turned away; 5 digits imprinted from 3 drawings, 10 seeds;
-``python -m benchmarks.calibration_study --part scores --seeds 10 --shots 1,3,5``), untaught
-digits / never-seen generated doodles rejected: max cosine 82% / 84%; Mahalanobis distance to the
-label's mean with one within-label covariance from the exemplar memory (Ledoit-Wolf shrinkage,
-0.21) 71% / 56%; relative Mahalanobis (minus the distance to the memory's mean under its total
-covariance) 74% / 93%; k-NN (cosine to the nearest example of the label) 67% / 70%; the margin
-between the two best labels 66% / 74% (1 and 5 drawings rank the same; the best union of the
-cosine and relative Mahalanobis rules at 5% reaches 83% of untaught digits). The previous backbone
-(model id 6c2eecec84d4f110, sample_models/doodles at commit 8f10461) ranks them the same on
-untaught digits: 66 / 63 / 58 / 64 / 44% in that order. So the max cosine stays:
-only relative Mahalanobis wins, on drawings far from anything taught, which the cosine already
-rejects at 85% through the CLI; on the unknowns that fail (digits beside taught digits) nothing
-beats it. Fixed maps in front of the cosine rows, fitted on the memory, do not lift top-1 either
-(same command): centring on the memory's mean 95.2 -> 95.6% round 1, 91.7 -> 91.9% round 2 (within
-the spread), with calibrated untaught digits rejected 47 -> 43%; whitening by the shrunk
-within-label covariance 91.7 -> 90.9% round 2, the 43 labels 98.4 -> 97.9%, and 2.2 -> 6.0% of their
-right answers turned ``unknown``.
-
-Why per label, with shrinkage: labels learned from three drawings and labels with thousands of
-pretraining examples spread differently around their rows. Each label gets a location (mean score
-of its examples) and a spread (its standard deviation shrunk toward the pooled one with ``PRIOR``
-pseudo-examples, so a three-drawing label borrows the others' spread); the threshold is
-``location - z * spread * sqrt(1 + 1/n)`` (the ``1/n`` term: a location estimated from n examples),
-and ``z`` is the pooled standardised residuals' ``target_frr`` quantile, so the rule reads the
-shape of the score distribution from the data rather than assuming it.
-
-Labels the user taught (every row imprinted from the user's drawings: ``imprinted``) are calibrated
-from the user's drawings alone. The exemplar memory of the model's own labels keeps the examples
-closest to each prototype, so its spread understates how far a fresh drawing falls; pooled with
-three-drawing labels it set their thresholds too high: aimed at 1%, 4.9% of the right answers on
-fresh real digits turned ``unknown`` (round 1, 3 drawings, 20 seeds). A taught label's location is
-its mean score shrunk toward the taught labels' mean (``PRIOR`` pseudo-examples), its spread the
-taught labels' pooled one, and ``z`` Student's t quantile for that pooled estimate's degrees of
-freedom (a prediction interval for one new drawing): 15 drawings in a first update are few, and
-the threshold widens accordingly. Measured (``python -m benchmarks.quality_rows --part digits``,
-real digits, 3 drawings, two rounds of five, 20 seeds, imprinted heads): right answers turned
-``unknown`` 2.3% / 1.6% / 1.3% (round 1, round 2 new, round 1's after round 2; before 4.9 / 3.8 /
-4.1), untaught digits rejected 50% (before 59%), never-seen generated doodles 75% / 74% (77 / 75).
-
-A label taught from ONE drawing has no spread of its own, and the pooled rule's location and spread
-come from the exemplar memory, whose examples sit tight around their rows: on real digits (1
-drawing per label, two rounds of five, 5 seeds, the 256-d backbone) it turned 10.3% of right answers
-``unknown``. Such labels' thresholds are capped at the ``target_frr`` quantile of the cosine between
-two examples of one known label (what a one-drawing imprint gives a fresh drawing): 6.0% of right
-answers ``unknown``, round 1 / round 2 new / round 1 after 0.805 / 0.752 / 0.784 -> 0.843 / 0.775 /
-0.808 with ``unknown`` counted wrong; untaught digits rejected 76% -> 64%, never-seen doodles 81% ->
-80% (``python -m benchmarks.quality_rows --part digits --shots 1 --seeds 5``).
-
-Augmented variants of the user's drawings (small affine, pen width, elastic) joining the taught
-labels' calibration do not carry a label's spread: they sit tighter around the prototype than its
-other real drawings, differently per drawing count (1 drawing: 29% of right answers turned
-``unknown`` at the 1% target), and the better trade-off they give on the mean (3 and 5 drawings)
-stays within the per-seed spread; docs/update.md has the numbers (``python -m
-benchmarks.quality_rows --part augment``). Not used.
-
-What a label the model lacks scores (the negative side). A taught label's own drawings (15 in a
-first update of five labels from three drawings) place its threshold only roughly: the spread of
-their leave-one-out scores varies from seed to seed, and so did the share of untaught digits
-rejected (19-83% over 10 seeds at the 1% target). The examples the update holds also show the
-other side: each example's cosine to its nearest OTHER label (:func:`nearest_other`) is what
-``predict`` would give a drawing of that label if the model lacked it, landed on the closest label
-it has, which is how an untaught digit arrives. The taught labels' thresholds stand above the
-``NEGATIVE_QUANTILE`` quantile of those cosines (every label weighing the same, so a large batch
-does not outweigh the memory), their own side aimed lower (``ANCHORED_FRR``) and capped by it at
-``GUARD_FRR`` (labels packed closer than the drawings spread). Measured on real digits (two
-``update`` rounds of five, 10 seeds; ``python -m benchmarks.calibration_study --part negatives
---seeds 10 --shots 1,3,5``): 3 drawings, right answers turned ``unknown`` 1.1% -> 3.2% (round 1;
-round 2's new labels 0.9 -> 2.3%, round 1's after round 2 1.0 -> 2.4%, the 43 labels 2.3% either
-way), untaught digits rejected 50% [19-83% over seeds] -> 72% [62-83%], never-seen doodles 76 ->
-80%; 5 drawings 4.3% -> 3.8% turned away, untaught 73% -> 75%, doodles 81 -> 82%; one drawing
-unchanged (no own spread to guard it). Top-1 with ``unknown`` counted wrong follows the right
-answers turned away: 3 drawings 95.1 / 92.5 / 92.7 -> 93.1 / 91.2 / 91.3% (round 1 / round 2 new /
-round 1 after), 5 drawings 93.2 / 92.7 / 93.0 -> 93.7 / 92.6 / 93.1%. Through the CLI
-(``python -m benchmarks.real_digits --full``, 10 seeds, other test drawings), 3 drawings: 1.0% ->
-3.7% turned away, untaught digits 48% -> 68%, procedural doodles 85 -> 88%, top-1 94.5 / 89.8 /
-92.2 -> 91.9 / 88.7 / 90.8%; 5 drawings: 1.7% -> 1.6%, 62% -> 71%, 95.6 / 93.4 / 94.5 -> 95.7 /
-93.0 / 94.6%. At the same share of right answers turned away the own side alone rejects far fewer:
-aimed at 5%, 4.2% / 70% (3 drawings) against 4.3% / 78% with the negative side at quantile 0.75,
-8.7% / 89% against 4.3% / 80% (5 drawings).
-
-Where that leaves issue 12's target (80% of untaught digits rejected at most 4-5% of right answers
-turned away; same command, round 1): one global threshold on the max cosine set on the test
-drawings themselves (an oracle) rejects 77% with 3 drawings and 83% with 5 at 4%; the calibrated
-rule reaches 72% / 75% at 3.2% / 3.8%, 78% / 80% at 4.3% (quantile 0.75): the calibration now sits
-near the oracle's line, and 80% with 3 drawings costs about 5% of right answers. What could go past
-it is per label: per-label thresholds set on the test drawings reach 89% / 90% at 4% (the same
-command), because untaught digits crowd onto a few taught ones; but where
-they crowd is not visible in the batch: per taught label, the batch's and the memory's examples
-whose nearest other label it is did not predict how many untaught digits it would draw (3 drawings,
-50 labels over 10 seeds: correlation -0.14 for the batch's, -0.29 for the memory's; 1 and 5
-drawings alike), so a per-label allocation from them was not built. Nor does the score measured on
-several copies of the drawing move the oracle's line (test-time augmentation: the embedding the
-mean of the drawing's and k copies' shifted by up to 1.5 pixels and scaled by 0.93-1.07; ``python
--m benchmarks.calibration_study --part tta --seeds 10``): 77.1% -> 77.5-77.6% with 3 drawings
-(79.6% with k = 4 if the taught rows were also imprinted from copies, which the update would have
-to do), 83.0% -> 80.9-83.6% with 5, top-1 up 0.3-0.7 points, for k + 1 backbone runs a drawing
-(0.05 ms each in a batch: nothing beside a process's start, but nothing gained). With
-benchmarks/augment.py's rotation, shear, pen and elastic changes it is lower (75-79%).
-
-Rows imprinted from the very examples being scored (a 3-drawing label's row is their mean) would
-score them optimistically, so each such example's score is lowered by how much the imprint gains
-from containing it: ``cos(e, imprint(S)) - cos(e, imprint(S without e))`` (closed form).
+* **Score**: a label's open-set score is the max cosine to its rows. On real digits it rejects
+  more untaught digits at the same share of right answers turned away than the softmax
+  probability, Mahalanobis, relative Mahalanobis, k-NN or the top-two margin, and it does not
+  depend on how many labels compete.
+* **Per label, with shrinkage**: each label has a location (mean score of its examples) and a
+  spread shrunk toward the pooled one with ``PRIOR`` pseudo-examples; the threshold is
+  ``location - z * spread * sqrt(1 + 1/n)``, ``z`` the pooled standardised residuals'
+  ``target_frr`` quantile.
+* **Labels the user taught** are calibrated from the user's drawings alone (the exemplar memory
+  sits tighter round its rows than fresh drawings do): location shrunk toward the taught labels'
+  mean, their pooled spread, Student's t for its degrees of freedom.
+* **One drawing** gives no spread: such a label's threshold is capped at the ``target_frr``
+  quantile of the cosine between two examples of one known label.
+* **The negative side**: a taught label's threshold also stands above the ``NEGATIVE_QUANTILE``
+  quantile of what a drawing of a label the model lacks scores (each held example's cosine to its
+  nearest other label, :func:`nearest_other`), its own side aimed at ``ANCHORED_FRR`` and allowed
+  at most ``GUARD_FRR`` of its own drawings turned away.
+* **Imprint optimism**: rows imprinted from the very examples being scored score them
+  optimistically, so each such example's score is lowered by how much the imprint gains from
+  containing it: ``cos(e, imprint(S)) - cos(e, imprint(S without e))`` (closed form).
 """
 
 from __future__ import annotations

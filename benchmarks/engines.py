@@ -160,8 +160,12 @@ def breakdown(data: dict[str, Any], params: UpdateParams, repeats: int) -> None:
         for _ in range(repeats):
             for kind in runs:
                 session = PortableEngine().open(head, trainable, params)
-                if kind == "carry":
-                    session._session = carry  # the same feeds, fetches and Python path, no arithmetic
+                if kind == "carry":  # the same bindings and Python path, no arithmetic
+                    session._session = carry
+                    session._bindings = (
+                        session._bind(session._state, session._spare),
+                        session._bind(session._spare, session._state),
+                    )
                 start = time.perf_counter()
                 for x, y in batches:
                     session.step(x, y)

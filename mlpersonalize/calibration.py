@@ -63,14 +63,14 @@ PRIOR = 5.0
 #   5 drawings: 0.005 3.3% / 64% / 93.4;  0.01 4.3% / 73% / 92.7;  0.02 5.9% / 81% / 91.5
 #   1 drawing:  0.005 1.9% / 48% / 79.8;  0.01 5.1% / 63% / 78.5;  0.02 10.2% / 77% / 75.6
 # Rejecting 80% of the untaught digits costs 6-10% of right answers with this backbone on the own
-# side alone; no other score does better (the module docstring). The negative side below moves the
+# side alone; no other score does better (docs/unknown.md). The negative side below moves the
 # taught labels onto a better line (NEGATIVE_QUANTILE).
 TARGET_FRR = 0.01
 NO_ROW = -2.0  # a label with no row: below every cosine
 # Taught labels are calibrated on their own once their pooled spread has this many degrees of
 # freedom (two labels of three drawings); below it t's quantile is too wide to mean anything.
 MIN_TAUGHT_DOF = 4
-# The negative side (module docstring, "What a label the model lacks scores"): the quantile of the
+# The negative side (docs/unknown.md, "The negative side"): the quantile of the
 # calibration examples' nearest-other-label cosines (every label weighing the same) that a taught
 # label's threshold stands above. On real digits (two `update` rounds of five, 10 seeds; `python -m
 # benchmarks.calibration_study --part negatives --seeds 10 --shots 1,3,5`), round 1's right answers

@@ -1,7 +1,8 @@
 """The update algorithm itself (update_algorithm.personalize_rows) on embeddings, without the CLI.
 
     python -m benchmarks.quality_rows [--model DIR] [--seeds N] [--shots 1,3,5]
-                                      [--part digits|generated|style|augment|all] [--target FRR]
+                                      [--part digits|generated|style|augment|prototypes|all]
+                                      [--target FRR]
                                       [--variants K] [--targets T,T,...] [--protocol study|cli]
 
 What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
@@ -33,6 +34,11 @@ What it measures, for the cosine head kind (what ``mlpersonalize update`` runs a
   (3) with them joining the calibration only (``calibration``), beside the update without them,
   each at the calibration targets ``--targets``: compare the columns at matched
   ``right_to_unknown_new``. Findings: docs/update.md.
+
+* ``prototypes`` (not in ``all``): the taught labels' rows as ``update`` writes them (one imprint
+  per label) vs the imprint plus one row per drawing, on the CLI's splits: top-1 with no
+  ``unknown`` and the open-set score of right answers and of untaught digits. Findings:
+  docs/update.md.
 
 ``--protocol cli`` runs the digits part on ``python -m benchmarks.real_digits``'s splits (the
 same digits in each round, drawings and 60 test drawings a digit per seed) with the CLI's update
@@ -269,6 +275,12 @@ def two_rounds(
     v2, out2 = update(v1, b)
     r2, r2_unknown = acc(v2, b, "r2_new_top1")
     r1_after, r1_after_unknown = acc(v2, a, "r1_after_top1")
+    # Where round 2's new drawings go wrong (top-1, no `unknown`): a round-1 label, another new
+    # label, one of the model's own labels.
+    pos2 = np.concatenate([test[c] for c in b])
+    truth2 = np.array([v2.manifest.labels.index(names[int(c)]) for c in y[pos2]])
+    top2 = predict(v2, emb[pos2], None)
+    n_base, wrong2 = len(view.manifest.labels), top2 != truth2
     ref = imprint_reference(view, emb, y, names, a, b, train, test)
     return {
         "r1": r1,
@@ -291,6 +303,9 @@ def two_rounds(
         "trained_r1": float(out1.history["selection"]["head"] != "imprinted"),
         "trained_r2": float(out2.history["selection"]["head"] != "imprinted"),
         "refused": float(out1.history.get("refused", False) or out2.history.get("refused", False)),
+        "r2_new_as_r1": float(np.mean(wrong2 & (top2 >= n_base) & (top2 < n_base + len(a)))),
+        "r2_new_as_r2": float(np.mean(wrong2 & (top2 >= n_base + len(a)))),
+        "r2_new_as_model": float(np.mean(wrong2 & (top2 < n_base))),
     }
 
 
@@ -437,6 +452,65 @@ def main(argv: list[str] | None = None) -> None:
     if args.part == "augment":
         targets = [float(t) for t in args.targets.split(",")]
         augment_study(args.model, args.seeds, shots_list, args.variants, targets, novel_emb, std_emb, std_y)
+    if args.part == "prototypes":
+        prototype_study(args.model, args.seeds, shots_list)
+
+
+def prototype_study(model: Path, seeds: int, shots_list: list[int]) -> None:
+    """Taught labels' rows: one per label (the imprint, what ``update`` writes) vs the imprint plus
+    one row per drawing (the softmax summed over a label's rows, as style rows are), on the CLI's
+    splits (real_digits): top-1 with no ``unknown``, round 1 / round 2 new / round 1 after round 2,
+    and the open-set score (cosine to the predicted label's best row) of right answers and of the
+    digits not yet taught after round 1 (mean)."""
+    from .real_digits import FULL, split
+
+    view = base_view(model)
+    head = CosineHead.read(view)
+    rows0, scale, n_old = head.weight, head.logit_scale, len(view.manifest.labels)
+    digit_pix, y = digit_pixels(view.manifest.constraint)
+    emb = embed(model / BACKBONE_FILE, digit_pix, view.manifest.constraint)
+    print("\n## Taught rows: the imprint alone vs the imprint and one row per drawing (CLI splits)")
+    print("rows | shots | r1 | r2_new | r1_after_r2 | score right r1 | score untaught r1")
+    print("--- | --- | --- | --- | --- | --- | ---")
+    for shots in shots_list:
+        for each in (False, True):
+            recs = []
+            for seed in range(seeds):
+                sp = split(y, seed, 5, FULL.test_per_label)
+                order = sp.order
+                rows, rl = [rows0], [np.arange(n_old)]
+                for i, d in enumerate(order):
+                    unit = normalize(emb[sp.train[d][:shots]])
+                    mine = [normalize(unit.mean(axis=0, keepdims=True))] + (
+                        [unit] if each and shots > 1 else []
+                    )
+                    rows += mine
+                    rl.append(np.full(sum(len(m) for m in mine), n_old + i))
+                all_rows, all_rl = np.concatenate(rows), np.concatenate(rl)
+                out = []
+                for cs, n in ((order[:5], n_old + 5), (order[5:], n_old + 10), (order[:5], n_old + 10)):
+                    keep = all_rl < n
+                    pos = np.concatenate([sp.test[d] for d in cs])
+                    truth = np.array([n_old + order.index(int(d)) for d in y[pos]])
+                    prob = label_probabilities(emb[pos], all_rows[keep], all_rl[keep], scale, n)
+                    out.append(float(np.mean(prob.argmax(1) == truth)))
+                keep = all_rl < n_old + 5
+                unit_rows = normalize(all_rows[keep])
+                for cs, right_only in ((order[:5], True), (order[5:], False)):
+                    pos = np.concatenate([sp.test[d] for d in cs])
+                    cos = normalize(emb[pos]) @ unit_rows.T
+                    pred = label_probabilities(
+                        emb[pos], all_rows[keep], all_rl[keep], scale, n_old + 5
+                    ).argmax(1)
+                    best = np.where(all_rl[keep][None, :] == pred[:, None], cos, -2.0).max(axis=1)
+                    if right_only:
+                        truth = np.array([n_old + order.index(int(d)) for d in y[pos]])
+                        best = best[pred == truth]
+                    out.append(float(np.mean(best)))
+                recs.append(out)
+            mean = np.mean(recs, axis=0)
+            name = "imprint + one per drawing" if each else "imprint"
+            print(f"{name} | {shots} | " + " | ".join(f"{v:.4f}" for v in mean))
 
 
 AUGMENT_KEYS = (

@@ -306,6 +306,7 @@ def two_rounds(
         "r2_new_as_r1": float(np.mean(wrong2 & (top2 >= n_base) & (top2 < n_base + len(a)))),
         "r2_new_as_r2": float(np.mean(wrong2 & (top2 >= n_base + len(a)))),
         "r2_new_as_model": float(np.mean(wrong2 & (top2 < n_base))),
+        "style_rows": float(bool(out1.history["style_rows"]) or bool(out2.history["style_rows"])),
     }
 
 
@@ -457,59 +458,69 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def prototype_study(model: Path, seeds: int, shots_list: list[int]) -> None:
-    """Taught labels' rows: one per label (the imprint, what ``update`` writes) vs the imprint plus
-    one row per drawing (the softmax summed over a label's rows, as style rows are), on the CLI's
-    splits (real_digits): top-1 with no ``unknown``, round 1 / round 2 new / round 1 after round 2,
-    and the open-set score (cosine to the predicted label's best row) of right answers and of the
-    digits not yet taught after round 1 (mean)."""
+    """The head ``update`` writes (two rounds of five digits, the CLI's splits and parameters) vs
+    the same head with one more row per taught drawing (the softmax summed over a label's rows, as
+    for style rows), read with the thresholds the update calibrated for the rows it wrote: top-1
+    with no ``unknown`` and with ``unknown`` counted wrong (round 1 / round 2 new / round 1 after
+    round 2), and the digits not yet taught that come out ``unknown`` after round 1."""
     from .real_digits import FULL, split
 
     view = base_view(model)
-    head = CosineHead.read(view)
-    rows0, scale, n_old = head.weight, head.logit_scale, len(view.manifest.labels)
     digit_pix, y = digit_pixels(view.manifest.constraint)
     emb = embed(model / BACKBONE_FILE, digit_pix, view.manifest.constraint)
-    print("\n## Taught rows: the imprint alone vs the imprint and one row per drawing (CLI splits)")
-    print("rows | shots | r1 | r2_new | r1_after_r2 | score right r1 | score untaught r1")
-    print("--- | --- | --- | --- | --- | --- | ---")
+    names = [f"digit {d}" for d in range(10)]
+    print("\n## Taught rows: as `update` writes them vs one more row per drawing (CLI splits)")
+    print(
+        "rows | shots | top-1 r1 | r2_new | r1_after_r2 | unknown wrong: r1 | r2_new | r1_after_r2"
+        " | untaught rejected"
+    )
+    print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
     for shots in shots_list:
+        recs: dict[bool, list[list[float]]] = {False: [], True: []}
+        for seed in range(seeds):
+            sp = split(y, seed, 5, FULL.test_per_label)
+            a, b = sp.order[:5], sp.order[5:]
+
+            def taught(cs: list[int], sp: Any = sp, shots: int = shots) -> tuple[np.ndarray, list[str]]:
+                pos = np.concatenate([sp.train[d][:shots] for d in cs])
+                return emb[pos], [names[int(d)] for d in y[pos]]
+
+            v1, _ = update_once(view, *taught(a), UpdateParams())
+            v2, _ = update_once(v1, *taught(b), UpdateParams())
+            for each in (False, True):
+                top: list[float] = []
+                open_: list[float] = []
+                for v, cs_taught, tests in ((v1, a, (a,)), (v2, a + b, (b, a))):
+                    head = CosineHead.read(v)
+                    rows, rl = head.weight, head.row_label()
+                    if each and shots > 1:
+                        extra = [normalize(emb[sp.train[d][:shots]]) for d in cs_taught]
+                        rows = np.concatenate([rows, *extra])
+                        label_of = [np.full(shots, v.manifest.labels.index(names[d])) for d in cs_taught]
+                        rl = np.concatenate([rl, *label_of])
+                    thresholds = np.array(v.manifest.unknown["thresholds"])
+                    n = len(v.manifest.labels)
+                    for cs in tests:
+                        pos = np.concatenate([sp.test[d] for d in cs])
+                        truth = np.array([v.manifest.labels.index(names[int(d)]) for d in y[pos]])
+                        top.append(
+                            float(
+                                np.mean(
+                                    label_probabilities(emb[pos], rows, rl, head.logit_scale, n).argmax(1)
+                                    == truth
+                                )
+                            )
+                        )
+                        pred, _, _ = predict_open(emb[pos], rows, rl, head.logit_scale, thresholds)
+                        open_.append(float(np.mean(pred == truth)))
+                    if v is v1:
+                        pos = np.concatenate([sp.test[d] for d in b])
+                        pred, _, _ = predict_open(emb[pos], rows, rl, head.logit_scale, thresholds)
+                        untaught = float(np.mean(pred == -1))
+                recs[each].append(top + open_ + [untaught])
         for each in (False, True):
-            recs = []
-            for seed in range(seeds):
-                sp = split(y, seed, 5, FULL.test_per_label)
-                order = sp.order
-                rows, rl = [rows0], [np.arange(n_old)]
-                for i, d in enumerate(order):
-                    unit = normalize(emb[sp.train[d][:shots]])
-                    mine = [normalize(unit.mean(axis=0, keepdims=True))] + (
-                        [unit] if each and shots > 1 else []
-                    )
-                    rows += mine
-                    rl.append(np.full(sum(len(m) for m in mine), n_old + i))
-                all_rows, all_rl = np.concatenate(rows), np.concatenate(rl)
-                out = []
-                for cs, n in ((order[:5], n_old + 5), (order[5:], n_old + 10), (order[:5], n_old + 10)):
-                    keep = all_rl < n
-                    pos = np.concatenate([sp.test[d] for d in cs])
-                    truth = np.array([n_old + order.index(int(d)) for d in y[pos]])
-                    prob = label_probabilities(emb[pos], all_rows[keep], all_rl[keep], scale, n)
-                    out.append(float(np.mean(prob.argmax(1) == truth)))
-                keep = all_rl < n_old + 5
-                unit_rows = normalize(all_rows[keep])
-                for cs, right_only in ((order[:5], True), (order[5:], False)):
-                    pos = np.concatenate([sp.test[d] for d in cs])
-                    cos = normalize(emb[pos]) @ unit_rows.T
-                    pred = label_probabilities(
-                        emb[pos], all_rows[keep], all_rl[keep], scale, n_old + 5
-                    ).argmax(1)
-                    best = np.where(all_rl[keep][None, :] == pred[:, None], cos, -2.0).max(axis=1)
-                    if right_only:
-                        truth = np.array([n_old + order.index(int(d)) for d in y[pos]])
-                        best = best[pred == truth]
-                    out.append(float(np.mean(best)))
-                recs.append(out)
-            mean = np.mean(recs, axis=0)
-            name = "imprint + one per drawing" if each else "imprint"
+            mean = np.mean(recs[each], axis=0)
+            name = "+ one row per drawing" if each else "as `update` writes them"
             print(f"{name} | {shots} | " + " | ".join(f"{v:.4f}" for v in mean))
 
 

@@ -139,3 +139,45 @@ def test_a_win_on_the_old_labels_alone_keeps_the_taught_rows_imprinted() -> None
     # without a mask of taught rows the whole trained head is the candidate, as before
     whole = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train)
     assert whole.name == "trained"
+
+
+def test_the_taught_rows_kept_come_with_the_rows_trained_beside_them() -> None:
+    """With ``train_partial`` (the training that holds the taught rows at their imprints), PARTIAL
+    is judged and written with that training's rows, not the whole trained head's."""
+    rng = np.random.default_rng(4)
+    emb, labels, in_batch, c = pool(rng, shots=3)
+    good = imprinter(emb, labels, c)
+
+    def imprint(pos: np.ndarray) -> np.ndarray:
+        rows = good(pos).copy()
+        rows[0] = normalize(c[1] + 0.05 * c[0])
+        return rows
+
+    def train(pos: np.ndarray) -> np.ndarray:  # old rows no better than the imprint's
+        rows = imprint(pos).copy()
+        rows[3:] = normalize(rows[3:] + rng.normal(0, 0.02, rows[3:].shape))
+        return rows
+
+    partial_calls: list[np.ndarray] = []
+
+    def train_partial(pos: np.ndarray) -> np.ndarray:  # the old rows right beside the imprints
+        partial_calls.append(pos)
+        return good(pos)
+
+    taught = np.arange(5) >= 3
+    choice = choose_head(
+        emb,
+        labels,
+        in_batch,
+        np.arange(5),
+        20.0,
+        imprint,
+        train,
+        taught_rows=taught,
+        train_partial=train_partial,
+    )
+    assert choice.name == "trained, taught rows imprinted"
+    assert len(partial_calls) == 4  # one a fold, then the final one
+    everything = np.arange(len(labels))
+    np.testing.assert_allclose(choice.rows, good(everything), atol=1e-6)
+    assert selection.trainings(3, True) == 7 and selection.trainings(3, False) == 4

@@ -22,12 +22,9 @@ Why re-imprint earlier updates' labels too: measured on real digits (two rounds 
 drawings), imprinting round 2's rows next to round 1's *trained* rows dropped round 1's labels from
 0.92 to 0.54 held-out (seed 0): fresh imprinted rows take drawings from tightly trained ones.
 
-Costs ``folds + 1`` trainings (``folds`` when imprinting wins), and one more a fold when the head
-has rows of taught labels (the training behind PARTIAL; :func:`trainings`): few-shot updates took
-0.35-0.40 s of CPU instead of 0.23-0.32 s (real digits, 5 labels x 3 drawings, the update on
-embeddings, 10 seeds, 2 shared cores). With ``ONE_FOLD_FROM`` drawings of every batch label,
-one fold decides (then the final training): measured on generated drawings (10 labels,
-`update`, one process each) the choice and its reason stayed the same at 2,000 and 10,000
+Costs ``folds + 1`` trainings (``folds`` when imprinting wins); with ``ONE_FOLD_FROM`` drawings of
+every batch label, two (one fold, then the final training): measured on generated drawings (10
+labels, `update`, one process each) the choice and its reason stayed the same at 2,000 and 10,000
 drawings a label (trained; held-out batch 0.9998 / 0.9998 with three folds, 1.0 / 0.9999 with
 one) for 0.74x / 0.88x the CPU time of three folds. ``benchmarks/calibration_study.py``
 measures it (two rounds of five real digits, 3 and 5 drawings, 10 seeds).
@@ -57,14 +54,9 @@ MIN_NET_WINS = 2
 SIGNIFICANCE = 2.0
 # With this many drawings of every batch label, one fold (a third of them held out) decides alone.
 ONE_FOLD_FROM = 1000
-# The candidate "trained, taught rows imprinted" (its key among the blend weights): the rows of the
-# model's own labels (and style rows) trained while the rows of the labels users taught (this
-# update's and earlier updates') are held at their imprints. Generated drawings (`python -m
-# benchmarks.run --full --only quality`, 10 seeds, 3 or 10 new labels from 3 or 5 drawings,
-# paired with the previous rule, which took the whole trained head): the trained head's old rows
-# next to the imprints changed the old labels by -26 to -4 of 8,600 drawings per setting and the
-# new labels by +4 to +22 (of 1,500 or 5,000); rows trained beside the held imprints by -16 to +4
-# and +4 to +15. See choose_head.
+# The candidate "trained, taught rows imprinted" (its key among the blend weights): the trained
+# head's rows for the model's own labels (and style rows), the imprints for the rows of the labels
+# users taught (this update's and earlier updates'). See choose_head.
 PARTIAL = -1.0
 
 
@@ -193,13 +185,6 @@ def rounds(labels: np.ndarray, in_batch: np.ndarray, folds: int) -> int:
     return 1 if len(present) and int(present.min()) >= ONE_FOLD_FROM else folds
 
 
-def trainings(folds: int, taught: bool) -> int:
-    """How many trainings :func:`choose_head` runs at most: per fold the trained head, and with rows
-    of taught labels also the one that holds them at their imprints (``train_partial``); then the
-    final training of the chosen head."""
-    return folds * (2 if taught else 1) + 1
-
-
 def choose_head(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -213,7 +198,6 @@ def choose_head(
     seed: int = 0,
     style_rows: bool = False,
     taught_rows: np.ndarray | None = None,
-    train_partial: RowsFn | None = None,
 ) -> HeadChoice:
     """Cross-validate imprinted vs trained vs blends on the pool and return the chosen full head.
 
@@ -221,9 +205,7 @@ def choose_head(
     marks the batch's examples, ``row_label`` maps the head's rows to labels. ``style_rows``: the
     head has rows new this update for known labels (see the rule below). ``taught_rows``: a mask of
     the rows imprinted from users' drawings (the labels this update and earlier ones added); with
-    any, the candidate :data:`PARTIAL` keeps their imprints next to the other rows trained, by
-    ``train_partial`` (a training that holds those rows at their imprints, so the other rows learn
-    beside them) or, without it, by ``train``.
+    any, the candidate :data:`PARTIAL` keeps their imprints next to the other rows trained.
     """
     labels = np.asarray(labels, np.int64)
     in_batch = np.asarray(in_batch, bool)
@@ -242,10 +224,9 @@ def choose_head(
             continue
         kept = np.flatnonzero(fold != f)
         start, trained = imprint(kept), train(kept)
-        partial = train_partial(kept) if train_partial is not None and PARTIAL in blends else trained
         held_all.append(held)
         for a in blends:
-            rows = blend_rows(start, partial if a == PARTIAL else trained, a, taught)
+            rows = blend_rows(start, trained, a, taught)
             right[a].append(_right(emb, labels[held], loo[held], rows, row_label, held))
     held = np.concatenate(held_all) if held_all else np.zeros(0, np.int64)
     batch = in_batch[held]
@@ -310,10 +291,8 @@ def choose_head(
     best = max(safe, key=lambda a: (all_acc[a], a == 0.0, a == PARTIAL, -a))
     everything = np.arange(len(labels))
     start = imprint(everything)
-    if best == 0.0:
-        rows = np.asarray(start, np.float32)
-    else:
-        fit = train_partial if best == PARTIAL and train_partial is not None else train
-        rows = blend_rows(start, fit(everything), best, taught)
+    rows = (
+        np.asarray(start, np.float32) if best == 0.0 else blend_rows(start, train(everything), best, taught)
+    )
     chosen_right = np.concatenate(right[best]) if right[best] else np.zeros(0, bool)
     return HeadChoice(best, rows, batch_acc, old_acc, all_acc, held, chosen_right)

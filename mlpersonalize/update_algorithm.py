@@ -111,10 +111,7 @@ def personalize(
             "examples": len(idx),
             "labels_added": list(added),
             "epochs": params.epochs,
-            "passes": selection.trainings(
-                selection.rounds(idx, np.ones(len(idx), bool), selection.FOLDS),
-                bool(added) or bool(taught_labels(manifest.history, labels)),
-            )
+            "passes": selection.rounds(idx, np.ones(len(idx), bool), selection.FOLDS) + 1
             if head.selects
             else 2,
             "params": params.to_dict(),
@@ -324,14 +321,10 @@ def personalize_rows(
         return rows
 
     fits: list[FitResult] = []
-    taught_rows = np.isin(np.arange(len(row_label)), [r for r in sources if r not in plan.added])
 
-    def train(positions: np.ndarray, hold: bool = False) -> np.ndarray:
-        """The head trained on ``positions``; ``hold``: the taught rows are put back at their
-        imprints after every epoch, so the other rows learn beside the rows PARTIAL keeps."""
+    def train(positions: np.ndarray) -> np.ndarray:
         pass_no = len(fits) + 1
         start = imprint(positions)
-        head.held = taught_rows if hold else None
         # The rehearsal set (exemplars) first, as fitting's epoch plan expects (``rehearsed``).
         order = np.concatenate([positions[~in_batch[positions]], positions[in_batch[positions]]])
         head.rehearsed = int(np.sum(~in_batch[positions]))
@@ -353,7 +346,6 @@ def personalize_rows(
         finally:
             del x
             undo_in_place(pool_emb, swaps)
-            head.held = None
         fits.append(result)
         return np.asarray(result.weight, np.float32) if result.finite else start
 
@@ -367,8 +359,7 @@ def personalize_rows(
         train,
         seed=params.seed,
         style_rows=bool(plan.added),
-        taught_rows=taught_rows,
-        train_partial=lambda positions: train(positions, hold=True),
+        taught_rows=np.isin(np.arange(len(row_label)), [r for r in sources if r not in plan.added]),
     )
     # Guard: the known labels' exemplars before vs after. Imprinted rows that take more of the
     # known labels' drawings than the guard allows give way to the trained head when it passes:

@@ -179,18 +179,3 @@ def test_style_rows_for_known_labels_train_free_and_new_labels_rows_are_anchored
     n_old = len(head.old_weight)
     head.adopt(np.concatenate([head.old.row_label(), [0, len(labels) - 1]]))  # a style row of label 0
     assert head.anchored_rows(n_old + 2).tolist() == [1.0] * n_old + [0.0, cosine.NEW_ROW_ANCHOR]
-
-
-def test_held_rows_end_every_epoch_where_they_started(doodle_template) -> None:  # type: ignore[no-untyped-def]
-    # selection.PARTIAL's training: the taught labels' rows stay at their imprints while the other
-    # rows learn beside them.
-    package = load_package(doodle_template)
-    labels = (*package.manifest.labels, "new")
-    params = UpdateParams(epochs=2, batch_size=4, shuffle=False)
-    head = CosineHead(package, labels, params, _StepEngine())  # type: ignore[arg-type]
-    n_old, dim = head.old_weight.shape
-    start = np.concatenate([head.old_weight, np.ones((1, dim), np.float32)])
-    head.held = np.arange(n_old + 1) == n_old
-    moved = head.train(start, np.ones((4, dim), np.float32), np.full(4, n_old), params, None).weight - start
-    np.testing.assert_array_equal(moved[n_old], 0.0)
-    np.testing.assert_allclose(moved[:n_old], 0.75)  # the known rows as without holding

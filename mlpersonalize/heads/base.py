@@ -97,7 +97,6 @@ class RowHead(Protocol):
     scale: float
     row_label: np.ndarray
     rehearsed: int
-    held: np.ndarray | None  # rows ``train`` puts back at their start after every epoch (a mask)
 
     def adopt(self, row_label: np.ndarray) -> None: ...
 

@@ -214,7 +214,6 @@ class CosineHead(HeadKind):
         self.old_weight = self.old.weight
         self.scale = self.old.logit_scale
         self.row_label = self.old.row_label()  # grows with the update's style and new rows (``adopt``)
-        self.held: np.ndarray | None = None  # rows training puts back at their start after each epoch
 
     def adopt(self, row_label: np.ndarray) -> None:
         """The rows this update's head has (style rows and new labels' rows appended)."""
@@ -225,16 +224,11 @@ class CosineHead(HeadKind):
         known labels') fully, the rows of labels this update adds by NEW_ROW_ANCHOR (to their
         imprints; see the module docstring), not the style rows it adds for known labels, which
         must move to carve out their place (a toy model's style row held in place kept taking its
-        known labels' drawings: the update was refused). Rows ``held`` (a mask) are put back at their
-        start after every epoch: selection.PARTIAL's training, the taught labels' rows at their
-        imprints while the others learn beside them."""
+        known labels' drawings: the update was refused)."""
         row_label = self.row_label if len(self.row_label) == n_rows else np.arange(n_rows)
         n_known = int(self.old.row_label().max()) + 1 if len(self.old_weight) else 0
         known = np.arange(n_rows) < len(self.old_weight)
-        pull = np.where(known, 1.0, np.where(row_label >= n_known, NEW_ROW_ANCHOR, 0.0))
-        if self.held is not None and len(self.held) == n_rows:  # back to their start every epoch
-            pull = np.where(self.held, 1.0 / fitting.ANCHOR, pull)
-        return pull
+        return np.where(known, 1.0, np.where(row_label >= n_known, NEW_ROW_ANCHOR, 0.0))
 
     def target_rows(self, rows: np.ndarray, emb: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Each example's training target: its label's row nearest to it (its only row for most)."""

@@ -139,3 +139,27 @@ def test_a_win_on_the_old_labels_alone_keeps_the_taught_rows_imprinted() -> None
     # without a mask of taught rows the whole trained head is the candidate, as before
     whole = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train)
     assert whole.name == "trained"
+
+
+def test_when_only_moving_the_taught_rows_wins_the_batch_must_gain_too() -> None:
+    """A taught row imprinted onto an old label's drawings: only the whole trained head (the row
+    moved) wins on the old labels. It is taken when the batch's own held-out drawings gain from it
+    too (MIN_NET_WINS), not when they merely tie."""
+    results = {}
+    for seed in (0, 4):
+        rng = np.random.default_rng(seed)
+        emb, labels, in_batch, c = pool(rng, shots=6)
+        good = imprinter(emb, labels, c)
+
+        def imprint(pos: np.ndarray, good=good, c=c) -> np.ndarray:  # type: ignore[no-untyped-def]
+            rows = good(pos).copy()
+            rows[3] = normalize(c[0] + 0.2 * c[3])  # new label 3's row on top of label 0
+            return rows
+
+        choice = choose_head(
+            emb, labels, in_batch, np.arange(5), 20.0, imprint, good, taught_rows=np.arange(5) >= 3
+        )
+        assert choice.old_acc[1.0] > choice.old_acc[selection.PARTIAL] == choice.old_acc[0.0]
+        results[seed] = (choice.name, choice.batch_acc[1.0] - choice.batch_acc[0.0])
+    assert results[0] == ("imprinted", 0.0)  # the batch ties: its few drawings cannot vouch
+    assert results[4][0] == "trained" and results[4][1] > 0  # 3 more of 12 batch drawings right

@@ -26,8 +26,10 @@ A head kind with ``selects`` (the cosine kind) replaces steps 2-4 with :func:`pe
 * **Never worse than imprinting** (selection.py): 3-fold cross-validation on the batch and the
   exemplar memory decides between the imprinted head (new, style and earlier updates' rows the
   normalised mean of their drawings) and the trained one; the trained one must clearly win on the
-  batch and lose nothing on the known labels. Earlier updates' labels are re-imprinted from their
-  exemplars each round, so the second update does not undo the first.
+  batch and lose nothing on the known labels. A clear win on the known labels alone keeps the
+  taught labels' rows at their imprints next to the trained rows of the model's own labels.
+  Earlier updates' labels are re-imprinted from their exemplars each round, so the second update
+  does not undo the first.
 * **Calibrated unknown** (calibration.py): per-label thresholds on the cosine to a label's best
   row, from the memory and the batch, stored in the manifest's ``unknown``.
 * **Learned nothing** (reteach.judge_learning): held-out accuracy on the batch before vs after,
@@ -390,6 +392,7 @@ def personalize_rows(
         train,
         seed=params.seed,
         style_rows=bool(plan.added),
+        taught_rows=np.isin(np.arange(len(row_label)), [r for r in sources if r not in plan.added]),
     )
     # Guard: the known labels' exemplars before vs after. Imprinted rows that take more of the
     # known labels' drawings than the guard allows give way to the trained head when it passes:
@@ -402,7 +405,7 @@ def personalize_rows(
         if fits[-1].finite and not _drops(before_memory, trained_memory, max_drop):
             choice.blend, choice.rows, choice.guarded = 1.0, trained, True
             after_memory = trained_memory
-    final = FitResult(choice.rows, fits[-1].losses if choice.blend > 0.0 and fits else [])
+    final = FitResult(choice.rows, fits[-1].losses if choice.blend != 0.0 and fits else [])
     diverged = next((f for f in fits if not f.finite), final)
     reason = guard_reason(
         diverged, final, (before_memory, after_memory), (before_memory, after_memory), max_drop

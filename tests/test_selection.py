@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpersonalize import selection
 from mlpersonalize.calibration import normalize
 from mlpersonalize.selection import choose_head, fold_of
 
@@ -108,3 +109,57 @@ def test_many_drawings_of_every_batch_label_are_judged_on_one_fold_few_on_all() 
         assert len(calls) == trainings  # ties keep the imprinted head: no final training
         batch_held = choice.heldout[in_batch[choice.heldout]]
         assert abs(len(batch_held) - (2 * shots if trainings == 3 else 2 * shots / 3)) <= 2
+
+
+def test_a_win_on_the_old_labels_alone_keeps_the_taught_rows_imprinted() -> None:
+    """Issue 12: the old labels' held-out exemplars speak for the model's own rows, not for the
+    rows of labels taught from a few drawings; a trained head that wins there and ties on the batch
+    is taken for the old rows only, the taught rows keep their imprints."""
+    rng = np.random.default_rng(4)
+    emb, labels, in_batch, c = pool(rng, shots=3)
+    good = imprinter(emb, labels, c)
+
+    def imprint(pos: np.ndarray) -> np.ndarray:
+        rows = good(pos).copy()
+        rows[0] = normalize(c[1] + 0.05 * c[0])  # an old row moved onto label 1: both lose exemplars
+        return rows
+
+    def train(pos: np.ndarray) -> np.ndarray:
+        rows = good(pos).copy()  # the old rows right again
+        rows[3:] = normalize(rows[3:] + rng.normal(0, 0.02, rows[3:].shape))  # the taught rows moved
+        return rows
+
+    taught = np.arange(5) >= 3
+    choice = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train, taught_rows=taught)
+    assert choice.name == "trained, taught rows imprinted"
+    everything = np.arange(len(labels))
+    np.testing.assert_allclose(choice.rows[3:], imprint(everything)[3:], atol=1e-6)
+    np.testing.assert_allclose(choice.rows[:3], good(everything)[:3], atol=1e-6)
+    assert choice.old_acc[selection.PARTIAL] > choice.old_acc[0.0]
+    # without a mask of taught rows the whole trained head is the candidate, as before
+    whole = choose_head(emb, labels, in_batch, np.arange(5), 20.0, imprint, train)
+    assert whole.name == "trained"
+
+
+def test_when_only_moving_the_taught_rows_wins_the_batch_must_gain_too() -> None:
+    """A taught row imprinted onto an old label's drawings: only the whole trained head (the row
+    moved) wins on the old labels. It is taken when the batch's own held-out drawings gain from it
+    too (MIN_NET_WINS), not when they merely tie."""
+    results = {}
+    for seed in (0, 4):
+        rng = np.random.default_rng(seed)
+        emb, labels, in_batch, c = pool(rng, shots=6)
+        good = imprinter(emb, labels, c)
+
+        def imprint(pos: np.ndarray, good=good, c=c) -> np.ndarray:  # type: ignore[no-untyped-def]
+            rows = good(pos).copy()
+            rows[3] = normalize(c[0] + 0.2 * c[3])  # new label 3's row on top of label 0
+            return rows
+
+        choice = choose_head(
+            emb, labels, in_batch, np.arange(5), 20.0, imprint, good, taught_rows=np.arange(5) >= 3
+        )
+        assert choice.old_acc[1.0] > choice.old_acc[selection.PARTIAL] == choice.old_acc[0.0]
+        results[seed] = (choice.name, choice.batch_acc[1.0] - choice.batch_acc[0.0])
+    assert results[0] == ("imprinted", 0.0)  # the batch ties: its few drawings cannot vouch
+    assert results[4][0] == "trained" and results[4][1] > 0  # 3 more of 12 batch drawings right

@@ -239,6 +239,21 @@ def doodles(labels: Sequence[str], per_label: int, seed: int, constraint: Any, w
     return make_dataset(list(labels), per_label, seed, constraint, workers=workers)
 
 
+def distinct_copies(pixels: np.ndarray, n: int) -> np.ndarray:
+    """``n`` examples from ``pixels`` repeated, every copy after the first told apart by the lowest
+    bit of a few pixels in its first row (copy c flips bit b of pixel b where c's bit b is set).
+    The drawings look the same, yet no two are the same bytes: ``update`` leaves a repeated
+    drawing out (mlpersonalize/repeats.py), so plain copies would measure a smaller batch."""
+    reps = -(-n // len(pixels))
+    out = np.concatenate([pixels] * reps)[:n].copy()
+    for c in range(1, reps):
+        part = out[c * len(pixels) : (c + 1) * len(pixels)]
+        for b in range(c.bit_length()):
+            if c >> b & 1:
+                part[:, 0, b, :] ^= 1
+    return out
+
+
 def make_batch(pixels: np.ndarray, labels: Sequence[str], manifest: Any) -> Any:
     """A Batch as `prepare` would write it (sources and digests stand in for files)."""
     from mlpersonalize.batch import Batch

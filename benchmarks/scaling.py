@@ -12,18 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from .common import Sizes, check, cli, copy_model, run_child, write_batch
+from .common import Sizes, check, cli, copy_model, distinct_copies, run_child, write_batch
 
 Log = Callable[[str], None]
 
 
 def _tiled(data: Any, n: int) -> tuple[np.ndarray, list[str]]:
-    """n examples: the generated drawings, repeated with a 1-pixel roll per round so none repeats."""
+    """n examples: the generated drawings repeated, every copy distinct (common.distinct_copies;
+    the 1-pixel rolls used before repeated some copies exactly, which update leaves out)."""
     reps = -(-n // len(data.ids))
-    parts = [np.roll(data.pixels, r % 3 - 1, axis=1 + r % 2) if r else data.pixels for r in range(reps)]
-    pixels = np.concatenate(parts)[:n]
     ids = np.tile(data.ids, reps)[:n]
-    return pixels, data.label_names(ids)
+    return distinct_copies(data.pixels, n), data.label_names(ids)
 
 
 def run(data: Any, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:

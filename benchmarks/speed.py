@@ -29,6 +29,7 @@ from .common import (
     check,
     cli,
     copy_model,
+    distinct_copies,
     doodles,
     interleaved_times,
     novel_and_named,
@@ -554,7 +555,7 @@ def cost(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
     log(f"speed/cost: seed update {out['fixed']['ratio_to_floor']['update_seed']:.2f}x the floor")
     # (2) the same examples as 2 or 10 labels
     n = max(sizes.scaling)
-    mix_pixels = np.concatenate([data.pixels] * -(-n // len(data.pixels)))[:n]
+    mix_pixels = distinct_copies(data.pixels, n)
     pool = novel_and_named(manifest)[0][:10]
     batches = {}
     for k in (2, 10):
@@ -598,10 +599,8 @@ def cost(data: Data, sizes: Sizes, work: Path, log: Log) -> dict[str, Any]:
     out["threads"] = threads
     # (4) the largest batch: time and peak memory
     large = LARGE_EXAMPLES if sizes.name != "smoke" else 2 * n
-    big_pixels = np.concatenate(
-        [np.roll(data.pixels, r % 5 - 2, axis=2) for r in range(-(-large // len(data.pixels)))]
-    )
-    # each copy keeps its drawing's own label (a shifted drawing of an umbrella is an umbrella)
+    big_pixels = distinct_copies(data.pixels, large)
+    # each copy keeps its drawing's own label
     big_names = [data.labels[data.ids[i % len(data.ids)]] for i in range(large)]
     big = write_batch(work / "cost-large.npz", big_pixels[:large], big_names, manifest)
     del big_pixels

@@ -4,6 +4,7 @@
                                       [--part digits|generated|style|augment|prototypes|all]
                                       [--target FRR]
                                       [--variants K] [--targets T,T,...] [--protocol study|cli]
+                                      [--negatives Q[/G],Q[/G],...]
 
 What it measures, for the cosine head kind (what ``mlpersonalize update`` runs after embedding):
 
@@ -37,8 +38,10 @@ What it measures, for the cosine head kind (what ``mlpersonalize update`` runs a
 
 * ``prototypes`` (not in ``all``): the taught labels' rows as ``update`` writes them (one imprint
   per label) vs the imprint plus one row per drawing, on the CLI's splits: top-1 with no
-  ``unknown`` and the open-set score of right answers and of untaught digits. Findings:
-  docs/update.md.
+  ``unknown`` and with it, untaught digits and novel doodles rejected, the model's own labels'
+  top-1; the rows read with the update's thresholds and with a leave-one-out calibration (each
+  drawing scored against its label's rows built without it) at each ``--negatives`` quantile
+  (``Q/G``: with guard FRR ``G``). Findings: docs/update.md.
 
 ``--protocol cli`` runs the digits part on ``python -m benchmarks.real_digits``'s splits (the
 same digits in each round, drawings and 60 test drawings a digit per seed) with the CLI's update
@@ -67,7 +70,13 @@ import numpy as np
 import onnx
 
 from mlpersonalize import engines
-from mlpersonalize.calibration import label_probabilities, predict_open
+from mlpersonalize.calibration import (
+    GUARD_FRR,
+    NEGATIVE_QUANTILE,
+    calibrate,
+    label_probabilities,
+    predict_open,
+)
 from mlpersonalize.embedding import embed
 from mlpersonalize.errors import ConflictError
 from mlpersonalize.heads.cosine import CosineHead, normalize
@@ -375,6 +384,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variants", type=int, default=8, help="augment: variants per drawing")
     parser.add_argument(
+        "--negatives",
+        default="0.5",
+        help="prototypes: the leave-one-out calibration's negative quantiles (Q or Q/GUARD_FRR each)",
+    )
+    parser.add_argument(
         "--targets", default="0.003,0.005,0.01,0.02,0.03,0.05", help="augment: calibration targets"
     )
     parser.add_argument(
@@ -456,29 +470,56 @@ def main(argv: list[str] | None = None) -> None:
         targets = [float(t) for t in args.targets.split(",")]
         augment_study(args.model, args.seeds, shots_list, args.variants, targets, novel_emb, std_emb, std_y)
     if args.part == "prototypes":
-        prototype_study(args.model, args.seeds, shots_list)
+        negatives = [tuple(float(x) for x in q.split("/")) for q in args.negatives.split(",")]
+        prototype_study(args.model, args.seeds, shots_list, negatives, std_emb, std_y, novel_emb)
 
 
-def prototype_study(model: Path, seeds: int, shots_list: list[int]) -> None:
+def prototype_study(
+    model: Path,
+    seeds: int,
+    shots_list: list[int],
+    negatives: list[tuple[float, ...]],
+    known_emb: np.ndarray,
+    known_y: np.ndarray,
+    novel_emb: np.ndarray,
+) -> None:
     """The head ``update`` writes (two rounds of five digits, the CLI's splits and parameters) vs
     the same head with one more row per taught drawing (the softmax summed over a label's rows, as
-    for style rows), read with the thresholds the update calibrated for the rows it wrote: top-1
-    with no ``unknown`` and with ``unknown`` counted wrong (round 1 / round 2 new / round 1 after
-    round 2), and the digits not yet taught that come out ``unknown`` after round 1."""
+    for style rows), read with the thresholds the update calibrated for the rows it wrote, and
+    with thresholds calibrated for the head with those rows, each taught drawing scored against
+    its label's rows built without it (``calibration.calibrate``'s ``left_out`` and the imprint's
+    optimism) at each of ``negatives`` (negative quantile, or negative quantile and guard FRR).
+    ``recalibrated``: the written head through the same recalibration (it gives the update's own
+    thresholds). Per variant: top-1 with no ``unknown`` and with ``unknown`` counted wrong (round 1
+    / round 2 new / round 1 after round 2), the digits not yet taught that come out ``unknown``
+    after round 1, round 1's right answers (top-1) turned ``unknown`` after round 1, generated
+    drawings of the model's own labels read right (top-1) after round 2 (``known_emb``,
+    ``known_y``) and generated drawings of the novel labels rejected after round 1."""
     from .real_digits import FULL, split
 
     view = base_view(model)
     digit_pix, y = digit_pixels(view.manifest.constraint)
     emb = embed(model / BACKBONE_FILE, digit_pix, view.manifest.constraint)
     names = [f"digit {d}" for d in range(10)]
-    print("\n## Taught rows: as `update` writes them vs one more row per drawing (CLI splits)")
+
+    # (name, one row per drawing, thresholds: None the update's, else recalibrated at (negative
+    # quantile, guard FRR))
+    variants: list[tuple[str, bool, tuple[float, float] | None]] = [
+        ("as `update` writes them", False, None),
+        ("recalibrated", False, (NEGATIVE_QUANTILE, GUARD_FRR)),
+        ("+ one row per drawing, the update's thresholds", True, None),
+    ]
+    for q in negatives:
+        guard = q[1] if len(q) > 1 else GUARD_FRR
+        variants.append((f"+ rows, leave-one-out, negative {q[0]:g}, guard {guard:g}", True, (q[0], guard)))
+    print("\n## Taught rows: one per label vs one more row per drawing (CLI splits)")
     print(
         "rows | shots | top-1 r1 | r2_new | r1_after_r2 | unknown wrong: r1 | r2_new | r1_after_r2"
-        " | untaught rejected"
+        " | untaught rejected | r1 right -> unknown | model's labels top-1 after r2 | novel rejected"
     )
-    print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
+    print("--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---")
     for shots in shots_list:
-        recs: dict[bool, list[list[float]]] = {False: [], True: []}
+        recs: dict[int, list[list[float]]] = {k: [] for k in range(len(variants))}
         for seed in range(seeds):
             sp = split(y, seed, 5, FULL.test_per_label)
             a, b = sp.order[:5], sp.order[5:]
@@ -489,41 +530,95 @@ def prototype_study(model: Path, seeds: int, shots_list: list[int]) -> None:
 
             v1, _ = update_once(view, *taught(a), UpdateParams())
             v2, _ = update_once(v1, *taught(b), UpdateParams())
-            for each in (False, True):
+            for k, (_, each, recal) in enumerate(variants):
                 top: list[float] = []
                 open_: list[float] = []
                 for v, cs_taught, tests in ((v1, a, (a,)), (v2, a + b, (b, a))):
                     head = CosineHead.read(v)
                     rows, rl = head.weight, head.row_label()
-                    if each and shots > 1:
-                        extra = [normalize(emb[sp.train[d][:shots]]) for d in cs_taught]
-                        rows = np.concatenate([rows, *extra])
-                        label_of = [np.full(shots, v.manifest.labels.index(names[d])) for d in cs_taught]
-                        rl = np.concatenate([rl, *label_of])
-                    thresholds = np.array(v.manifest.unknown["thresholds"])
+                    n_main = len(rows)
                     n = len(v.manifest.labels)
+                    drawings = [emb[sp.train[d][:shots]] for d in cs_taught]
+                    taught_idx = [v.manifest.labels.index(names[d]) for d in cs_taught]
+                    thresholds = np.array(v.manifest.unknown["thresholds"])
+                    if each and shots > 1:
+                        rows = np.concatenate([rows, *(normalize(x) for x in drawings)])
+                        rl = np.concatenate([rl, *(np.full(shots, t) for t in taught_idx)])
+                    if recal is not None:
+                        thresholds = leave_one_out_thresholds(
+                            v, rows, rl, n_main, drawings, taught_idx, *recal
+                        )
                     for cs in tests:
                         pos = np.concatenate([sp.test[d] for d in cs])
                         truth = np.array([v.manifest.labels.index(names[int(d)]) for d in y[pos]])
-                        top.append(
-                            float(
-                                np.mean(
-                                    label_probabilities(emb[pos], rows, rl, head.logit_scale, n).argmax(1)
-                                    == truth
-                                )
-                            )
-                        )
+                        prob = label_probabilities(emb[pos], rows, rl, head.logit_scale, n)
+                        top.append(float(np.mean(prob.argmax(1) == truth)))
                         pred, _, _ = predict_open(emb[pos], rows, rl, head.logit_scale, thresholds)
                         open_.append(float(np.mean(pred == truth)))
+                        if v is v1:
+                            right = prob.argmax(1) == truth
+                            turned = float(np.mean(pred[right] == -1)) if right.any() else 0.0
                     if v is v1:
                         pos = np.concatenate([sp.test[d] for d in b])
                         pred, _, _ = predict_open(emb[pos], rows, rl, head.logit_scale, thresholds)
                         untaught = float(np.mean(pred == -1))
-                recs[each].append(top + open_ + [untaught])
-        for each in (False, True):
-            mean = np.mean(recs[each], axis=0)
-            name = "+ one row per drawing" if each else "as `update` writes them"
+                        pred, _, _ = predict_open(novel_emb, rows, rl, head.logit_scale, thresholds)
+                        novel = float(np.mean(pred == -1))
+                    else:
+                        prob = label_probabilities(known_emb, rows, rl, head.logit_scale, n)
+                        known = float(np.mean(prob.argmax(1) == known_y))
+                recs[k].append(top + open_ + [untaught, turned, known, novel])
+        for k, (name, _, _) in enumerate(variants):
+            mean = np.mean(recs[k], axis=0)
             print(f"{name} | {shots} | " + " | ".join(f"{v:.4f}" for v in mean))
+
+
+def leave_one_out_thresholds(
+    view: View,
+    rows: np.ndarray,
+    rl: np.ndarray,
+    n_main: int,
+    drawings: list[np.ndarray],
+    taught_idx: list[int],
+    negative_quantile: float,
+    guard_frr: float,
+) -> np.ndarray:
+    """Thresholds calibrated as ``update`` does (the exemplar memory of the labels not taught, the
+    taught labels' drawings; each taught label's imprint row with its in-sample optimism removed)
+    for a head whose rows past ``n_main`` are one per taught drawing, in order: each drawing is
+    not scored against its own such row."""
+    mem_emb, mem_idx = view.memory
+    keep = ~np.isin(mem_idx, taught_idx)
+    cal_emb = np.concatenate([mem_emb[keep], *drawings]).astype(np.float32)
+    taught_lab = [np.full(len(x), t) for x, t in zip(drawings, taught_idx, strict=True)]
+    cal_lab = np.concatenate([mem_idx[keep], *taught_lab])
+    rl_main = np.asarray(rl[:n_main])
+    imprinted = {
+        int(np.flatnonzero(rl_main == t)[0]): np.flatnonzero(cal_lab == t)
+        for t in taught_idx
+        if np.sum(rl_main == t) == 1
+    }
+    left_out: dict[int, np.ndarray] = {}
+    if len(rows) > n_main:
+        start = int(keep.sum())
+        for r in range(n_main, len(rows)):
+            left_out[r] = np.array([start + r - n_main])
+    n = len(view.manifest.labels)
+    from mlpersonalize import calibration  # its TARGET_FRR as --target set it, as the update reads it
+
+    cal = calibrate(
+        cal_emb,
+        cal_lab.astype(np.int64),
+        rows,
+        rl,
+        n,
+        imprinted,
+        target_frr=calibration.TARGET_FRR,
+        negative_quantile=negative_quantile,
+        guard_frr=guard_frr,
+        left_out=left_out,
+    )
+    return cal.thresholds
 
 
 AUGMENT_KEYS = (

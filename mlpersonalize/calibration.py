@@ -27,6 +27,10 @@ The rule, in order (the measurements behind each choice: docs/unknown.md):
 * **Imprint optimism**: rows imprinted from the very examples being scored score them
   optimistically, so each such example's score is lowered by how much the imprint gains from
   containing it: ``cos(e, imprint(S)) - cos(e, imprint(S without e))`` (closed form).
+* **Rows built from one example** (``left_out``: one row per taught drawing, measured in
+  docs/update.md and not written by ``update``) are not scored against the example they were
+  built from (it would score 1.0): with the imprint's optimism removed too, each example is
+  scored against its label's rows built without it.
 """
 
 from __future__ import annotations
@@ -178,12 +182,15 @@ def calibration_scores(
     n_labels: int,
     imprinted: Mapping[int, np.ndarray] | None = None,
     other: np.ndarray | None = None,
+    left_out: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each example's score for its own label, and whether it is trustworthy (not 1-shot in-sample).
 
     ``imprinted`` maps a row to the positions (into ``emb``) of the examples it was imprinted from;
-    their scores to that row are lowered by the imprint's in-sample optimism. ``other`` [N], when
-    given, receives each example's :func:`nearest_other` score from the same pass.
+    their scores to that row are lowered by the imprint's in-sample optimism. ``left_out`` maps a
+    row to the positions of the examples that may not score against it at all (a row built from
+    that example alone). ``other`` [N], when given, receives each example's :func:`nearest_other`
+    score from the same pass.
     """
     labels = np.asarray(labels)
     row_label = np.asarray(row_label)
@@ -197,6 +204,7 @@ def calibration_scores(
         lowered.append((int(r), members[order], imprint_optimism(emb, members)[order]))
         if len(members) < 2:
             trusted[members] = False
+    skipped = [(int(r), np.sort(np.asarray(m, np.int64))) for r, m in (left_out or {}).items() if len(m)]
     unit_rows = normalize(rows)
     own = np.full(len(labels), NO_ROW)
     for at in range(0, len(labels), _arrays.CHUNK):  # [CHUNK, rows] float64 at a time
@@ -208,6 +216,9 @@ def calibration_scores(
         for r, members, optimism in lowered:
             lo, hi = np.searchsorted(members, [at, at + _arrays.CHUNK])
             cos_rows[members[lo:hi] - at, r] -= optimism[lo:hi]
+        for r, members in skipped:
+            lo, hi = np.searchsorted(members, [at, at + _arrays.CHUNK])
+            cos_rows[members[lo:hi] - at, r] = NO_ROW
         part = own[at : at + _arrays.CHUNK]
         for r, label in enumerate(row_label):
             hit = part_labels == label
@@ -227,10 +238,12 @@ def calibrate(
     negative_quantile: float | None = NEGATIVE_QUANTILE,
     anchored_frr: float = ANCHORED_FRR,
     guard_frr: float = GUARD_FRR,
+    left_out: Mapping[int, np.ndarray] | None = None,
 ) -> Calibration:
     """Per-label thresholds from the examples the update has (exemplar memory plus the new batch).
 
-    ``labels[i]`` is example ``i``'s label index; ``imprinted`` as in :func:`calibration_scores`.
+    ``labels[i]`` is example ``i``'s label index; ``imprinted`` and ``left_out`` as in
+    :func:`calibration_scores` (a label whose rows are all in either counts as taught).
     A label with no trustworthy example gets the pooled location and spread. The taught labels
     calibrated on their own drawings also stand above the ``negative_quantile`` quantile of every
     example's cosine to its nearest other label (:func:`nearest_other`; None: the own side only),
@@ -238,7 +251,7 @@ def calibrate(
     """
     labels = np.asarray(labels, np.int64)
     other = np.full(len(labels), NO_ROW) if negative_quantile is not None else None
-    own, trusted = calibration_scores(emb, labels, rows, row_label, n_labels, imprinted, other)
+    own, trusted = calibration_scores(emb, labels, rows, row_label, n_labels, imprinted, other, left_out)
     loc = np.full(n_labels, np.nan)
     var = np.full(n_labels, np.nan)
     counts = np.zeros(n_labels, np.int64)
@@ -265,7 +278,7 @@ def calibrate(
     pooled = np.concatenate(resid) if resid else np.zeros(0)
     z = -quantile(pooled, target_frr) if len(pooled) >= 20 else 1.645
     thresholds = loc - z * spread * np.sqrt(1.0 + 1.0 / n_eff)
-    taught = imprinted_labels(row_label, imprinted or {})
+    taught = imprinted_labels(row_label, {**(left_out or {}), **(imprinted or {})})
     negative = float("nan")
     if taught:
         own_side = thresholds.copy()

@@ -221,6 +221,26 @@ def test_calibration_study_runs_on_todays_update(capsys: pytest.CaptureFixture[s
     assert "stars labelled circle, the one row trained: learned=False" in out
 
 
+def test_prototype_study_recalibrates_as_the_update_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """quality_rows --part prototypes (cited by docs/update.md): its calibration of the written head
+    gives the update's own numbers, and scoring each drawing without its own row rejects more
+    untaught digits than the update's thresholds do for the head with one row per drawing."""
+    pytest.importorskip("sklearn")  # the real digits are scikit-learn's (the bench extra)
+    from benchmarks import quality_rows
+
+    quality_rows.main(["--part", "prototypes", "--seeds", "1", "--shots", "3", "--negatives", "0.5"])
+    rows = {
+        line.split(" | ")[0]: [float(v) for v in line.split(" | ")[2:]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.count(" | ") == 11 and not line.startswith(("rows", "---"))
+    }
+    assert rows["recalibrated"] == rows["as `update` writes them"]
+    loo = rows["+ rows, leave-one-out, negative 0.5, guard 0.2"]
+    in_sample = rows["+ one row per drawing, the update's thresholds"]
+    assert loo[6] > in_sample[6]  # untaught digits rejected
+    assert all(0.0 <= v <= 1.0 for v in loo)
+
+
 def test_calibration_study_refuses_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from benchmarks import calibration_study
 

@@ -98,6 +98,33 @@ def test_rows_imprinted_from_the_scored_examples_are_scored_leave_one_out() -> N
     assert np.mean(pred == -1) <= 0.15
 
 
+def test_a_row_per_drawing_scores_each_drawing_against_its_label_built_without_it() -> None:
+    """A label with its imprint and one row per drawing: each drawing's score is what its label's
+    rows built from the other drawings give it, not the 1.0 of its own row."""
+    rng = np.random.default_rng(4)
+    c = centres(2, rng)
+    old = cluster(c[0], 20, 0.8, rng)
+    new = cluster(c[1], 3, 0.8, rng)
+    rows = np.concatenate([[c[0], normalize(new.mean(axis=0))], new])
+    row_label = np.array([0, 1, 1, 1, 1])
+    emb, labels = np.concatenate([old, new]), np.repeat([0, 1], [20, 3])
+    imprinted = {1: np.arange(20, 23)}
+    left_out = {2: np.array([20]), 3: np.array([21]), 4: np.array([22])}
+    in_sample, _ = calibration_scores(emb, labels, rows, row_label, 2, imprinted)
+    np.testing.assert_allclose(in_sample[20:], 1.0)
+    scores, trusted = calibration_scores(emb, labels, rows, row_label, 2, imprinted, left_out=left_out)
+    for i in range(3):
+        others = np.delete(new, i, axis=0)
+        built_without = np.concatenate([normalize(others.mean(axis=0, keepdims=True)), others])
+        np.testing.assert_allclose(scores[20 + i], np.max(built_without @ new[i]), atol=1e-9)
+    np.testing.assert_allclose(scores[:20], in_sample[:20])
+    assert trusted.all()
+    # the label counts as taught (calibrated on its own drawings) and its threshold is below 1
+    assert imprinted_labels(row_label, {**left_out, **imprinted}) == [1]
+    cal = calibrate(emb, labels, rows, row_label, 2, imprinted, left_out=left_out)
+    assert cal.thresholds[1] < calibrate(emb, labels, rows, row_label, 2, imprinted).thresholds[1]
+
+
 def test_a_label_with_no_trustworthy_example_borrows_the_pooled_threshold() -> None:
     rng = np.random.default_rng(4)
     c = centres(3, rng)

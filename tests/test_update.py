@@ -17,6 +17,7 @@ from conftest import CONSTRAINT, NEW, OLD, write_batch
 
 from mlpersonalize import store, updater
 from mlpersonalize.batch import Batch, save_batch
+from mlpersonalize.calibration import label_probabilities
 from mlpersonalize.embedding import embed
 from mlpersonalize.errors import BatchError, ExitCode, RejectedError, UsageError
 from mlpersonalize.heads.cosine import cosine_logits, head_weight
@@ -46,8 +47,11 @@ def accuracy(package_path: Path, labels: list[str], per_label: int = 30) -> dict
     pixels, ids = make_dataset(labels, per_label, seed=1234, constraint=CONSTRAINT)
     emb = embed(package_path / "backbone.onnx", pixels, CONSTRAINT)
     weight = head_weight(onnx.load(str(package_path / "head.onnx")))
-    pred = np.argmax(cosine_logits(emb, weight, package.manifest.logit_scale), axis=1)
     known = package.manifest.labels
+    # as predict reads it: a label's probability summed over its rows (style rows: row_labels)
+    row_label = np.array(package.manifest.row_labels or range(len(weight)))
+    probs = label_probabilities(emb, weight, row_label, package.manifest.logit_scale, len(known))
+    pred = np.argmax(probs, axis=1)
     return {
         label: float(np.mean(pred[ids == i] == known.index(label))) if label in known else 0.0
         for i, label in enumerate(labels)

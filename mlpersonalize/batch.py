@@ -305,7 +305,8 @@ def file_sha256(path: Path) -> str:
 # What one update holds in memory grows with its examples: one embedding each and the batch's
 # label, source and digest strings (the pixels are streamed through the backbone, a chunk at a
 # time). Past this many bytes of pixels an update is refused before anything is read: 684,784
-# 28x28 grey drawings (100,000 of them peaked at 265 MiB with the bundled 256-d backbone).
+# 28x28 grey drawings (100,000 of them peaked at 258 MiB with the bundled 256-d backbone, the
+# 684,784 at the limit at 1.13 GiB: README, "How well and how fast").
 MAX_UPDATE_PIXEL_BYTES = 512 * 1024**2
 
 

@@ -644,8 +644,9 @@ def test_sigterm_at_random_moments_never_reports_a_committed_update_as_failed(
         child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=120)
         after = store.current_version(home)
-        if after != before:  # committed: the run must say so
-            assert child.returncode == 0, (child.returncode, err)
+        if after != before:  # committed: the run must say so (9: saved, but "learned nothing")
+            assert child.returncode in (0, 9), (child.returncode, err)
+            assert child.returncode == 0 or "was saved" in err
             assert json.loads(out.splitlines()[-1])["version"] == after
         else:
             # -15: the signal came before Python installed its handler (still starting up)

@@ -61,10 +61,12 @@ def test_p4_eight_updaters_through_one_gate(doodle_model: Path, tmp_path: Path) 
     assert run.returncode == 0, run.stderr
     results = json.loads(run.stdout)
     codes = [code for code, _ in results]
-    assert set(codes) <= {0, 5}, results
-    assert all(codes[i] == 0 for i in range(0, 8, 2)), "a waiting updater must never fail"
+    # 9: saved, but this tiny model's held-out accuracy on the batch did not rise ("learned nothing")
+    assert set(codes) <= {0, 5, 9}, results
+    assert all(codes[i] in (0, 9) for i in range(0, 8, 2)), "a waiting updater must never fail"
     assert all(err.startswith("Error: another update") for code, err in results if code == 5)
-    successes = codes.count(0)
+    assert all("was saved" in err for code, err in results if code == 9)
+    successes = codes.count(0) + codes.count(9)
     package = assert_healthy(home)
     assert len(package.manifest.history) == 1 + successes  # none lost, none applied twice
     assert len(store.list_versions(home)) == 1 + successes

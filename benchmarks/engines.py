@@ -162,10 +162,7 @@ def breakdown(data: dict[str, Any], params: UpdateParams, repeats: int) -> None:
                 session = PortableEngine().open(head, trainable, params)
                 if kind == "carry":  # the same bindings and Python path, no arithmetic
                     session._session = carry
-                    session._bindings = (
-                        session._bind(session._state, session._spare),
-                        session._bind(session._spare, session._state),
-                    )
+                    session.bind()
                 start = time.perf_counter()
                 for x, y in batches:
                     session.step(x, y)

@@ -318,6 +318,9 @@ def two_rounds(
         "r2_new_as_r2": float(np.mean(wrong2 & (top2 >= n_base + len(a)))),
         "r2_new_as_model": float(np.mean(wrong2 & (top2 < n_base))),
         "style_rows": float(bool(out1.history["style_rows"]) or bool(out2.history["style_rows"])),
+        # an update that judged itself to have learned nothing (the CLI's exit 9)
+        "learned_nothing_r1": float(not out1.history["learned"]["learned"]),
+        "learned_nothing_r2": float(not out2.history["learned"]["learned"]),
     }
 
 

@@ -225,9 +225,12 @@ def clearly_below(right: np.ndarray, floor: float) -> bool:
     standard deviation: with 3 held-out drawings only 0 right counts (1 of 3 is a label the model
     learned and one drawing it misread), with 10 at most 3, with 30 at most 12.
 
-    The plain share (1 of 3 = 33% < 50%) said "learned nothing" after 3 of 20 second updates on
-    real handwritten digits (3 drawings each; the round's new labels read right ~90% of the time on
-    fresh drawings): each held-out drawing is read by a row imprinted from the other two."""
+    The plain share (1 of 3 = 33% < 50%) said "learned nothing" after 2 of 20 updates on real
+    handwritten digits with 3 drawings and 1 of 20 with 5 (now 1 and 0; two rounds of five, 10 seeds,
+    ``python -m benchmarks.quality_rows --part digits --protocol cli``, columns
+    ``learned_nothing_r1/_r2``), on updates whose new labels read 90-94% right on fresh drawings:
+    each held-out drawing is read by a row imprinted from the other two.
+    """
     n = len(right)
     return bool(n) and float(np.sum(right)) < floor * n - math.sqrt(n * floor * (1.0 - floor))
 

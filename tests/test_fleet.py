@@ -390,3 +390,20 @@ def test_adopting_a_head_with_more_labels_on_a_model_personalized_by_update_publ
     assert adopted.manifest.labels == labels
     assert len(adopted.manifest.unknown["thresholds"]) == len(labels)
     assert store.current_version(root) == version
+
+
+def test_a_second_adoption_keeps_each_pending_drawing_once_in_the_memory(tmp_path: Path) -> None:
+    """A device's pending drawings are in its memory after the first adoption (float16, as stored)
+    and in its pending batch again at the next one (float32, as embedded): the memory the next
+    version rehearses must hold each drawing once, not a copy from each side."""
+    (config,) = make_devices(tmp_path, (("umbrella", "key"),))
+    for _ in range(2):
+        contribution = device.train(config).contribution
+        assert contribution is not None
+        assert device.adopt(config, contribution.labels, contribution.rows).adopted
+    with device.device_home(config):
+        package = load_package(store.current_path(store.model_home()))
+    emb, idx = package.exemplars()
+    for label in ("umbrella", "key"):
+        rows = emb[idx == package.manifest.labels.index(label)]
+        assert len(rows) == 3, (label, len(rows))

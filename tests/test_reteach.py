@@ -114,7 +114,7 @@ def test_a_label_that_stays_under_the_floor_is_named_with_the_label_it_looks_lik
 
 def test_one_misread_of_three_held_out_drawings_is_not_learning_nothing() -> None:
     """3 held-out drawings of a new label, 1 read right: a label the model learned, one drawing misread
-    (the plain share, 33% < 50%, said "learned nothing" after 3 of 20 second updates on real digits)."""
+    (the plain share, 33% < 50%, said "learned nothing" after 2 of 20 updates on real digits)."""
     before = np.zeros(6, bool)
     labels = np.repeat([4, 5], 3)
     one_of_three = np.array([True, True, True, True, False, False])

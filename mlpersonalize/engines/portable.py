@@ -226,6 +226,11 @@ class PortableSession:
         self._spare = {name: np.empty_like(value) for name, value in state.items()}  # what it writes
         self._lr = np.array([params.learning_rate], np.float32)
         self._loss = np.zeros((), np.float32)
+        self.bind()
+
+    def bind(self) -> None:
+        """Bind the state to the session: one binding per direction of the swap. Again after
+        ``_session`` is replaced by a graph of the same inputs and outputs (benchmarks.engines)."""
         self._bindings = (self._bind(self._state, self._spare), self._bind(self._spare, self._state))
         self._turn = 0
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import store
+from .. import repeats, store
 from ..batch import Batch, check_batch_fits, load_batch
 from ..embedding import embed
 from ..errors import ModelError, NothingNew, UsageError
@@ -233,13 +233,19 @@ def evaluate(config: DeviceConfig, labels: Sequence[str], rows: np.ndarray) -> E
         )
 
 
-def _dedupe(emb: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Drop repeated examples (pending drawings are already in the memory after an adoption)."""
-    if len(emb) == 0:
-        return emb, labels
-    _, first = np.unique(np.round(emb, 5), axis=0, return_index=True)
-    first = np.sort(first)
-    return emb[first], [labels[i] for i in first]
+def _without_repeats(
+    ex: tuple[np.ndarray, list[str]], pending: tuple[np.ndarray, list[str]], batches: Sequence[Batch]
+) -> tuple[np.ndarray, list[str]]:
+    """The exemplars, then the pending drawings the memory does not already hold: after an
+    adoption they are in it (stored in float16) and in the pending batches again (repeats.py)."""
+    (ex_emb, ex_labels), (pend_emb, pend_labels) = ex, pending
+    codes = {label: i for i, label in enumerate(dict.fromkeys(ex_labels + pend_labels))}
+    ex_idx = np.array([codes[label] for label in ex_labels], np.int64)
+    pend_idx = np.array([codes[label] for label in pend_labels], np.int64)
+    digests = [digest for batch in batches for digest in batch.sha256]
+    again = repeats.repeated((ex_emb, ex_idx), pend_emb, pend_idx, digests)
+    kept = [label for label, repeat in zip(pend_labels, again.tolist(), strict=True) if not repeat]
+    return np.concatenate([ex_emb, pend_emb[~again]]), ex_labels + kept
 
 
 def adopt(
@@ -274,7 +280,9 @@ def adopt(
             reason = _guard(accuracy, config.max_drop)
             if reason:
                 return Adoption(False, None, f"kept this device's own model: {reason}", accuracy)
-            memory_emb, memory_labels = _dedupe(all_emb, all_truth)
+            memory_emb, memory_labels = _without_repeats(
+                (ex_emb, ex_labels), (pend_emb, pend_labels), batches
+            )
             position = {label: i for i, label in enumerate(new_labels)}
             keep = [i for i, label in enumerate(memory_labels) if label in position]
             idx = np.array([position[memory_labels[i]] for i in keep], np.int64)

@@ -1,6 +1,7 @@
 """Score a backbone on the real-digit check of docs/backbone-experiments.md (issue 12, item 4).
 
     python scripts/score_backbone.py PACKAGE_OR_BACKBONE [...] [--draws 100] [--against BASE] [--json OUT]
+                                     [--layers]
 
 Each argument is a package folder (its ``backbone.onnx``) or a backbone ONNX file. The 1,797
 scikit-learn digits are rendered exactly as ``benchmarks/real_digits.py`` renders them (every
@@ -18,6 +19,12 @@ digits' other drawings fall below it (an oracle: set on the test itself, ``oracl
 ``benchmarks/calibration_study.py``), and the share of the untaught digits' drawings below it is
 printed. It measures how far the backbone separates digits it was never taught from taught ones;
 ``python -m benchmarks.calibration_study --part calib`` measures the same next to the model's labels.
+
+``--layers`` scores the backbone's inner features the same way, in place of the embedding: each conv
+block's output averaged over its positions (also square-rooted, a power transform), the flattened
+last block, and the embedding joined with the third block's average (docs/unknown.md, "Inner
+features").
+
 The digits are only ever a score: nothing here trains anything.
 """
 
@@ -99,6 +106,39 @@ def untaught_oracle(feats: np.ndarray, digits: np.ndarray, shots: int, draws: in
     return np.array(out)
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def layer_features(backbone: Path, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The backbone's inner features (``--layers``), each normalised, by name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = onnx.load(str(backbone))
+    names = ["r2", "r3", "flat", "embedding"]  # network.build's names: block outputs, flattened, embedding
+    made = {o for node in graph.graph.node for o in node.output}
+    if not set(names) <= made:
+        raise ValueError(f"{backbone} is not a network.build backbone (no {sorted(set(names) - made)})")
+    for name in names[:-1]:
+        graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = _ort.inference_session(graph.SerializeToString(), threads=1)
+    runs = [
+        session.run(names, {"image": to_model_input(pixels[i : i + 512], CONSTRAINT)})
+        for i in range(0, len(pixels), 512)
+    ]
+    out = {name: np.concatenate([r[k] for r in runs]).astype(np.float64) for k, name in enumerate(names)}
+    feats = {"embedding": unit(out["embedding"])}
+    for name in ("r2", "r3"):
+        pooled = out[name].mean(axis=(2, 3))
+        feats[f"block {name[1]} average"] = unit(pooled)
+        feats[f"block {name[1]} average, square root"] = unit(np.sqrt(pooled))
+    feats["last block flattened"] = unit(out["flat"])
+    joined = np.concatenate([feats["embedding"], feats["block 3 average"]], axis=1)
+    feats["embedding + block 3 average"] = unit(joined)
+    return feats
+
+
 def backbone_of(model: Path) -> Path:
     return model / "backbone.onnx" if model.is_dir() else model
 
@@ -109,12 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--against", type=Path, help="also print per-draw differences from this one")
     parser.add_argument("--json", type=Path, help="also write the scores here")
+    parser.add_argument("--layers", action="store_true", help="score the inner features instead")
     args = parser.parse_args(argv)
     for model in [*args.models, *([args.against] if args.against else [])]:
         if not backbone_of(model).is_file():
             print(f"Error: no backbone at {backbone_of(model)}", file=sys.stderr)
             return 2
     pixels, digits = digit_pixels()
+    if args.layers:
+        for model in args.models:
+            try:
+                layers = layer_features(backbone_of(model), pixels)
+            except ValueError as exc:
+                print(f"Error: {exc}", file=sys.stderr)
+                return 2
+            for name, feats in layers.items():
+                closed = " / ".join(f"{ncm(feats, digits, k, args.draws).mean() * 100:.1f}" for k in SHOTS)
+                open_ = " / ".join(
+                    f"{untaught_oracle(feats, digits, k, args.draws).mean() * 100:.1f}" for k in ORACLE_SHOTS
+                )
+                dim = feats.shape[1]
+                print(f"{model}: {name} ({dim}-d): NCM 1 / 3 / 5 % {closed}; oracle 3 / 5 % {open_}")
+        return 0
     base = None
     if args.against:
         base_feats = embed(backbone_of(args.against), pixels)

@@ -248,3 +248,37 @@ def test_calibration_study_refuses_bad_arguments(capsys: pytest.CaptureFixture[s
     assert calibration_study.main(["--model", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("Error: ") for line in err)
+
+
+def test_chimeras_join_two_drawings_of_different_labels() -> None:
+    from benchmarks.open_set_levers import chimeras
+
+    pixels = np.stack([np.full((4, 4, 1), v, np.uint8) for v in (10, 20, 30, 40)])
+    made = chimeras(pixels, np.array([0, 0, 1, 1]))
+    assert len(made) == 8 * 2 + 4  # ordered pairs across labels: top/bottom, left/right; overlays once
+    top_bottom = made[0]  # drawing 0's top half, drawing 2's bottom half
+    assert (top_bottom[:2] == 10).all() and (top_bottom[2:] == 30).all()
+    assert not any(((m == 10) | (m == 20)).all() for m in made)  # never two drawings of one label
+
+
+def test_open_set_levers_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """benchmarks/open_set_levers.py (cited by docs/unknown.md) prints both studies' rows."""
+    pytest.importorskip("sklearn")  # the real digits are scikit-learn's (the bench extra)
+    from benchmarks import open_set_levers
+    from benchmarks.calibration_study import DEFAULT_MODEL
+
+    rows = tmp_path / "rows.npy"  # stand-ins for the pretraining rows: 43 labels' and 17 more
+    dim = np.load(DEFAULT_MODEL / "exemplars.npz")["embeddings"].shape[1]
+    np.save(rows, np.random.default_rng(0).normal(size=(60, dim)).astype(np.float32))
+    assert open_set_levers.main(["--seeds", "1", "--rows", str(rows)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    chim = [line for line in lines if line.startswith(("shipped |", "per label,", "global,"))]
+    assert len(chim) == 1 + 2 * len(open_set_levers.QUANTILES)
+    back = [line for line in lines if line.startswith("3 | ")]
+    assert len(back) == 6  # three weights x two shares turned away
+    for line in chim + back:
+        cells = [c for c in line.split(" | ") if "[" in c]
+        assert cells and all(0.0 <= float(c.split()[0]) <= 1.0 for c in cells), line
+    assert open_set_levers.main(["--part", "background"]) == 2  # no --rows
+    assert capsys.readouterr().err.startswith("Error: ")

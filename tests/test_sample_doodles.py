@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from mlpersonalize import _ort
@@ -177,6 +178,28 @@ def test_torch_pretraining_is_deterministic(tmp_path: Path) -> None:
     assert manifest["training"]["engine"].startswith("torch")
 
 
+def test_torch_experiments_train_and_the_rows_of_every_class_are_saved(tmp_path: Path) -> None:
+    """The levers of docs/backbone-experiments.md's fourth session run, and ``--rows`` saves every
+    pretraining class's row (the named labels first, as benchmarks/open_set_levers.py reads them)."""
+    pytest.importorskip("torch")
+    _glyphs_ready()
+    from mlpersonalize.sample import pretrain
+
+    args = ["--quick", "--set", "engine=torch", "--set", "glyph_classes=10", "--set", "per_glyph=3"]
+    rows = tmp_path / "rows.npy"
+    extra = ["--set", "affine=10", "--set", "rotation_aux=0.5", "--rows", str(rows)]
+    assert pretrain.main([*args, *extra, "--out", str(tmp_path / "m")]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["training"]["affine"] == 10 and manifest["training"]["rotation_aux"] == 0.5
+    saved = np.load(rows)
+    assert saved.shape == (manifest["training"]["classes"], pretrain.QUICK.shape.embedding)
+    head = onnx.numpy_helper.to_array(
+        next(i for i in onnx.load(str(tmp_path / "m" / "head.onnx")).graph.initializer if i.dims[0] == 43)
+    )
+    unit = saved[:43] / np.linalg.norm(saved[:43], axis=1, keepdims=True)
+    assert np.allclose(head, unit, atol=1e-3)
+
+
 def test_deeper_blocks_build_the_graph_the_torch_engine_trains() -> None:
     """Extra convolutions per block (Shape.convs) reach the ONNX backbone, computed as in training."""
     torch = pytest.importorskip("torch")
@@ -207,7 +230,7 @@ def test_pretraining_options_reach_the_config_and_bad_ones_are_refused(tmp_path:
     seen = []
     original = pretrain.build
     try:
-        pretrain.build = lambda cfg, out: seen.append(cfg) or {}  # type: ignore[assignment]
+        pretrain.build = lambda cfg, out, rows=None: seen.append(cfg) or {}  # type: ignore[assignment]
         argv = ["--quick", "--no-package", "--set", "margin=0.25", "--set", "shape=8,16,24,40"]
         assert pretrain.main([*argv, "--set", "convs=1,2,2"]) == 0
     finally:
@@ -215,7 +238,15 @@ def test_pretraining_options_reach_the_config_and_bad_ones_are_refused(tmp_path:
     cfg = seen[0]
     assert cfg.margin == 0.25 and cfg.shape.channels == (8, 16, 24) and cfg.shape.embedding == 40
     assert cfg.shape.convs == (1, 2, 2)
-    for bad in ("shape=8,16,24", "convs=1,0,2", "shape=a,b,c,d", "no_such_field=1"):
+    # affine and rotation_aux are torch-engine experiments: refused on the onnxruntime engine
+    for bad in (
+        "shape=8,16,24",
+        "convs=1,0,2",
+        "shape=a,b,c,d",
+        "no_such_field=1",
+        "affine=10",
+        "rotation_aux=0.5",
+    ):
         with pytest.raises(SystemExit) as exc:
             pretrain.main(["--quick", "--no-package", "--set", bad])
         assert exc.value.code == 2

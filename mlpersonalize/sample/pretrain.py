@@ -68,6 +68,8 @@ class Config:
     margin: float = 0.2  # torch engine: additive cosine margin (CosFace) on the true class
     logit_scale: float = 20.0
     shift: int = 2  # augmentation: random translation in pixels
+    affine: float = 0.0  # torch engine, experiment: max rotation in degrees (scale, shear with it)
+    rotation_aux: float = 0.0  # torch engine, experiment: weight of a 4-way rotation loss
     # a 256-d embedding: docs/backbone-experiments.md rows 19 and 25
     shape: network.Shape = field(default_factory=lambda: network.Shape(embedding=256))
     heldout_per_label: int = 30
@@ -178,8 +180,9 @@ def embedder(backbone: object, threads: int) -> evaluate.Embed:
     return embed
 
 
-def build(cfg: Config, out: Path | None) -> dict[str, float]:
-    """Generate data, pretrain, evaluate and (unless ``out`` is None) write the package."""
+def build(cfg: Config, out: Path | None, rows: Path | None = None) -> dict[str, float]:
+    """Generate data, pretrain, evaluate and (unless ``out`` is None) write the package; ``rows``:
+    also save every pretraining class's row there (``.npy``, the named labels first)."""
     began = time.perf_counter()
     named = list(doodles.NAMED_LABELS)
     classes = named + doodles.procedural_labels(cfg.procedural_classes)
@@ -215,6 +218,8 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
             logit_scale=cfg.logit_scale,
             label_smoothing=cfg.label_smoothing,
             margin=cfg.margin,
+            affine=cfg.affine,
+            rotation_aux=cfg.rotation_aux,
             seed=cfg.seed,
             threads=cfg.threads,
             log=log,
@@ -222,6 +227,8 @@ def build(cfg: Config, out: Path | None) -> dict[str, float]:
     else:
         weights = train(cfg, pixels, ids, len(classes))
     backbone = network.build({k: v for k, v in weights.items() if not k.startswith("head.")}, with_head=False)
+    if rows is not None:  # every pretraining class's cosine row, for studies (benchmarks/open_set_levers.py)
+        np.save(rows, weights["head.w"])
     embed = embedder(backbone, cfg.threads)
 
     log("evaluating on fresh drawings")
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "(conv widths, embedding size), --set convs=1,2,2 (convolutions per block)",
     )
     parser.add_argument("--no-package", action="store_true", help="only train and print the metrics")
+    parser.add_argument("--rows", type=Path, help="also save every pretraining class's row here (.npy)")
     args = parser.parse_args(argv)
     if args.out is None and not args.no_package:
         parser.error("--out is required (or --no-package)")
@@ -338,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         if key not in Config.__dataclass_fields__:
             parser.error(f"--set {item}: no Config field {key!r}")
         cfg = replace(cfg, **{key: type(getattr(cfg, key))(value)})
-    build(cfg, None if args.no_package else args.out)
+    if cfg.engine != "torch" and (cfg.affine or cfg.rotation_aux):
+        parser.error("affine and rotation_aux need the torch engine")
+    build(cfg, None if args.no_package else args.out, args.rows)
     return 0
 
 

@@ -32,6 +32,8 @@ def train(
     logit_scale: float,
     label_smoothing: float,
     margin: float = 0.0,
+    affine: float = 0.0,
+    rotation_aux: float = 0.0,
     seed: int,
     threads: int,
     log: Callable[[str], None],
@@ -53,13 +55,32 @@ def train(
 
     layout = network.blocks(weights)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    if rotation_aux:
+        g = torch.Generator().manual_seed(seed + 17)
+        params["head.rot.w"] = torch.nn.Parameter(torch.randn(4, weights["fc.w"].shape[0], generator=g))
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
         for names in layout:
             for name in names:
                 x = F.relu(F.conv2d(x, params[f"{name}.w"], params[f"{name}.b"], padding=1))
             x = F.max_pool2d(x, 2)
         e = F.linear(x.flatten(1), params["fc.w"], params["fc.b"])
-        e = e / torch.sqrt((e * e).sum(1, keepdim=True) + 1e-6)
+        return e / torch.sqrt((e * e).sum(1, keepdim=True) + 1e-6)
+
+    def warp(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        ang = np.deg2rad(rng.uniform(-affine, affine, n))
+        scale = 1.0 + rng.uniform(-1, 1, n) * affine / 100.0
+        shear = rng.uniform(-1, 1, n) * affine / 60.0
+        c, s_ = np.cos(ang) / scale, np.sin(ang) / scale
+        theta = np.zeros((n, 2, 3), np.float32)
+        theta[:, 0, 0], theta[:, 0, 1] = c, -s_ + shear
+        theta[:, 1, 0], theta[:, 1, 1] = s_, c
+        grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        e = embed(x)
         w = params["head.w"]
         w = w / torch.sqrt((w * w).sum(1, keepdim=True) + 1e-6)
         return logit_scale * (e @ w.T)
@@ -81,11 +102,20 @@ def train(
         for b in range(steps_per_epoch):
             idx = order[b * batch : (b + 1) * batch]
             x = torch.from_numpy(inputs(idx, rng))
+            if affine:
+                x = warp(x, rng)
             y = labels[idx]
             logits = forward(x)
             if margin:
                 logits = logits - (logit_scale * margin) * F.one_hot(y, logits.shape[1]).to(logits.dtype)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if rotation_aux:
+                half = x[: len(x) // 2]
+                k = rng.integers(0, 4, len(half))
+                rot = torch.stack([torch.rot90(im, int(t), (1, 2)) for im, t in zip(half, k, strict=True)])
+                w = params["head.rot.w"]
+                rl = logit_scale * (embed(rot) @ (w / torch.sqrt((w * w).sum(1, keepdim=True) + 1e-6)).T)
+                loss = loss + rotation_aux * F.cross_entropy(rl, torch.from_numpy(k))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

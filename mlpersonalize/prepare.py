@@ -25,7 +25,7 @@ from .batch import Batch, check_batch_fits, load_batch, save_batch
 from .decoding import decode_all
 from .errors import InputError, UsageError
 from .fsio import FileLock, describe_os_error
-from .manifest import normalize_label
+from .manifest import UNKNOWN, normalize_label
 from .names import escape
 
 Progress = Callable[[int, int], None]
@@ -303,6 +303,10 @@ def _prepare(
     batch = _merge(existing, found, manifest)
     nothing = batch is None and existing is None
     problems = found.problems + ([_nothing_message(data_dirs)] if nothing and not found.problems else [])
+    if UNKNOWN in found.labels and UNKNOWN not in manifest.labels:  # `update` would refuse the batch
+        problems.append(
+            f"label {UNKNOWN!r} is reserved for the predictions the model rejects; rename its folder"
+        )
     final = batch if batch is not None else existing
     report = Report(
         output=escape(str(output)),

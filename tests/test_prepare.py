@@ -190,6 +190,17 @@ def test_label_folder_with_undecodable_name_stops_the_run(tmp_path: Path, manife
     assert not (tmp_path / "b.npz").exists()
 
 
+def test_a_label_folder_named_unknown_is_refused_before_update_would(tmp_path: Path, manifest) -> None:
+    """`predict` prints 'unknown' for a rejected drawing, so `update` refuses the label; `prepare`
+    says so first (a cron job's prepare step fails, not its update), and writes nothing."""
+    save(tmp_path / "data" / "circle" / "a.png", drawing())
+    save(tmp_path / "data" / "unknown" / "b.png", drawing(shape="square"))
+    assert "unknown" not in manifest.labels
+    with pytest.raises(PrepareError, match="label 'unknown' is reserved for the predictions"):
+        prepare([tmp_path / "data"], tmp_path / "b.npz", manifest, workers=1)
+    assert not (tmp_path / "b.npz").exists()
+
+
 def test_links_inside_are_followed_others_are_not(tmp_path: Path, manifest) -> None:
     data = tmp_path / "data"
     save(data / "circle" / "real.png", drawing())

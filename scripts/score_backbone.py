@@ -22,8 +22,8 @@ printed. It measures how far the backbone separates digits it was never taught f
 
 ``--layers`` scores the backbone's inner features the same way, in place of the embedding: each conv
 block's output averaged over its positions (also square-rooted, a power transform), the flattened
-last block, and the embedding joined with the third block's average (docs/unknown.md, "Inner
-features").
+last block, and the embedding joined with the third block's average (docs/unknown.md, "Three
+more levers").
 
 The digits are only ever a score: nothing here trains anything.
 """

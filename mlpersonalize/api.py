@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _ort, store
+from . import _ort, store, threads
 from .embedding import embed
 from .inference import Classifier, Prediction, collect_images
 from .manifest import BACKBONE_FILE, HEAD_FILE
@@ -92,7 +92,8 @@ def update(
         max_drop=max_drop,
         engine=engine,
     )
-    return _update(paths, options, on_event)
+    with threads.one_blas_thread():  # as the command runs it (threads.small_blas)
+        return _update(paths, options, on_event)
 
 
 @dataclass

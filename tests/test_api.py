@@ -55,6 +55,44 @@ def test_prepare_update_predict(doodle_model: Path, tmp_path: Path) -> None:
     assert json.dumps([p.to_dict() for p in from_pixels])
 
 
+def test_update_runs_blas_on_one_thread_and_gives_the_pool_back(doodle_model: Path, tmp_path: Path) -> None:
+    """A program calling update has numpy loaded with its BLAS pool: the update runs it on one
+    thread (as the command does), then the program gets its pool back; a size the user chose in
+    the environment is left alone. In a child process: sizing the pool starts OpenBLAS threads
+    that would outlive the test in this one (and later tests fork)."""
+    mlpersonalize.prepare(_drawings(tmp_path / "data", NEW[:2], 3, seed=7), tmp_path / "b.npz", doodle_model)
+    program = (
+        "import sys, json, mlpersonalize\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "import numpy\n"
+        "def blas(): return sorted({int(i['num_threads']) for i in threadpool_info() if i['user_api'] == 'blas'})\n"
+        "if not blas(): print(json.dumps(None)); sys.exit()\n"
+        "seen = set()\n"
+        "with threadpool_limits(limits=2, user_api='blas'):\n"
+        "    mlpersonalize.update(sys.argv[1], sys.argv[2], output=sys.argv[3],\n"
+        "                         on_event=lambda e: seen.update(blas()))\n"
+        "    print(json.dumps({'during': sorted(seen), 'after': blas()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    runs = []
+    for i, extra in enumerate(({}, {"OPENBLAS_NUM_THREADS": "2"})):  # the second: the user's choice
+        args = [
+            sys.executable,
+            "-c",
+            program,
+            str(tmp_path / "b.npz"),
+            str(doodle_model),
+            str(tmp_path / f"o{i}"),
+        ]
+        done = subprocess.run(args, env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout))
+    if runs[0] is None:
+        pytest.skip("numpy here has no BLAS that threadpoolctl can size")
+    assert runs[0] == {"during": [1], "after": [2]}
+    assert runs[1] == {"during": [2], "after": [2]}
+
+
 def test_api_errors_are_the_tools_errors(doodle_model: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="give at least one batch"):
         mlpersonalize.update([], doodle_model)

@@ -8,6 +8,7 @@ a stateful machine, and the replay of tests/regressions/.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -124,6 +125,7 @@ class StoreMachine(RuleBasedStateMachine):
         if point.startswith("rollback") and not self._can_roll_back():
             return
         batch = self._new_batch(1)
+        gc.collect()  # ONNX Runtime sessions earlier tests dropped still hold thread pools: fork without them
         pid = os.fork()
         if pid == 0:
             os.environ["MLPERSONALIZE_FAULT"] = point

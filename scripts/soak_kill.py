@@ -9,8 +9,10 @@ each kill (P12): no worker of the killed run is left alive, the batch's lock is 
 
 A zygote process imports everything once, builds a tiny model and one committed update, then
 loops: fork a child that runs an update (or, one time in five, a rollback), sleep a random delay,
-SIGKILL the child (if it is still running). After each round it checks the promise: ``current``
-names a committed version whose every file hash verifies, the lock is free; and when the child
+SIGKILL the child (if it is still running). Four updates in five teach fresh drawings (a rerun of
+a taught batch has nothing new, exit 9, and ends before most kills); the fifth reruns a batch.
+After each round it checks the promise: ``current`` names a committed version whose every file
+hash verifies, the lock is free; and when the child
 finished on its own (exit 0), that ``current`` names the version it reported; when the update was
 refused (a conflict with what an earlier round taught, or the guard) or had nothing new (its
 batch is already in the current version), that ``current`` did not move. At the end one update
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     original = build_doodle_package(work / "original")
     home = personalized(original, work)
     batches = [write_batch(work / f"b{i}.npz", original, [label], seed=i) for i, label in enumerate(NEW)]
+    for batch in batches:  # taught before the loop: their reruns are the rounds with nothing new
+        updater.update([batch], updater.UpdateOptions(model=home, epochs=1, force=True))
     report = work / "report"
     start, rounds, kills, completed, refused = time.monotonic(), 0, 0, 0, 0
     while rounds < args.count and time.monotonic() - start < args.seconds:
@@ -97,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         # version rolled back from or published by a killed run is kept but never a target
         can_roll_back = len(store.rollback_chain(home)) > 1
         op = "rollback" if rng.random() < 0.2 and can_roll_back else "update"
+        if op == "update" and rng.random() < 0.8:
+            # fresh drawings: one batch applied again has nothing new (exit 9) and ends within
+            # milliseconds, before any kill; one round in five still reruns an earlier batch
+            label, drawings = rng.choice(NEW), rng.randrange(100, 2**31)  # never `last`'s seed below
+            batches.append(write_batch(work / f"r{rounds}.npz", original, [label], seed=drawings))
+            chosen = batches[-1:]
+        else:
+            chosen = batches
         report.unlink(missing_ok=True)
         delay = rng.uniform(0.0, args.max_delay)
         before = store.current_version(home)
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:  # the child: never returns into the loop
             code = 0
             try:
-                _child(op, home, batches, child_seed, report)
+                _child(op, home, chosen, child_seed, report)
             except BaseException as exc:  # noqa: BLE001 - reported to the parent as exit 3
                 print(f"round {rounds}: child {op} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 code = 3

@@ -125,7 +125,7 @@ class StoreMachine(RuleBasedStateMachine):
         if point.startswith("rollback") and not self._can_roll_back():
             return
         batch = self._new_batch(1)
-        gc.collect()  # ONNX Runtime sessions earlier tests dropped still hold thread pools: fork without them
+        gc.collect()  # garbage of earlier tests can hold threads until collected: fork without them
         pid = os.fork()
         if pid == 0:
             os.environ["MLPERSONALIZE_FAULT"] = point

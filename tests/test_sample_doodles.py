@@ -48,7 +48,7 @@ def test_drawings_are_deterministic_by_seed_and_vary_between_samples() -> None:
 
 
 def test_worker_processes_do_not_change_the_dataset() -> None:
-    gc.collect()  # the workers are forked: not with the thread pools of sessions earlier tests dropped
+    gc.collect()  # the workers are forked: not with threads that garbage of earlier tests holds
     labels = ["circle", "house", "umbrella", "proc-3", "proc-4"]
     single, _ = doodles.make_dataset(labels, 2, seed=1, constraint=CONSTRAINT, workers=1)
     double, _ = doodles.make_dataset(labels, 2, seed=1, constraint=CONSTRAINT, workers=2)

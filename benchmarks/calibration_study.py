@@ -113,10 +113,8 @@ class Data:
         std_pix, self.std_y = make_dataset(self.labels, 20, seed=777, constraint=constraint)
         self.std = embed(backbone, std_pix, constraint).astype(np.float32)
         self.novel = np.zeros((0, self.emb.shape[1]), np.float32)
-        if parts & {
-            "scores",
-            "negatives",
-        }:  # drawings of labels never in pretraining: the far side of the open set
+        # drawings of labels never in pretraining: the far side of the open set
+        if parts & {"scores", "negatives"}:
             novel_pix, _ = make_dataset(list(NOVEL_LABELS), 30, seed=4242, constraint=constraint)
             self.novel = embed(backbone, novel_pix, constraint).astype(np.float32)
         self.styles: dict[str, np.ndarray] = {}
@@ -127,6 +125,13 @@ class Data:
 
 def imprint_rows(emb: np.ndarray) -> np.ndarray:
     return normalize(normalize(emb).mean(axis=0)).astype(np.float32)
+
+
+def with_taught(d: Data, taught: np.ndarray, train: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's rows with one row imprinted from each taught digit's drawings after them, and
+    the rows' labels (the taught digits are labels n, n + 1, …)."""
+    rows = np.concatenate([d.W, np.stack([imprint_rows(d.emb[train[c]]) for c in taught])])
+    return rows, np.concatenate([d.rl, np.arange(d.n, d.n + len(taught))])
 
 
 def train_rows(
@@ -183,8 +188,7 @@ def study_calibration(d: Data, seeds: int, shots_list: list[int]) -> None:
         for seed in range(seeds):
             a, b, tr, _ = split(d, seed, shots)
             xs = np.concatenate([tr[c] for c in a])
-            imprinted = np.concatenate([d.W, np.stack([imprint_rows(d.emb[tr[c]]) for c in a])])
-            rl = np.concatenate([d.rl, np.arange(n, n + 5)])
+            imprinted, rl = with_taught(d, a, tr)
             cal_emb = np.concatenate([d.ex, d.emb[xs]])
             cal_lab = np.concatenate([d.exi, np.repeat(np.arange(n, n + 5), shots)])
             heads = {"imprinted": imprinted, "trained": train_rows(d, imprinted, rl, cal_emb, cal_lab, seed)}
@@ -356,8 +360,7 @@ def study_scores(d: Data, seeds: int, shots_list: list[int]) -> None:
             known = np.concatenate([te[c] for c in a])
             truth = np.array([n + list(a).index(c) for c in d.y[known]])
             unknown = np.concatenate([te[c] for c in b])
-            rl = np.concatenate([d.rl, np.arange(n, n + 5)])
-            rows = np.concatenate([d.W, np.stack([imprint_rows(d.emb[tr[c]]) for c in a])])
+            rows, rl = with_taught(d, a, tr)
             means = np.concatenate(
                 [spaces["none"].means, np.stack([normalize(d.emb[tr[c]]).mean(0) for c in a])]
             )

@@ -39,8 +39,6 @@ from mlpersonalize.calibration import (
     _taught_thresholds,
     calibrate,
     calibration_scores,
-    label_cosines,
-    label_probabilities,
     normalize,
     predict_open,
 )
@@ -52,13 +50,22 @@ from .calibration_study import (
     DEFAULT_MODEL,
     Data,
     cell,
-    imprint_rows,
     oracle_reject,
     split,
     two_round_calibrations,
+    with_taught,
 )
 
 QUANTILES = (0.1, 0.25, 0.5)
+
+
+def top(
+    x: np.ndarray, rows: np.ndarray, row_label: np.ndarray, scale: float, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each drawing's label before any ``unknown``, and its score (the cosine to that label), as
+    ``predict`` reads them (calibration.predict_open with no threshold)."""
+    label, _, score = predict_open(x, rows, row_label, scale, np.full(n, -np.inf))
+    return label, score
 
 
 def chimeras(pixels: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -91,8 +98,7 @@ def study_chimeras(d: Data, model: Path, seeds: int, shots: int) -> None:
         taught_pos = np.concatenate([sp["train"][c] for c in sp["a"]])
         taught_lab = np.array([labels.index(names[int(c)]) for c in d.y[taught_pos]])
         emb = np.asarray(embed(model / BACKBONE_FILE, chimeras(d.pixels[taught_pos], taught_lab), constraint))
-        landed = label_probabilities(emb, w, rl, scale, n).argmax(1)
-        score = label_cosines(emb, w, rl, n)[np.arange(len(landed)), landed]
+        landed, score = top(emb, w, rl, scale, n)
         shipped = calibrate(*args).thresholds
         guard = shipped.copy()  # the own side at GUARD_FRR: the cap calibrate puts on the negative side
         cal_emb, cal_lab, cal_rows, cal_rl, cal_n, imprinted = args
@@ -113,11 +119,9 @@ def study_chimeras(d: Data, model: Path, seeds: int, shots: int) -> None:
         known = np.concatenate([sp["test"][c] for c in sp["a"]])
         truth = np.array([labels.index(names[int(c)]) for c in d.y[known]])
         untaught = np.flatnonzero(~np.isin(d.y, sp["a"]))
-        best = label_probabilities(d.emb[known], w, rl, scale, n).argmax(1)
+        best, s_known = top(d.emb[known], w, rl, scale, n)
         right = best == truth
-        s_known = label_cosines(d.emb[known], w, rl, n)[np.arange(len(known)), best]
-        u_best = label_probabilities(d.emb[untaught], w, rl, scale, n).argmax(1)
-        s_untaught = label_cosines(d.emb[untaught], w, rl, n)[np.arange(len(untaught)), u_best]
+        s_untaught = top(d.emb[untaught], w, rl, scale, n)[1]
         for name, thr in rules.items():
             pk = predict_open(d.emb[known], w, rl, scale, thr)[0]
             pu = predict_open(d.emb[untaught], w, rl, scale, thr)[0]
@@ -149,8 +153,7 @@ def study_background(d: Data, rows_file: Path, seeds: int, shots_list: list[int]
     for shots in shots_list:
         for seed in range(seeds):
             a, _, train, test = split(d, seed, shots)
-            w = np.concatenate([d.W, np.stack([imprint_rows(d.emb[train[c]]) for c in a])])
-            rl = np.arange(n + 5)
+            w, rl = with_taught(d, a, train)
             known = np.concatenate([test[c] for c in a])
             truth = np.concatenate([np.full(len(test[c]), n + i) for i, c in enumerate(a)])
             untaught = np.flatnonzero(~np.isin(d.y, a))
@@ -158,9 +161,7 @@ def study_background(d: Data, rows_file: Path, seeds: int, shots_list: list[int]
             def scores(
                 x: np.ndarray, w: np.ndarray = w, rl: np.ndarray = rl
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                p = label_probabilities(x, w, rl, d.scale, n + 5).argmax(1)
-                cos = label_cosines(x, w, rl, n + 5)[np.arange(len(p)), p]
-                return p, cos, (normalize(x) @ background.T).max(1)
+                return (*top(x, w, rl, d.scale, n + 5), (normalize(x) @ background.T).max(1))
 
             pk, ck, bk = scores(d.emb[known])
             _, cu, bu = scores(d.emb[untaught])

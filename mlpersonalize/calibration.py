@@ -281,14 +281,14 @@ def calibrate(
     taught = imprinted_labels(row_label, {**(left_out or {}), **(imprinted or {})})
     negative = float("nan")
     if taught:
-        own_side = thresholds.copy()
-        if not _taught_thresholds(own_side, own, trusted, labels, taught, target_frr, prior):
+        own_side = thresholds.copy()  # alone: at target_frr; beside the negative side: its guard
+        own_frr = target_frr if negative_quantile is None else guard_frr
+        if not _taught_thresholds(own_side, own, trusted, labels, taught, own_frr, prior):
             one_shot_cap = _one_shot_cap(emb, labels, taught, target_frr)
             thresholds[taught] = np.minimum(thresholds[taught], one_shot_cap)
         elif negative_quantile is None:
             thresholds[taught] = own_side[taught]
         else:  # both sides: the own drawings (at a lower aim) and what a missing label scores
-            _taught_thresholds(own_side, own, trusted, labels, taught, guard_frr, prior)
             _taught_thresholds(thresholds, own, trusted, labels, taught, min(anchored_frr, target_frr), prior)
             assert other is not None  # filled by calibration_scores: nearest_other's scores
             negative = label_weighted_quantile(other, labels, negative_quantile)

@@ -49,6 +49,11 @@ def use(threads: int | None) -> None:
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
+def _blas_chosen() -> bool:
+    """Whether the user set numpy's BLAS thread count in the environment."""
+    return any(os.environ.get(name, "").strip() for name in BLAS_ENV)
+
+
 def small_blas() -> None:
     """Give numpy's BLAS one thread unless the user chose a number: call before numpy is imported.
 
@@ -56,7 +61,7 @@ def small_blas() -> None:
     spent 8 ms of CPU on each 300 x 256 x 46 product on two busy cores against 0.13 ms on one
     thread: the seed's update took 0.61 s of CPU with the pool, 0.35 s without it.
     """
-    if not any(os.environ.get(name, "").strip() for name in BLAS_ENV):
+    if not _blas_chosen():
         os.environ[BLAS_ENV[0]] = "1"
 
 
@@ -68,9 +73,9 @@ def one_blas_thread() -> Iterator[None]:
     imported numpy already, so the environment variable would come too late. threadpoolctl sets
     the loaded BLAS's pool and gives it back its size afterwards. With the pool, an update in an
     API program burned twice the CPU for the same wall time (the seed's case: 0.27-0.28 s of CPU
-    against 0.14 s, 0.14 s wall either way, on two idle cores; on busy ones the pool costs wall
+    against 0.13 s, 0.13-0.14 s wall either way, on two idle cores; on busy ones the pool costs wall
     time too, see :func:`small_blas`)."""
-    if any(os.environ.get(name, "").strip() for name in BLAS_ENV):
+    if _blas_chosen():
         yield  # the user's choice, read by numpy at its import
         return
     from threadpoolctl import threadpool_limits  # lazy: only the API's update uses it

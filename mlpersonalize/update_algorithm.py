@@ -133,7 +133,7 @@ def personalize(
             batch.release_pixels()
     # Drawings the model already learned (the same batch again, a batch grown by --append) are
     # left out: as new examples they were copies in the memory and the calibration (repeats.py).
-    idx, repeats = _without_repeats(embedded, ahead, memory, idx, [d for b in batches for d in b.sha256])
+    idx, left_out = _without_repeats(embedded, ahead, memory, idx, [d for b in batches for d in b.sha256])
     train_pos, held_pos = split_holdout(idx, np.random.default_rng(params.seed))
     if head.selects:  # the embeddings' only reference goes along, so personalize_rows can let them go
         outcome = personalize_rows(
@@ -149,7 +149,7 @@ def personalize(
             force,
             memory=memory,
         )
-        outcome.history["repeated"] = repeats
+        outcome.history["repeated"] = left_out
         return outcome
     emb = embedded[0]
     ex_emb, ex_idx = memory
@@ -206,7 +206,7 @@ def personalize(
     guard = {"max_drop": max_drop, "passed": not reason, "reason": reason, "forced": False}
     history = _history(labels, idx, added, params, final, accuracy, guard)
     history["training_steps"] = [training_steps(first), training_steps(final) if final is not first else 0]
-    history["repeated"] = repeats
+    history["repeated"] = left_out
     # "Learned nothing" is judged for the cosine kind only (personalize_rows): brought models'
     # one-in-four held-out split leaves too few drawings to judge, and their added rows answer only
     # inside a ball around their examples.

@@ -12,13 +12,12 @@ loops: fork a child that runs an update (or, one time in five, a rollback), slee
 SIGKILL the child (if it is still running). Four updates in five teach fresh drawings (a rerun of
 a taught batch has nothing new, exit 9, and ends before most kills); the fifth reruns a batch.
 After each round it checks the promise: ``current`` names a committed version whose every file
-hash verifies, the lock is free; and when the child
-finished on its own (exit 0), that ``current`` names the version it reported; when the update was
-refused (a conflict with what an earlier round taught, or the guard) or had nothing new (its
-batch is already in the current version), that ``current`` did not move. At the end one update
-runs to completion and no temp file or folder may be left. The seed is printed first so a
-failure can be replayed. Exit 0 when every round held, 1 (with the round
-and seed) otherwise.
+hash verifies, the lock is free; and when the child finished on its own (exit 0), that
+``current`` names the version it reported; when the update was refused (a conflict with what an
+earlier round taught, or the guard) or had nothing new (its batch is already in the current
+version), that ``current`` did not move. At the end one update runs to completion and no temp
+file or folder may be left. The seed is printed first so a failure can be replayed. Exit 0 when
+every round held, 1 (with the round and seed) otherwise.
 """
 
 from __future__ import annotations

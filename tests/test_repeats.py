@@ -30,7 +30,7 @@ def _batch(path: Path, model: Path, parts: list[tuple[str, int]]) -> Path:
     return path
 
 
-def _current(home: Path) -> Path:
+def _current() -> Path:
     root = store.model_home("tiny")
     version = store.current_version(root)
     assert version is not None
@@ -59,7 +59,7 @@ def test_a_batch_grown_by_append_teaches_only_its_new_drawings(doodle_model: Pat
     assert result.returncode in (0, ExitCode.LEARNED_NOTHING), result.stderr
     completed = json.loads(result.stdout.splitlines()[-1])
     assert completed["labels_added"] == [NEW[1]]
-    package = load_package(_current(Path()))
+    package = load_package(_current())
     assert package.manifest.history[-1]["repeated"] == 3
     # the memory holds each taught drawing once: three of each label, no copies
     emb, idx = package.exemplars()
